@@ -1,0 +1,500 @@
+//! One configuration tree: a TOML file, then environment overrides, then validation.
+//! Every option has a default that works on a developer machine; `hyfleet.example.toml`
+//! documents each one.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::VehicleKind;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub mqtt: MqttConfig,
+    pub ingest: IngestConfig,
+    pub store: StoreConfig,
+    pub http: HttpConfig,
+    pub geo: crate::geo::GeoConfig,
+    pub profiles: Profiles,
+    pub rules: crate::rules::RulesConfig,
+    pub webhooks: Vec<crate::notify::WebhookConfig>,
+    pub notify: crate::notify::NotifyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user[:password]@host:port/dbname`; the database is created if missing.
+    pub url: String,
+    /// Connections for the API and maintenance (ingest writers hold their own).
+    pub pool_size: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/hyfleet".into(),
+            pool_size: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://[user[:password]@]host[:port]`.
+    pub url: String,
+    /// Fixed client id: the broker keeps this session's queue while hyfleet is away.
+    pub client_id: String,
+    pub topic_root: String,
+    /// When set, subscribe through `$share/{group}/...` so that several instances split the load.
+    pub shared_group: Option<String>,
+    pub keep_alive_secs: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "hyfleet-ingest".into(),
+            topic_root: "hyfleet/v1".into(),
+            shared_group: None,
+            keep_alive_secs: 30,
+        }
+    }
+}
+
+/// A parsed `mqtt://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(String, String)>,
+}
+
+impl MqttConfig {
+    pub fn endpoint(&self) -> Result<MqttEndpoint, String> {
+        parse_mqtt_url(&self.url)
+    }
+}
+
+pub fn parse_mqtt_url(url: &str) -> Result<MqttEndpoint, String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("`{url}` is not an mqtt:// URL"))?;
+    let rest = rest.trim_end_matches('/');
+    let (credentials, hostport) = match rest.rsplit_once('@') {
+        Some((userinfo, hostport)) => {
+            let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            (Some((user.to_owned(), pass.to_owned())), hostport)
+        }
+        None => (None, rest),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("`{p}` is not a port number"))?,
+        ),
+        None => (hostport, 1883),
+    };
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    Ok(MqttEndpoint {
+        host: host.to_owned(),
+        port,
+        credentials,
+    })
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Payloads larger than this are rejected as `too_large` without being parsed.
+    pub max_payload_bytes: usize,
+    /// A backlog array longer than this is rejected whole as `schema`.
+    pub max_batch: usize,
+    /// Register an unknown vehicle id on first sight with its kind's profile.
+    pub auto_register: bool,
+    /// A write batch is committed when it holds this many readings...
+    pub batch_max_rows: usize,
+    /// ...or when its oldest message has waited this long, whichever comes first.
+    pub batch_max_age_ms: u64,
+    /// Batches being written at once, each on its own connection: commits overlap so that the
+    /// broker's inflight window never waits on one commit.
+    pub writers: usize,
+    /// A reading more than this far in the future is rejected as `clock_skew`.
+    pub max_future_secs: i64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 64 * 1024,
+            max_batch: 1000,
+            auto_register: true,
+            batch_max_rows: 5000,
+            batch_max_age_ms: 50,
+            writers: 2,
+            max_future_secs: 300,
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn batch_max_age(&self) -> Duration {
+        Duration::from_millis(self.batch_max_age_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Raw telemetry older than this is dropped, a daily partition at a time.
+    pub raw_retention_days: u32,
+    /// Daily partitions created ahead of today.
+    pub partitions_ahead_days: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            raw_retention_days: 30,
+            partitions_ahead_days: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+/// What the backend knows about a kind of vehicle, overridable per vehicle.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub tank_g: f32,
+    pub range_km: f32,
+    pub speed_cap_kmh: f32,
+}
+
+impl Profile {
+    /// Nominal consumption ratio, used until a vehicle's own consumption is known.
+    pub fn km_per_g(&self) -> f32 {
+        self.range_km / self.tank_g
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Profiles {
+    pub bike: Profile,
+    pub bus: Profile,
+}
+
+impl Default for Profiles {
+    fn default() -> Self {
+        Self {
+            // Published facts of the Xiaoyi shared bikes.
+            bike: Profile {
+                tank_g: 50.0,
+                range_km: 60.0,
+                speed_cap_kmh: 23.0,
+            },
+            // Not published: assumed defaults for a 12 m fuel-cell coach, to be configured.
+            bus: Profile {
+                tank_g: 25_000.0,
+                range_km: 350.0,
+                speed_cap_kmh: 80.0,
+            },
+        }
+    }
+}
+
+impl Profiles {
+    pub fn get(&self, kind: VehicleKind) -> &Profile {
+        match kind {
+            VehicleKind::Bike => &self.bike,
+            VehicleKind::Bus => &self.bus,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("configuration option `{option}`: {message}")]
+    Invalid { option: String, message: String },
+}
+
+fn invalid(option: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        option: option.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// The configuration a process starts with: the file named by `path` (or
+    /// `HYFLEET_CONFIG`, or none), then the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("HYFLEET_CONFIG").map(PathBuf::from));
+        let (text, origin) = match &path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?,
+                format!("file {}", p.display()),
+            ),
+            None => (String::new(), "defaults".to_owned()),
+        };
+        Self::from_toml_and_env(&text, &origin, std::env::vars())
+    }
+
+    /// Parse `text`, apply the overrides found in `env`, validate.
+    pub fn from_toml_and_env(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        for (key, value) in env {
+            if let Some(path) = env_override_path(&key) {
+                set_path(&mut table, &path, &value)?;
+            }
+        }
+        let config: Config =
+            Config::deserialize(table).map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: origin.to_owned(),
+                message: e.message().to_owned(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = self.mqtt.endpoint() {
+            return Err(invalid("mqtt.url", e));
+        }
+        if !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "database.url",
+                "must be a postgres:// URL (postgres://user@host:port/dbname)",
+            ));
+        }
+        if self.database.pool_size == 0 {
+            return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        let root = &self.mqtt.topic_root;
+        if root.is_empty() || root.contains(['+', '#']) || root.starts_with('/') || root.ends_with('/')
+        {
+            return Err(invalid(
+                "mqtt.topic_root",
+                "must be a non-empty topic prefix without wildcards or leading/trailing '/'",
+            ));
+        }
+        if self.mqtt.client_id.is_empty() {
+            return Err(invalid(
+                "mqtt.client_id",
+                "must be set: a persistent session needs a fixed client id",
+            ));
+        }
+        if let Some(g) = &self.mqtt.shared_group
+            && (g.is_empty() || g.contains(['/', '+', '#']))
+        {
+            return Err(invalid("mqtt.shared_group", "must be a plain name"));
+        }
+        if self.http.addr.parse::<SocketAddr>().is_err() {
+            return Err(invalid("http.addr", format!("`{}` is not host:port", self.http.addr)));
+        }
+        let i = &self.ingest;
+        if i.max_payload_bytes < 256 {
+            return Err(invalid("ingest.max_payload_bytes", "must be at least 256"));
+        }
+        if i.max_batch == 0 {
+            return Err(invalid("ingest.max_batch", "must be at least 1"));
+        }
+        if i.batch_max_rows == 0 {
+            return Err(invalid("ingest.batch_max_rows", "must be at least 1"));
+        }
+        if !(1..=16).contains(&i.writers) {
+            return Err(invalid("ingest.writers", "must be between 1 and 16"));
+        }
+        if i.max_future_secs < 0 {
+            return Err(invalid("ingest.max_future_secs", "must not be negative"));
+        }
+        if self.store.raw_retention_days == 0 {
+            return Err(invalid("store.raw_retention_days", "must be at least 1"));
+        }
+        for kind in VehicleKind::ALL {
+            let p = self.profiles.get(kind);
+            let name = kind.as_str();
+            for (field, v) in [
+                ("tank_g", p.tank_g),
+                ("range_km", p.range_km),
+                ("speed_cap_kmh", p.speed_cap_kmh),
+            ] {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(invalid(
+                        &format!("profiles.{name}.{field}"),
+                        "must be a positive number",
+                    ));
+                }
+            }
+        }
+        self.rules.validate().map_err(|(o, m)| invalid(&o, m))?;
+        for (n, w) in self.webhooks.iter().enumerate() {
+            w.validate()
+                .map_err(|(o, m)| invalid(&format!("webhooks[{n}].{o}"), m))?;
+        }
+        Ok(())
+    }
+}
+
+/// `DATABASE_URL` → `database.url`; `HYFLEET_INGEST__MAX_BATCH` → `ingest.max_batch`.
+fn env_override_path(key: &str) -> Option<Vec<String>> {
+    let fixed = match key {
+        "DATABASE_URL" => Some("database.url"),
+        "MQTT_URL" => Some("mqtt.url"),
+        "HYFLEET_TOPIC_ROOT" => Some("mqtt.topic_root"),
+        "HYFLEET_HTTP_ADDR" => Some("http.addr"),
+        _ => None,
+    };
+    if let Some(path) = fixed {
+        return Some(path.split('.').map(str::to_owned).collect());
+    }
+    let rest = key.strip_prefix("HYFLEET_")?;
+    if rest == "CONFIG" || !rest.contains("__") {
+        return None;
+    }
+    Some(rest.split("__").map(|s| s.to_ascii_lowercase()).collect())
+}
+
+/// Set `path` in `table` to `raw`, read as a TOML value when it is one (numbers, booleans,
+/// arrays) and as a string otherwise.
+fn set_path(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), ConfigError> {
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let (last, parents) = path.split_last().expect("override path is never empty");
+    let mut cur = table;
+    for (depth, key) in parents.iter().enumerate() {
+        let entry = cur
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        cur = entry.as_table_mut().ok_or_else(|| {
+            invalid(
+                &path[..=depth].join("."),
+                "is not a section, so it cannot be overridden by key",
+            )
+        })?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_toml_and_env("", "defaults", env(&[])).unwrap();
+        assert_eq!(c.mqtt.topic_root, "hyfleet/v1");
+        assert_eq!(c.ingest.max_batch, 1000);
+        assert_eq!(c.profiles.bike.tank_g, 50.0);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let text = "[mqtt]\ntopic_root = \"from/file\"\n[ingest]\nmax_batch = 10\n";
+        let c = Config::from_toml_and_env(
+            text,
+            "test",
+            env(&[
+                ("HYFLEET_TOPIC_ROOT", "from/env"),
+                ("HYFLEET_INGEST__MAX_BATCH", "20"),
+                ("HYFLEET_INGEST__AUTO_REGISTER", "false"),
+                ("DATABASE_URL", "postgres://x@db:5432/fleet"),
+                ("MQTT_URL", "mqtt://u:p@broker:1884"),
+                ("UNRELATED", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.topic_root, "from/env");
+        assert_eq!(c.ingest.max_batch, 20);
+        assert!(!c.ingest.auto_register);
+        assert_eq!(c.database.url, "postgres://x@db:5432/fleet");
+        let ep = c.mqtt.endpoint().unwrap();
+        assert_eq!(ep.host, "broker");
+        assert_eq!(ep.port, 1884);
+        assert_eq!(ep.credentials, Some(("u".into(), "p".into())));
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let err = Config::from_toml_and_env("[ingest]\nmax_batch = 0\n", "t", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ingest.max_batch"), "{err}");
+        let err = Config::from_toml_and_env("", "t", env(&[("MQTT_URL", "http://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.url"), "{err}");
+        let err = Config::from_toml_and_env("[profiles.bike]\ntank_g = -1\nrange_km = 60\nspeed_cap_kmh = 23\n", "t", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("profiles.bike.tank_g"), "{err}");
+    }
+
+    #[test]
+    fn unknown_and_mistyped_options_are_refused() {
+        let err = Config::from_toml_and_env("[ingest]\nmax_bach = 3\n", "t", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_bach"), "{err}");
+        let err = Config::from_toml_and_env("[ingest]\nmax_batch = \"many\"\n", "t", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_batch") || err.contains("invalid type"), "{err}");
+    }
+}

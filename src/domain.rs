@@ -1,0 +1,308 @@
+//! Domain types shared by every stage of the pipeline. A value of one of these types has
+//! passed validation: code that holds a `Reading` never re-checks its ranges.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What sort of vehicle a topic or a record belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VehicleKind {
+    Bike,
+    Bus,
+}
+
+impl VehicleKind {
+    pub const ALL: [VehicleKind; 2] = [VehicleKind::Bike, VehicleKind::Bus];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VehicleKind::Bike => "bike",
+            VehicleKind::Bus => "bus",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "bike" => Some(VehicleKind::Bike),
+            "bus" => Some(VehicleKind::Bus),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for VehicleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A vehicle identifier as the fleet writes it (`XY-B0001`): `^[A-Za-z0-9_-]{1,32}$`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct VehicleId(String);
+
+impl VehicleId {
+    pub const MAX_LEN: usize = 32;
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        ok.then(|| VehicleId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VehicleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for VehicleId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        VehicleId::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom("vehicle id must match ^[A-Za-z0-9_-]{1,32}$"))
+    }
+}
+
+/// One validated telemetry reading, positions already in WGS-84.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reading {
+    pub vehicle: VehicleId,
+    pub kind: VehicleKind,
+    pub ts: DateTime<Utc>,
+    pub seq: Option<u32>,
+    pub lat: f64,
+    pub lon: f64,
+    pub hdop: Option<f32>,
+    pub speed_kmh: f32,
+    pub heading_deg: Option<f32>,
+    pub h2_g: f32,
+    pub h2_pressure_bar: Option<f32>,
+    pub tank_temp_c: Option<f32>,
+    pub fc_power_w: Option<f32>,
+    pub fc_temp_c: Option<f32>,
+    pub batt_v: Option<f32>,
+    pub odo_km: Option<f64>,
+    pub locked: Option<bool>,
+    pub faults: Vec<String>,
+    /// Fields the contract does not name, kept as the firmware sent them.
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Event types of the MQTT contract (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    RideStart,
+    RideEnd,
+    Refuel,
+    Tamper,
+    Fault,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::RideStart => "ride_start",
+            EventType::RideEnd => "ride_end",
+            EventType::Refuel => "refuel",
+            EventType::Tamper => "tamper",
+            EventType::Fault => "fault",
+        }
+    }
+}
+
+/// One validated vehicle event; `body` is the whole object as sent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub vehicle: VehicleId,
+    pub kind: VehicleKind,
+    pub ts: DateTime<Utc>,
+    pub event_type: EventType,
+    pub body: serde_json::Value,
+}
+
+/// The retained `status` topic: the firmware's presence, with `offline` as its last will.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    pub vehicle: VehicleId,
+    pub kind: VehicleKind,
+    pub online: bool,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Why a message, or one record of a backlog, was refused (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    MalformedJson,
+    Schema,
+    TooLarge,
+    OutOfRange,
+    ClockSkew,
+    IdMismatch,
+    BadTopic,
+    /// The vehicle is not registered and `ingest.auto_register` is off.
+    UnknownVehicle,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::MalformedJson,
+        RejectReason::Schema,
+        RejectReason::TooLarge,
+        RejectReason::OutOfRange,
+        RejectReason::ClockSkew,
+        RejectReason::IdMismatch,
+        RejectReason::BadTopic,
+        RejectReason::UnknownVehicle,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MalformedJson => "malformed_json",
+            RejectReason::Schema => "schema",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::OutOfRange => "out_of_range",
+            RejectReason::ClockSkew => "clock_skew",
+            RejectReason::IdMismatch => "id_mismatch",
+            RejectReason::BadTopic => "bad_topic",
+            RejectReason::UnknownVehicle => "unknown_vehicle",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused message (or backlog record), kept for operators to inspect.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reject {
+    pub received_at: DateTime<Utc>,
+    pub topic: String,
+    pub vehicle: Option<String>,
+    pub reason: RejectReason,
+    pub detail: String,
+    /// At most [`Reject::PAYLOAD_KEPT`] bytes of what was sent.
+    pub payload: Vec<u8>,
+}
+
+impl Reject {
+    pub const PAYLOAD_KEPT: usize = 4096;
+}
+
+/// Where an alert is in its lifecycle (DESIGN §7). `Resolved` is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Open,
+    Acknowledged,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Open => "open",
+            AlertState::Acknowledged => "acknowledged",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// What happened to an alert: the webhook event types of DESIGN §10.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AlertEventType {
+    #[serde(rename = "alert.opened")]
+    Opened,
+    #[serde(rename = "alert.escalated")]
+    Escalated,
+    #[serde(rename = "alert.acknowledged")]
+    Acknowledged,
+    #[serde(rename = "alert.resolved")]
+    Resolved,
+}
+
+impl AlertEventType {
+    pub const ALL: [AlertEventType; 4] = [
+        AlertEventType::Opened,
+        AlertEventType::Escalated,
+        AlertEventType::Acknowledged,
+        AlertEventType::Resolved,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertEventType::Opened => "alert.opened",
+            AlertEventType::Escalated => "alert.escalated",
+            AlertEventType::Acknowledged => "alert.acknowledged",
+            AlertEventType::Resolved => "alert.resolved",
+        }
+    }
+}
+
+/// An alert as the API shows it and webhooks carry it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: i64,
+    pub vehicle_id: String,
+    pub vehicle_kind: VehicleKind,
+    pub rule: String,
+    /// The zone the incident concerns, where it has one.
+    pub zone: Option<String>,
+    pub state: AlertState,
+    pub severity: Severity,
+    pub opened_at: DateTime<Utc>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// Position of the vehicle when the alert last changed.
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    /// Rule-specific facts, e.g. `{"nearest_zone": "P-03", "distance_m": 41.2}`.
+    pub details: serde_json::Value,
+}
+
+/// One transition of one alert, as stored and as emitted to webhooks. `id` is stable: the
+/// outbox and every delivery attempt carry it, so receivers deduplicate by it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    pub id: uuid::Uuid,
+    pub event_type: AlertEventType,
+    pub at: DateTime<Utc>,
+    pub alert: Alert,
+}
