@@ -4,10 +4,18 @@
 //! → `store` (one PostgreSQL transaction per batch, where `rules` turn readings into alert
 //! transitions) → `notify` (webhooks from the outbox). `api` reads the store and serves people.
 
+pub mod api;
+pub mod app;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod domain;
 pub mod geo;
+pub mod health;
+pub mod ingest;
+pub mod metrics;
 pub mod notify;
 pub mod rules;
+pub mod shutdown;
 pub mod sim;
+pub mod store;

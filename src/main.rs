@@ -1,6 +1,9 @@
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use hyfleet::config::Config;
+use hyfleet::{app, demo, shutdown, sim, store};
 
 /// hyfleet: telemetry backend for hydrogen vehicle fleets.
 #[derive(Parser)]
@@ -20,13 +23,85 @@ enum Command {
     /// Apply the database migrations and exit.
     Migrate,
     /// Run the fleet simulator against a broker.
-    Simulate(hyfleet::sim::SimArgs),
-    /// Run the whole system here: embedded broker, simulated fleet, API and dashboard.
+    Simulate(sim::SimArgs),
+    /// Run the whole system here: embedded broker, simulated fleet, API.
     Demo,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _ = (cli.config, cli.command);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=warn,rumqttc=warn".into()),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(load(&cli.config)?).await,
+            Command::Migrate => {
+                let config = load(&cli.config)?;
+                store::prepare_database(&config.database.url).await?;
+                println!("database is at migration {}", store::migrate::latest());
+                Ok(())
+            }
+            Command::Simulate(args) => {
+                let (trigger, stop) = shutdown::channel();
+                tokio::spawn(async move {
+                    shutdown::signal().await;
+                    trigger.fire();
+                });
+                let mut stop = stop;
+                sim::run(args, async move { stop.wait().await }).await?;
+                Ok(())
+            }
+            Command::Demo => run_demo(&cli.config).await,
+        }
+    })
+}
+
+fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(Config::load(path.as_deref())?)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&config.http.addr)
+        .await
+        .with_context(|| format!("cannot listen on http.addr = {}", config.http.addr))?;
+    let (trigger, stop) = shutdown::channel();
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        tracing::info!("stopping: finishing the batches in flight");
+        trigger.fire();
+    });
+    app::serve(config, listener, stop).await
+}
+
+async fn run_demo(path: &Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = load(path)?;
+    if std::env::var_os("MQTT_URL").is_none() {
+        config.mqtt.url = demo::start_embedded_broker()?;
+    }
+    let listener = tokio::net::TcpListener::bind(&config.http.addr)
+        .await
+        .with_context(|| format!("cannot listen on http.addr = {}", config.http.addr))?;
+    let http = listener.local_addr()?;
+    let (trigger, stop) = shutdown::channel();
+    let service = tokio::spawn(app::serve(config.clone(), listener, stop.clone()));
+    let sim_args = sim::SimArgs::demo(&config.mqtt.url, &config.mqtt.topic_root);
+    let mut sim_stop = stop.clone();
+    let simulator =
+        tokio::spawn(async move { sim::run(sim_args, async move { sim_stop.wait().await }).await });
+    println!(
+        "\nhyfleet demo is running\n  MQTT broker   {}\n  vehicles      http://{http}/api/v1/vehicles\n  metrics       http://{http}/metrics\n  readiness     http://{http}/readyz\nCtrl-C stops everything.\n",
+        config.mqtt.url
+    );
+    shutdown::signal().await;
+    trigger.fire();
+    let _ = simulator.await;
+    service.await??;
     Ok(())
 }

@@ -9,3 +9,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     anyhow::bail!("the simulator is not built yet")
 }
+
+impl SimArgs {
+    pub fn demo(_mqtt_url: &str, _topic_root: &str) -> Self {
+        SimArgs {}
+    }
+}

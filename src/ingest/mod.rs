@@ -1,0 +1,91 @@
+//! MQTT in, committed batches out, acknowledgements after commit.
+//!
+//! ```text
+//! broker ─▶ poller ─▶ batcher (decode) ─▶ writers ×N (one transaction each) ─▶ acker ─▶ broker
+//! ```
+//! Every stage is joined to the next by a bounded channel, so when PostgreSQL is slow or down
+//! the writers stop taking batches, the batcher stops taking messages, the poller stops reading
+//! the socket and the broker keeps what it has not delivered: memory stays bounded and
+//! nothing is lost. Acknowledgements go out in the order messages arrived, only for batches
+//! that committed; a crash therefore leaves every unacknowledged message with the broker,
+//! which delivers it again to the persistent session, and the store skips what it already has.
+
+mod acker;
+mod batcher;
+mod mqtt;
+mod writers;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::decode::Decoder;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::store::Registry;
+
+/// What ingest shares with the rest of the service.
+#[derive(Clone)]
+pub struct IngestDeps {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub registry: Arc<Registry>,
+    pub hooks: Arc<crate::store::writer::Hooks>,
+}
+
+/// A message taken from the broker: what to decode and how to acknowledge it.
+struct Incoming {
+    topic: String,
+    payload: bytes::Bytes,
+    ack: rumqttc::Publish,
+    received: chrono::DateTime<chrono::Utc>,
+}
+
+/// Run ingest until `shutdown` fires, then drain: commit what was taken, acknowledge it,
+/// disconnect.
+pub async fn run(config: &Config, deps: IngestDeps, shutdown: Shutdown) -> anyhow::Result<()> {
+    let decoder = Decoder::new(config);
+    let window = config.ingest.batch_max_rows * (config.ingest.writers + 2);
+    let (client, eventloop) = mqtt::client(config, window)?;
+    let (msg_tx, msg_rx) = tokio::sync::mpsc::channel(config.ingest.batch_max_rows.min(10_000));
+    let (job_tx, job_rx) = tokio::sync::mpsc::channel(config.ingest.writers);
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
+
+    let writers = writers::spawn(config, &deps, job_rx, done_tx).await?;
+    let batcher = tokio::spawn(batcher::run(
+        decoder.clone(),
+        config.ingest.clone(),
+        deps.metrics.clone(),
+        msg_rx,
+        job_tx,
+        shutdown.clone(),
+    ));
+    let acker = tokio::spawn(acker::run(
+        client.clone(),
+        deps.metrics.clone(),
+        done_rx,
+        drained_tx,
+    ));
+    let subscription = match &config.mqtt.shared_group {
+        Some(group) => format!("$share/{group}/{}", decoder.subscription()),
+        None => decoder.subscription(),
+    };
+    let poller = mqtt::poll(
+        client,
+        eventloop,
+        subscription,
+        deps.metrics.clone(),
+        deps.health.clone(),
+        msg_tx,
+        shutdown,
+        drained_rx,
+    );
+    poller.await;
+    batcher.await??;
+    for w in writers {
+        w.await?;
+    }
+    acker.await?;
+    Ok(())
+}

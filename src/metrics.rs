@@ -1,0 +1,222 @@
+//! Counters and histograms behind `/metrics`, rendered in the Prometheus text format. Each
+//! figure is named once here, so logs, tests and dashboards agree on it.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::domain::RejectReason;
+
+/// A histogram with fixed buckets; `observe` is lock-free.
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            if v <= *b {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add((v * 1e6).max(0.0) as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Relaxed));
+        }
+        let n = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {n}");
+    }
+}
+
+const SIZE_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0];
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+pub struct Metrics {
+    pub messages_received: AtomicU64,
+    pub readings_received: AtomicU64,
+    pub readings_stored: AtomicU64,
+    pub readings_duplicate: AtomicU64,
+    pub events_stored: AtomicU64,
+    rejects: [AtomicU64; RejectReason::ALL.len()],
+    pub batch_rows: Histogram,
+    pub commit_seconds: Histogram,
+    pub write_errors: AtomicU64,
+    /// How long the oldest message of the last committed batch waited in hyfleet, in ms.
+    pub lag_ms: AtomicI64,
+    /// Age of the newest reading of the last committed batch (device clock to commit), in ms.
+    pub reading_age_ms: AtomicI64,
+    /// Messages taken from the broker and not yet acknowledged.
+    pub unacked: AtomicI64,
+    pub mqtt_connected: AtomicI64,
+    pub mqtt_reconnects: AtomicU64,
+    pub alert_events: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            messages_received: AtomicU64::new(0),
+            readings_received: AtomicU64::new(0),
+            readings_stored: AtomicU64::new(0),
+            readings_duplicate: AtomicU64::new(0),
+            events_stored: AtomicU64::new(0),
+            rejects: Default::default(),
+            batch_rows: Histogram::new(SIZE_BUCKETS),
+            commit_seconds: Histogram::new(SECONDS_BUCKETS),
+            write_errors: AtomicU64::new(0),
+            lag_ms: AtomicI64::new(0),
+            reading_age_ms: AtomicI64::new(0),
+            unacked: AtomicI64::new(0),
+            mqtt_connected: AtomicI64::new(0),
+            mqtt_reconnects: AtomicU64::new(0),
+            alert_events: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejects[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn rejects(&self, reason: RejectReason) -> u64 {
+        self.rejects[reason.index()].load(Relaxed)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        counter(
+            &mut out,
+            "hyfleet_mqtt_messages_total",
+            "MQTT messages taken from the broker.",
+            self.messages_received.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "hyfleet_readings_received_total",
+            "Telemetry readings decoded and valid.",
+            self.readings_received.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "hyfleet_readings_stored_total",
+            "Readings committed to the store.",
+            self.readings_stored.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "hyfleet_readings_duplicate_total",
+            "Readings already stored (redeliveries, retries).",
+            self.readings_duplicate.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "hyfleet_events_stored_total",
+            "Vehicle events committed.",
+            self.events_stored.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hyfleet_rejects_total Messages or backlog records refused, by reason.\n# TYPE hyfleet_rejects_total counter"
+        );
+        for r in RejectReason::ALL {
+            let _ = writeln!(
+                out,
+                "hyfleet_rejects_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.rejects(r)
+            );
+        }
+        self.batch_rows.render(
+            &mut out,
+            "hyfleet_batch_rows",
+            "Readings per committed batch.",
+        );
+        self.commit_seconds.render(
+            &mut out,
+            "hyfleet_commit_seconds",
+            "Time to write and commit one batch.",
+        );
+        counter(
+            &mut out,
+            "hyfleet_write_errors_total",
+            "Batch writes that failed and were retried.",
+            self.write_errors.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "hyfleet_ingest_lag_seconds",
+            "How long the oldest message of the last batch waited in hyfleet before its commit.",
+            self.lag_ms.load(Relaxed) as f64 / 1e3,
+        );
+        gauge(
+            &mut out,
+            "hyfleet_reading_age_seconds",
+            "Age of the newest reading of the last batch at commit (device clock).",
+            self.reading_age_ms.load(Relaxed) as f64 / 1e3,
+        );
+        gauge(
+            &mut out,
+            "hyfleet_unacked_messages",
+            "Messages taken from the broker, not yet acknowledged.",
+            self.unacked.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "hyfleet_mqtt_connected",
+            "1 when connected and subscribed to the broker.",
+            self.mqtt_connected.load(Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "hyfleet_mqtt_reconnects_total",
+            "Connections to the broker lost.",
+            self.mqtt_reconnects.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "hyfleet_alert_events_total",
+            "Alert transitions emitted.",
+            self.alert_events.load(Relaxed),
+        );
+        out
+    }
+}

@@ -1,0 +1,299 @@
+//! One batch, one transaction: readings through binary COPY into a staging table, then into
+//! `telemetry` with duplicates skipped, the vehicles' latest state, events, statuses and
+//! rejects. Ingest acknowledges a batch's messages only after this commits.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use futures_util::SinkExt;
+
+use super::copy::CopyBuf;
+use super::registry::{Registry, VehicleRef};
+use crate::config::Profiles;
+use crate::decode::Decoded;
+use crate::domain::{Reading, Reject, RejectReason, VehicleId, VehicleKind};
+
+const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS telemetry_in
+    (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DELETE ROWS";
+
+const COPY_IN: &str =
+    "COPY telemetry_in (ts, seq, lat, lon, odo_km, vehicle, speed_kmh, h2_g, hdop,
+    heading_deg, h2_pressure_bar, tank_temp_c, fc_power_w, fc_temp_c, batt_v, locked, faults, extra)
+    FROM STDIN BINARY";
+const COLUMNS: i16 = 18;
+
+const MOVE_IN: &str = "INSERT INTO telemetry SELECT * FROM telemetry_in
+    ON CONFLICT ON CONSTRAINT telemetry_reading DO NOTHING
+    RETURNING vehicle, ts, seq";
+
+const LATEST: &str = "UPDATE vehicles v SET
+        last_ts = s.ts, lat = s.lat, lon = s.lon, speed_kmh = s.speed_kmh,
+        heading_deg = s.heading_deg, h2_g = s.h2_g, range_km = s.h2_g * v.km_per_g,
+        locked = coalesce(s.locked, v.locked), odo_km = coalesce(s.odo_km, v.odo_km)
+    FROM (SELECT DISTINCT ON (vehicle) * FROM telemetry_in ORDER BY vehicle, ts DESC) s
+    WHERE v.id = s.vehicle AND (v.last_ts IS NULL OR v.last_ts <= s.ts)";
+
+/// What a committed batch did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WriteOutcome {
+    pub stored: usize,
+    pub alert_events: usize,
+    pub duplicates: usize,
+    pub events: usize,
+    pub rejects: usize,
+    /// Readings newly stored, newest `ts` first per vehicle is not guaranteed.
+    pub newest_ts: Option<DateTime<Utc>>,
+}
+
+/// What else happens inside a batch's transaction: rules turn the new readings into alert
+/// transitions, and the webhook outbox takes them, so that all of it commits or none does.
+#[derive(Default)]
+pub struct Hooks {}
+
+/// A writer owns one connection; ingest runs several to overlap commits.
+pub struct BatchWriter {
+    client: tokio_postgres::Client,
+    registry: Arc<Registry>,
+    profiles: Profiles,
+    auto_register: bool,
+    #[allow(dead_code)]
+    hooks: Arc<Hooks>,
+}
+
+impl BatchWriter {
+    pub async fn connect(
+        url: &str,
+        registry: Arc<Registry>,
+        profiles: Profiles,
+        auto_register: bool,
+        hooks: Arc<Hooks>,
+    ) -> anyhow::Result<Self> {
+        let client = super::connect(url).await?;
+        client
+            .batch_execute(STAGING)
+            .await
+            .context("cannot create the staging table")?;
+        Ok(BatchWriter {
+            client,
+            registry,
+            profiles,
+            auto_register,
+            hooks,
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Write `batch` in one transaction. On error nothing is committed and the caller may try
+    /// the same batch again: every statement is idempotent across retries.
+    pub async fn write(
+        &mut self,
+        batch: &mut Decoded,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<WriteOutcome> {
+        let refs = self.resolve(batch).await?;
+        refuse_unknown(batch, &refs, now);
+
+        let mut ids: Vec<i32> = refs.values().map(|r| r.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+
+        let tx = self.client.transaction().await?;
+        // Lock the batch's vehicles in id order: another writer (or instance) with readings of
+        // the same vehicles waits here instead of deadlocking later.
+        tx.execute(
+            "SELECT 1 FROM vehicles WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&ids],
+        )
+        .await?;
+
+        let mut outcome = WriteOutcome::default();
+        if !batch.readings.is_empty() {
+            let sink = tx.copy_in::<_, bytes::Bytes>(COPY_IN).await?;
+            let data = encode_readings(&batch.readings, &refs);
+            futures_util::pin_mut!(sink);
+            sink.send(data).await?;
+            sink.finish().await?;
+            let inserted = tx.query(MOVE_IN, &[]).await?;
+            outcome.stored = inserted.len();
+            outcome.duplicates = batch.readings.len() - inserted.len();
+            outcome.newest_ts = inserted.iter().map(|r| r.get::<_, DateTime<Utc>>(1)).max();
+            tx.execute(LATEST, &[]).await?;
+            let _new: HashSet<(i32, DateTime<Utc>, Option<i64>)> = inserted
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+        }
+        let seen: Vec<i32> = ids.clone();
+        tx.execute(
+            "UPDATE vehicles SET last_seen = $2 WHERE id = ANY($1)",
+            &[&seen, &now],
+        )
+        .await?;
+        outcome.events = write_events(&tx, batch, &refs).await?;
+        write_statuses(&tx, batch, &refs).await?;
+        outcome.rejects = write_rejects(&tx, &batch.rejects).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn resolve(&self, batch: &Decoded) -> anyhow::Result<HashMap<VehicleId, VehicleRef>> {
+        let mut wanted: Vec<(VehicleId, VehicleKind)> = Vec::new();
+        let mut seen: HashSet<&VehicleId> = HashSet::new();
+        let all = batch
+            .readings
+            .iter()
+            .map(|r| (&r.vehicle, r.kind))
+            .chain(batch.events.iter().map(|e| (&e.vehicle, e.kind)))
+            .chain(batch.statuses.iter().map(|s| (&s.vehicle, s.kind)));
+        for (v, k) in all {
+            if seen.insert(v) {
+                wanted.push((v.clone(), k));
+            }
+        }
+        self.registry
+            .resolve(&self.client, &wanted, self.auto_register, &self.profiles)
+            .await
+            .context("cannot resolve vehicle ids")
+    }
+}
+
+/// Records of vehicles that are not registered (with `auto_register` off) become rejects.
+fn refuse_unknown(batch: &mut Decoded, refs: &HashMap<VehicleId, VehicleRef>, now: DateTime<Utc>) {
+    let unknown = |v: &VehicleId| !refs.contains_key(v);
+    let reject = |v: &VehicleId, kind: VehicleKind, channel: &str, payload: Vec<u8>| Reject {
+        received_at: now,
+        topic: format!("{}/{}/{}", kind, v, channel),
+        vehicle: Some(v.to_string()),
+        reason: RejectReason::UnknownVehicle,
+        detail: format!("vehicle `{v}` is not registered and ingest.auto_register is off"),
+        payload,
+    };
+    let mut rejects = Vec::new();
+    batch.readings.retain(|r| {
+        let keep = !unknown(&r.vehicle);
+        if !keep {
+            let payload = serde_json::to_vec(r).unwrap_or_default();
+            rejects.push(reject(&r.vehicle, r.kind, "telemetry", payload));
+        }
+        keep
+    });
+    batch.events.retain(|e| {
+        let keep = !unknown(&e.vehicle);
+        if !keep {
+            let payload = serde_json::to_vec(&e.body).unwrap_or_default();
+            rejects.push(reject(&e.vehicle, e.kind, "event", payload));
+        }
+        keep
+    });
+    batch.statuses.retain(|s| !unknown(&s.vehicle));
+    batch.rejects.extend(rejects);
+}
+
+fn encode_readings(readings: &[Reading], refs: &HashMap<VehicleId, VehicleRef>) -> bytes::Bytes {
+    let mut buf = CopyBuf::with_capacity(readings.len() * 140);
+    for r in readings {
+        let id = refs[&r.vehicle].id;
+        buf.row(COLUMNS);
+        buf.timestamptz(r.ts);
+        match r.seq {
+            Some(s) => buf.i64(i64::from(s)),
+            None => buf.null(),
+        }
+        buf.f64(r.lat);
+        buf.f64(r.lon);
+        buf.opt_f64(r.odo_km);
+        buf.i32(id);
+        buf.f32(r.speed_kmh);
+        buf.f32(r.h2_g);
+        buf.opt_f32(r.hdop);
+        buf.opt_f32(r.heading_deg);
+        buf.opt_f32(r.h2_pressure_bar);
+        buf.opt_f32(r.tank_temp_c);
+        buf.opt_f32(r.fc_power_w);
+        buf.opt_f32(r.fc_temp_c);
+        buf.opt_f32(r.batt_v);
+        buf.opt_bool(r.locked);
+        buf.text_array(&r.faults);
+        match &r.extra {
+            Some(extra) => buf.jsonb(&serde_json::to_vec(extra).expect("a JSON map serialises")),
+            None => buf.null(),
+        }
+    }
+    buf.finish()
+}
+
+async fn write_events(
+    tx: &tokio_postgres::Transaction<'_>,
+    batch: &Decoded,
+    refs: &HashMap<VehicleId, VehicleRef>,
+) -> Result<usize, tokio_postgres::Error> {
+    if batch.events.is_empty() {
+        return Ok(0);
+    }
+    let vehicle: Vec<i32> = batch.events.iter().map(|e| refs[&e.vehicle].id).collect();
+    let ts: Vec<DateTime<Utc>> = batch.events.iter().map(|e| e.ts).collect();
+    let kind: Vec<&str> = batch.events.iter().map(|e| e.event_type.as_str()).collect();
+    let body: Vec<&serde_json::Value> = batch.events.iter().map(|e| &e.body).collect();
+    let n = tx
+        .execute(
+            "INSERT INTO events (vehicle, ts, type, body)
+             SELECT * FROM unnest($1::int[], $2::timestamptz[], $3::text[], $4::jsonb[])
+             ON CONFLICT (vehicle, ts, type) DO NOTHING",
+            &[&vehicle, &ts, &kind, &body],
+        )
+        .await?;
+    Ok(n as usize)
+}
+
+async fn write_statuses(
+    tx: &tokio_postgres::Transaction<'_>,
+    batch: &Decoded,
+    refs: &HashMap<VehicleId, VehicleRef>,
+) -> Result<(), tokio_postgres::Error> {
+    // The last status of each vehicle in the batch wins.
+    let mut last: HashMap<i32, (bool, DateTime<Utc>)> = HashMap::new();
+    for s in &batch.statuses {
+        last.insert(refs[&s.vehicle].id, (s.online, s.received_at));
+    }
+    if last.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i32> = last.keys().copied().collect();
+    let online: Vec<bool> = ids.iter().map(|i| last[i].0).collect();
+    let at: Vec<DateTime<Utc>> = ids.iter().map(|i| last[i].1).collect();
+    tx.execute(
+        "UPDATE vehicles v SET online = s.online, status_at = s.at
+         FROM unnest($1::int[], $2::bool[], $3::timestamptz[]) AS s(id, online, at)
+         WHERE v.id = s.id",
+        &[&ids, &online, &at],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_rejects(
+    tx: &tokio_postgres::Transaction<'_>,
+    rejects: &[Reject],
+) -> Result<usize, tokio_postgres::Error> {
+    if rejects.is_empty() {
+        return Ok(0);
+    }
+    let at: Vec<DateTime<Utc>> = rejects.iter().map(|r| r.received_at).collect();
+    let topic: Vec<&str> = rejects.iter().map(|r| r.topic.as_str()).collect();
+    let vehicle: Vec<Option<&str>> = rejects.iter().map(|r| r.vehicle.as_deref()).collect();
+    let reason: Vec<&str> = rejects.iter().map(|r| r.reason.as_str()).collect();
+    let detail: Vec<&str> = rejects.iter().map(|r| r.detail.as_str()).collect();
+    let payload: Vec<&[u8]> = rejects.iter().map(|r| r.payload.as_slice()).collect();
+    tx.execute(
+        "INSERT INTO rejects (received_at, topic, vehicle, reason, detail, payload)
+         SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])",
+        &[&at, &topic, &vehicle, &reason, &detail, &payload],
+    )
+    .await?;
+    Ok(rejects.len())
+}

@@ -1,0 +1,246 @@
+use serde_json::json;
+
+use crate::support::*;
+
+fn reading(seq: u32, ts: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
+    json!({
+        "ts": ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "seq": seq, "lat": 37.145 + f64::from(seq) * 1e-5, "lon": 111.781, "speed_kmh": 14.5,
+        "h2_g": 40.0 - seq as f32 * 0.01, "locked": false
+    })
+}
+
+#[tokio::test]
+async fn readings_arrive_intact_as_objects_and_backlogs() {
+    let db = TestDb::new().await;
+    let config = config(&db, BROKER);
+    let root = config.mqtt.topic_root.clone();
+    let svc = InProcess::start(config).await;
+    let mut fw = Publisher::connect(BROKER).await;
+    let now = chrono::Utc::now();
+    let full = json!({
+        "vehicle_id": "XY-B0001", "ts": now.timestamp_millis(), "seq": 1,
+        "lat": 37.1451234, "lon": 111.7812345, "hdop": 0.8, "speed_kmh": 18.5, "heading_deg": 91.5,
+        "h2_g": 44.25, "h2_pressure_bar": 11.5, "tank_temp_c": 22.0, "fc_power_w": 240.0,
+        "fc_temp_c": 51.5, "batt_v": 12.7, "odo_km": 1523.25, "locked": false,
+        "faults": ["E12", "W3"], "firmware": "2.1.0"
+    });
+    fw.publish(&format!("{root}/bike/XY-B0001/telemetry"), full.to_string())
+        .await;
+    let backlog: Vec<_> = (2..=6)
+        .map(|s| reading(s, now - chrono::Duration::seconds(60 - i64::from(s))))
+        .collect();
+    fw.publish(
+        &format!("{root}/bike/XY-B0001/telemetry"),
+        json!(backlog).to_string(),
+    )
+    .await;
+    fw.flush().await;
+
+    let api = reqwest::Client::new();
+    let url = svc.url(&format!(
+        "/api/v1/vehicles/XY-B0001/telemetry?from={}",
+        urlencode(&(now - chrono::Duration::minutes(5)).to_rfc3339())
+    ));
+    let items = eventually(20, "six readings", || async {
+        let body: serde_json::Value = api.get(&url).send().await.ok()?.json().await.ok()?;
+        let items = body["items"].as_array()?.clone();
+        (items.len() == 6).then_some(items)
+    })
+    .await;
+    let first = items.iter().find(|i| i["seq"] == 1).unwrap();
+    for field in [
+        "lat",
+        "lon",
+        "hdop",
+        "speed_kmh",
+        "heading_deg",
+        "h2_g",
+        "h2_pressure_bar",
+        "tank_temp_c",
+        "fc_power_w",
+        "fc_temp_c",
+        "batt_v",
+        "odo_km",
+        "locked",
+        "faults",
+    ] {
+        assert_eq!(first[field], full[field], "field {field}");
+    }
+    assert_eq!(first["extra"]["firmware"], "2.1.0");
+    let ts = chrono::DateTime::parse_from_rfc3339(first["ts"].as_str().unwrap()).unwrap();
+    assert_eq!(ts.timestamp_millis(), now.timestamp_millis());
+
+    // The vehicle was registered on first sight with the bike profile, and its latest state is
+    // the newest reading.
+    let v: serde_json::Value = api
+        .get(svc.url("/api/v1/vehicles/XY-B0001"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["kind"], "bike");
+    assert_eq!(v["tank_g"], 50.0);
+    assert_eq!(v["h2_g"], 44.25);
+    let range = v["range_km"].as_f64().unwrap();
+    assert!((range - 44.25 * 1.2).abs() < 0.01, "range {range}");
+    svc.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}
+
+#[tokio::test]
+async fn every_reject_reason_is_recorded_and_good_messages_around_are_kept() {
+    let db = TestDb::new().await;
+    let config = config(&db, BROKER);
+    let root = config.mqtt.topic_root.clone();
+    let svc = InProcess::start(config).await;
+    let mut fw = Publisher::connect(BROKER).await;
+    let now = chrono::Utc::now();
+    let t = format!("{root}/bike/XY-B0002/telemetry");
+    let mut seq = 0;
+    let good = |fw_seq: &mut u32| {
+        *fw_seq += 1;
+        reading(
+            *fw_seq,
+            now - chrono::Duration::seconds(100 - i64::from(*fw_seq)),
+        )
+        .to_string()
+    };
+    let bad: Vec<(String, Vec<u8>)> = vec![
+        (t.clone(), b"{\"ts\": 1, \"lat\":".to_vec()),
+        (t.clone(), json!({"ts": now.to_rfc3339(), "lat": 37.1}).to_string().into_bytes()),
+        (t.clone(), vec![b'x'; 70_000]),
+        (t.clone(), json!({"ts": now.to_rfc3339(), "lat": 97.1, "lon": 111.0, "speed_kmh": 1, "h2_g": 3}).to_string().into_bytes()),
+        (t.clone(), json!({"ts": (now + chrono::Duration::hours(1)).to_rfc3339(), "lat": 37.1, "lon": 111.0, "speed_kmh": 1, "h2_g": 3}).to_string().into_bytes()),
+        (t.clone(), json!({"vehicle_id": "XY-B0999", "ts": now.to_rfc3339(), "lat": 37.1, "lon": 111.0, "speed_kmh": 1, "h2_g": 3}).to_string().into_bytes()),
+        (format!("{root}/scooter/XY-B0002/telemetry"), b"{}".to_vec()),
+    ];
+    for (topic, payload) in &bad {
+        fw.publish(&t, good(&mut seq)).await;
+        fw.publish(topic, payload.clone()).await;
+    }
+    // A backlog with one bad record among good ones.
+    let mut records: Vec<serde_json::Value> = (0..3)
+        .map(|_| serde_json::from_str(&good(&mut seq)).unwrap())
+        .collect();
+    records.insert(
+        1,
+        json!({"ts": now.to_rfc3339(), "lat": 37.1, "lon": 111.0, "speed_kmh": -3, "h2_g": 3}),
+    );
+    fw.publish(&t, json!(records).to_string()).await;
+    fw.publish(&t, good(&mut seq)).await;
+    fw.flush().await;
+
+    let client = db.client().await;
+    let expected_good = i64::from(seq);
+    eventually(20, "good readings and rejects", || async {
+        let stored = count(&client, "SELECT count(*) FROM telemetry").await;
+        let rejects = count(&client, "SELECT count(*) FROM rejects").await;
+        (stored == expected_good && rejects == 8).then_some(())
+    })
+    .await;
+    let reasons: Vec<String> = client
+        .query("SELECT reason FROM rejects ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "malformed_json",
+            "schema",
+            "too_large",
+            "out_of_range",
+            "clock_skew",
+            "id_mismatch",
+            "bad_topic",
+            "out_of_range"
+        ]
+    );
+    let row = client
+        .query_one(
+            "SELECT topic, detail, length(payload) FROM rejects WHERE reason = 'too_large'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), t);
+    assert!(row.get::<_, String>(1).contains("70000"));
+    assert_eq!(row.get::<_, i32>(2), 4096);
+
+    // Counted per reason in the metrics, and listed by the API.
+    let metrics = reqwest::get(svc.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hyfleet_rejects_total{reason=\"out_of_range\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hyfleet_rejects_total{reason=\"bad_topic\"} 1"));
+    let listed: serde_json::Value = reqwest::get(svc.url("/api/v1/rejects?reason=clock_skew"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn redelivered_messages_and_resent_backlogs_are_stored_once() {
+    let db = TestDb::new().await;
+    let config = config(&db, BROKER);
+    let root = config.mqtt.topic_root.clone();
+    let svc = InProcess::start(config).await;
+    let mut fw = Publisher::connect(BROKER).await;
+    let now = chrono::Utc::now();
+    let t = format!("{root}/bus/XY-H0001/telemetry");
+    let one = reading(1, now).to_string();
+    fw.publish(&t, one.clone()).await;
+    fw.publish(&t, one).await;
+    let backlog: Vec<_> = (2..=20)
+        .map(|s| reading(s, now - chrono::Duration::seconds(i64::from(s))))
+        .collect();
+    let backlog = json!(backlog).to_string();
+    fw.publish(&t, backlog.clone()).await;
+    fw.publish(&t, backlog).await;
+    // Readings without seq are identified by time alone.
+    let mut no_seq = reading(0, now - chrono::Duration::seconds(30));
+    no_seq.as_object_mut().unwrap().remove("seq");
+    fw.publish(&t, no_seq.to_string()).await;
+    fw.publish(&t, no_seq.to_string()).await;
+    fw.flush().await;
+    let client = db.client().await;
+    eventually(20, "all messages processed", || async {
+        let m = reqwest::get(svc.url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        m.contains("hyfleet_readings_duplicate_total 21")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(count(&client, "SELECT count(*) FROM telemetry").await, 21);
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(DISTINCT (vehicle, ts, seq)) FROM telemetry"
+        )
+        .await,
+        21
+    );
+    svc.stop().await;
+}

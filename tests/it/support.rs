@@ -1,0 +1,390 @@
+//! What the integration tests share: a database of their own, a topic root of their own, the
+//! service started in-process or as a child process, an MQTT publisher and a TCP proxy.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyfleet::config::Config;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}_{}_{n}_{nanos}", std::process::id())
+}
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+pub const BROKER: &str = "mqtt://127.0.0.1:1883";
+
+/// A database that exists for one test and is dropped after it.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = unique("hyfleet_test");
+        hyfleet::store::prepare_database(&format!("{PG}/{name}"))
+            .await
+            .expect("prepare test database");
+        TestDb { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{PG}/{}", self.name)
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        hyfleet::store::connect(&self.url()).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-q",
+                "-c",
+            ])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A configuration of the service for one test: its own database, topic root and client id.
+pub fn config(db: &TestDb, broker: &str) -> Config {
+    let mut c = Config::default();
+    c.database.url = db.url();
+    c.database.pool_size = 2;
+    c.mqtt.url = broker.to_owned();
+    c.mqtt.topic_root = format!("test/{}", unique("root"));
+    c.mqtt.client_id = unique("hyfleet");
+    c.http.addr = "127.0.0.1:0".into();
+    c.ingest.batch_max_age_ms = 20;
+    c
+}
+
+/// The service running in this process.
+pub struct InProcess {
+    pub addr: std::net::SocketAddr,
+    trigger: hyfleet::shutdown::Trigger,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    pub async fn start(config: Config) -> InProcess {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (trigger, stop) = hyfleet::shutdown::channel();
+        let task = tokio::spawn(hyfleet::app::serve(config, listener, stop));
+        let s = InProcess {
+            addr,
+            trigger,
+            task,
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_ready(self.addr).await
+    }
+
+    pub async fn stop(self) {
+        self.trigger.fire();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("service stops within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+pub async fn wait_ready(addr: std::net::SocketAddr) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "service not ready in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `hyfleet` binary as a child process, killed (not stopped) when dropped.
+pub struct ChildService {
+    pub child: Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl ChildService {
+    pub async fn start(config_toml: &str, dir: &std::path::Path) -> ChildService {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let path = dir.join("hyfleet.toml");
+        std::fs::write(&path, config_toml).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hyfleet"))
+            .args(["--config", path.to_str().unwrap(), "serve"])
+            .env("HYFLEET_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL")
+            .env_remove("MQTT_URL")
+            .env_remove("HYFLEET_TOPIC_ROOT")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start hyfleet");
+        let addr = ([127, 0, 0, 1], port).into();
+        wait_ready(addr).await;
+        ChildService { child, addr }
+    }
+
+    /// SIGKILL: no graceful shutdown, nothing flushed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildService {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A firmware-like MQTT client that publishes with QoS 1 and waits for the broker's PUBACKs.
+pub struct Publisher {
+    client: AsyncClient,
+    acked: tokio::sync::watch::Receiver<u64>,
+    sent: u64,
+}
+
+impl Publisher {
+    pub async fn connect(broker: &str) -> Publisher {
+        let ep = hyfleet::config::parse_mqtt_url(broker).unwrap();
+        let mut opts = MqttOptions::new(unique("fw"), ep.host, ep.port);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_inflight(1000);
+        let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+        let (tx, acked) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        n += 1;
+                        let _ = tx.send(n);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Publisher {
+            client,
+            acked,
+            sent: 0,
+        }
+    }
+
+    pub async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+        self.sent += 1;
+    }
+
+    /// Wait until the broker acknowledged everything published so far.
+    pub async fn flush(&mut self) {
+        let sent = self.sent;
+        tokio::time::timeout(Duration::from_secs(30), self.acked.wait_for(|n| *n >= sent))
+            .await
+            .expect("broker acknowledges within 30 s")
+            .unwrap();
+    }
+}
+
+/// Poll `f` until it returns `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// A TCP proxy the test can cut: `cut()` closes every connection and refuses new ones,
+/// `restore()` lets them through again.
+pub struct Proxy {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::AtomicBool;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(AtomicBool::new(true));
+        let (generation, gen_rx) = tokio::sync::watch::channel(0u64);
+        let open2 = open.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !open2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = gen_rx.clone();
+                // Only cuts after this connection was made concern it.
+                cut.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            open,
+            generation,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A private Mosquitto on a free port with the project's broker configuration.
+pub struct PrivateBroker {
+    pub port: u16,
+    child: Child,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn temp_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(unique("hyfleet"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl PrivateBroker {
+    /// Start `mosquitto` with `extra` configuration lines and persistence in a temp dir.
+    pub async fn start(extra: &str) -> PrivateBroker {
+        let dir = temp_dir();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n{extra}\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .args(["-c", conf.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PrivateBroker {
+            port,
+            child,
+            _dir: tempdir::Dir(dir),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
