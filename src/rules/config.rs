@@ -1,5 +1,7 @@
 //! `[rules]`: thresholds per profile kind, GPS tolerance and custom CEL rules.
 
+use std::cmp::Ordering::Less;
+
 use serde::Deserialize;
 
 use crate::domain::{Severity, VehicleKind};
@@ -185,13 +187,16 @@ impl RulesConfig {
                     "must be a positive number",
                 );
             }
-            if !(t.tank_pressure_min_bar < t.tank_pressure_max_bar) {
+            if t.tank_pressure_min_bar
+                .partial_cmp(&t.tank_pressure_max_bar)
+                != Some(Less)
+            {
                 return err(
                     format!("{k}.tank_pressure_max_bar"),
                     "must be above the minimum",
                 );
             }
-            if !(t.tank_temp_min_c < t.tank_temp_max_c) {
+            if t.tank_temp_min_c.partial_cmp(&t.tank_temp_max_c) != Some(Less) {
                 return err(format!("{k}.tank_temp_max_c"), "must be above the minimum");
             }
             if t.offline_after_secs == 0 {

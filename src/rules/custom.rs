@@ -182,9 +182,7 @@ pub(crate) fn compile(src: &str) -> Result<Program, String> {
     let program = Program::compile(src).map_err(|errs| match errs.errors.first() {
         Some(e) => format!(
             "CEL syntax error at line {}, column {}: {} (in `{src}`)",
-            e.pos.0,
-            e.pos.1 + 1,
-            e.msg
+            e.pos.0, e.pos.1, e.msg
         ),
         None => format!("CEL syntax error in `{src}`"),
     })?;

@@ -855,3 +855,15 @@ fn rule_state_round_trips_through_json_and_stays_small() {
     assert!(json.to_string().len() < 1024, "{json}");
     assert!(back.is_open("low_hydrogen"));
 }
+
+#[test]
+fn the_engine_is_shared_across_ingest_tasks() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Engine>();
+}
+
+#[test]
+fn a_syntax_error_points_at_its_column() {
+    let err = super::custom::compile("reading.speed_kmh >> 3.0").unwrap_err();
+    assert!(err.contains("line 1, column 20"), "{err}");
+}
