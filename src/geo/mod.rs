@@ -1,8 +1,16 @@
-//! Geometry: coordinate systems, and (with the rules engine) zones and their index.
+//! Geometry: coordinate systems, zones and the index that answers "which zones is this point
+//! in, and how far is the nearest parking area".
 
 pub mod gcj02;
+mod metric;
+mod zones;
+
+use std::path::PathBuf;
 
 use serde::Deserialize;
+
+pub use metric::{LocalFrame, distance_m};
+pub use zones::{Shape, Zone, ZoneError, ZoneHit, ZoneIndex, ZoneKind, parse_feature, parse_zones};
 
 /// The coordinate system that vehicles report and zone files are drawn in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -14,11 +22,40 @@ pub enum Crs {
     Gcj02,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GeoConfig {
     /// Coordinate system of vehicle positions.
     pub crs: Crs,
+    /// Coordinate system of zone files; when unset, the same as `crs` (a fence drawn on the
+    /// same Chinese map the vehicles' modules use).
+    pub zones_crs: Option<Crs>,
+    /// GeoJSON FeatureCollection loaded into the `zones` table when it is empty.
+    pub zones_file: PathBuf,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        Self {
+            crs: Crs::Wgs84,
+            zones_crs: None,
+            zones_file: PathBuf::from("data/xiaoyi/zones.geojson"),
+        }
+    }
+}
+
+impl GeoConfig {
+    pub fn zones_crs(&self) -> Crs {
+        self.zones_crs.unwrap_or(self.crs)
+    }
+
+    /// `Err((option, message))` names the option below `geo.` that is wrong.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.zones_file.as_os_str().is_empty() {
+            return Err(("zones_file".into(), "must name a GeoJSON file".into()));
+        }
+        Ok(())
+    }
 }
 
 impl Crs {

@@ -1,14 +1,26 @@
-//! The rules engine: readings and per-vehicle state in, alert transitions out.
+//! The rules engine: readings, events and per-vehicle state in; alert transitions and rides
+//! out (DESIGN §7).
+//!
+//! [`Engine`] is pure: it reads a [`VehicleRuleState`] and a message and returns
+//! [`Output`]s, touching nothing else, so every rule is tested without a database. The state
+//! lives in `vehicles.rule_state` and [`store`] loads, runs and saves it inside the ingest
+//! transaction, under the vehicle's row lock: any instance may process any vehicle.
 
-use serde::Deserialize;
+mod builtin;
+mod config;
+mod custom;
+mod engine;
+mod ride;
+mod state;
+pub mod store;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RulesConfig {}
+pub use builtin::NAMES as BUILTIN_RULES;
+pub use config::{CustomRuleConfig, RulesConfig, Thresholds};
+pub use engine::{AlertAction, AlertChange, Engine, EngineError, Output, Ride, VehicleInfo};
+pub use state::{Slot, VehicleRuleState};
 
-impl RulesConfig {
-    /// `Err((option, message))` names the option below `rules.` that is wrong.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        Ok(())
-    }
-}
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod store_tests;

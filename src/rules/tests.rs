@@ -1,0 +1,869 @@
+//! The engine, exhaustively, without a database.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+
+use super::*;
+use crate::config::Config;
+use crate::domain::{Event, EventType, Reading, Severity, VehicleId, VehicleKind};
+use crate::geo::{Crs, ZoneIndex};
+
+const LAT: f64 = 37.145;
+const LON: f64 = 111.781;
+const M_LAT: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
+
+fn m_lon() -> f64 {
+    M_LAT * LAT.to_radians().cos()
+}
+
+/// `(lat, lon)` of a point `east`/`north` metres from the parking area's south-west corner.
+fn at(east: f64, north: f64) -> (f64, f64) {
+    (LAT + north / M_LAT, LON + east / m_lon())
+}
+
+fn square(
+    id: &str,
+    kind: &str,
+    east: f64,
+    north: f64,
+    side: f64,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let (la0, lo0) = at(east, north);
+    let (la1, lo1) = at(east + side, north + side);
+    let mut props = json!({"id": id, "name": format!("{id} area"), "kind": kind});
+    if let Some(o) = extra.as_object() {
+        props.as_object_mut().unwrap().extend(o.clone());
+    }
+    json!({"type": "Feature", "properties": props, "geometry": {"type": "Polygon",
+        "coordinates": [[[lo0, la0], [lo1, la0], [lo1, la1], [lo0, la1], [lo0, la0]]]}})
+}
+
+/// A 5 km service area around a 100 m parking area `P1` (with a 40 m no-parking corner
+/// `NP` inside it) and a 200 m slow zone `S` to the east.
+fn zones() -> Arc<ZoneIndex> {
+    let fc = json!({"type": "FeatureCollection", "features": [
+        square("CITY", "service_area", -2500.0, -2500.0, 5000.0, json!({})),
+        square("P1", "parking", 0.0, 0.0, 100.0, json!({})),
+        square("P2", "parking", 1000.0, 1000.0, 50.0, json!({})),
+        square("NP", "no_parking", 60.0, 60.0, 40.0, json!({})),
+        square("S", "slow", 500.0, 0.0, 200.0, json!({"max_speed_kmh": 10})),
+    ]});
+    Arc::new(ZoneIndex::from_geojson(&fc.to_string(), Crs::Wgs84).unwrap())
+}
+
+fn engine_with(config: Config) -> Engine {
+    Engine::new(&config, zones()).unwrap()
+}
+
+fn engine() -> Engine {
+    engine_with(Config::default())
+}
+
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 4, 29, 8, 0, 0).unwrap() + Duration::seconds(secs)
+}
+
+fn bike() -> VehicleInfo {
+    VehicleInfo {
+        kind: VehicleKind::Bike,
+        tank_g: 50.0,
+        km_per_g: None,
+    }
+}
+
+/// A riding bike inside `P1` at `secs`, with 40 g on board.
+fn rd(secs: i64) -> Reading {
+    let (lat, lon) = at(50.0, 50.0);
+    Reading {
+        vehicle: VehicleId::parse("XY-B0001").unwrap(),
+        kind: VehicleKind::Bike,
+        ts: t(secs),
+        seq: None,
+        lat,
+        lon,
+        hdop: None,
+        speed_kmh: 12.0,
+        heading_deg: None,
+        h2_g: 40.0,
+        h2_pressure_bar: Some(15.0),
+        tank_temp_c: Some(20.0),
+        fc_power_w: None,
+        fc_temp_c: None,
+        batt_v: None,
+        odo_km: None,
+        locked: Some(false),
+        faults: vec![],
+        extra: None,
+    }
+}
+
+fn placed(mut r: Reading, east: f64, north: f64) -> Reading {
+    (r.lat, r.lon) = at(east, north);
+    r
+}
+
+fn alerts(outputs: &[Output]) -> Vec<(String, Option<String>, AlertAction)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Alert(a) => Some((a.rule.clone(), a.zone.clone(), a.action)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn of_rule(outputs: &[Output], rule: &str) -> Vec<AlertAction> {
+    alerts(outputs)
+        .into_iter()
+        .filter(|(r, _, _)| r == rule)
+        .map(|(_, _, a)| a)
+        .collect()
+}
+
+fn rides(outputs: &[Output]) -> Vec<Ride> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Ride(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Feed readings in order, collecting every output.
+fn feed(
+    e: &Engine,
+    s: &mut VehicleRuleState,
+    readings: impl IntoIterator<Item = Reading>,
+) -> Vec<Output> {
+    readings
+        .into_iter()
+        .flat_map(|r| e.on_reading(s, &r, &bike()))
+        .collect()
+}
+
+#[test]
+fn low_hydrogen_hovering_at_the_threshold_opens_nothing() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    // 9.9 g and 10.1 g are 19.8 % and 20.2 % of 50 g: flapping across 20 % every 20 s.
+    let out = feed(
+        &e,
+        &mut s,
+        (0..60).map(|i| {
+            let mut r = rd(i * 20);
+            r.h2_g = if i % 2 == 0 { 9.9 } else { 10.1 };
+            r
+        }),
+    );
+    assert!(of_rule(&out, "low_hydrogen").is_empty(), "{out:?}");
+}
+
+#[test]
+fn low_hydrogen_opens_once_after_its_hold_and_then_hovering_makes_no_storm() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let below = feed(
+        &e,
+        &mut s,
+        (0..4).map(|i| {
+            let mut r = rd(i * 30);
+            r.h2_g = 9.5;
+            r
+        }),
+    );
+    assert_eq!(
+        of_rule(&below, "low_hydrogen"),
+        vec![AlertAction::Open(Severity::Warning)]
+    );
+    let Output::Alert(a) = below
+        .iter()
+        .find(|o| matches!(o, Output::Alert(_)))
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    assert_eq!(a.at, t(60), "opens when held for 60 s, not at first sight");
+    assert_eq!(a.details["h2_pct"], 19.0);
+    // Hovering between 19 % and 24 % (inside warning + hysteresis) neither clears nor reopens.
+    let hover = feed(
+        &e,
+        &mut s,
+        (4..40).map(|i| {
+            let mut r = rd(i * 30);
+            r.h2_g = if i % 2 == 0 { 9.5 } else { 12.0 };
+            r
+        }),
+    );
+    assert!(of_rule(&hover, "low_hydrogen").is_empty(), "{hover:?}");
+}
+
+#[test]
+fn drained_from_50_to_4_g_then_refuelled_opens_escalates_and_resolves() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let mut out = Vec::new();
+    // Half a gram every 30 s: 50 g → 4 g, then the energy island fills it to 48 g.
+    let mut secs = 0;
+    let mut h2 = 50.0f32;
+    while h2 >= 4.0 {
+        let mut r = rd(secs);
+        r.h2_g = h2;
+        out.extend(e.on_reading(&mut s, &r, &bike()));
+        h2 -= 0.5;
+        secs += 30;
+    }
+    // Parked empty for a few minutes before the rider reaches an energy island.
+    for _ in 0..4 {
+        let mut r = rd(secs);
+        r.h2_g = 4.0;
+        out.extend(e.on_reading(&mut s, &r, &bike()));
+        secs += 30;
+    }
+    let mut r = rd(secs + 600);
+    r.h2_g = 48.0;
+    out.extend(e.on_reading(&mut s, &r, &bike()));
+    assert_eq!(
+        of_rule(&out, "low_hydrogen"),
+        vec![
+            AlertAction::Open(Severity::Warning),
+            AlertAction::Escalate(Severity::Critical),
+            AlertAction::Resolve
+        ]
+    );
+    assert!(!s.is_open("low_hydrogen"));
+}
+
+#[test]
+fn a_backlog_after_newer_readings_does_not_reopen_a_resolved_alert() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let low = |secs: i64, h2: f32| {
+        let mut r = rd(secs);
+        r.h2_g = h2;
+        r
+    };
+    let out = feed(
+        &e,
+        &mut s,
+        [low(0, 4.0), low(60, 4.0), low(120, 4.0), low(3600, 48.0)],
+    );
+    assert_eq!(
+        of_rule(&out, "low_hydrogen"),
+        vec![AlertAction::Open(Severity::Critical), AlertAction::Resolve]
+    );
+    // The dead-zone backlog of the ride before the refuel arrives now.
+    let backlog = feed(&e, &mut s, (0..20).map(|i| low(1800 + i * 30, 3.5)));
+    assert!(alerts(&backlog).is_empty(), "{backlog:?}");
+    assert!(!s.is_open("low_hydrogen"));
+    // Nor does a late reading flip an open alert backwards.
+    let out = feed(&e, &mut s, [low(4000, 4.0), low(4060, 4.0)]);
+    assert_eq!(
+        of_rule(&out, "low_hydrogen"),
+        vec![AlertAction::Open(Severity::Critical)]
+    );
+    let late = feed(&e, &mut s, [low(3700, 48.0)]);
+    assert!(alerts(&late).is_empty());
+    assert!(s.is_open("low_hydrogen"));
+}
+
+#[test]
+fn predicted_range_from_learned_consumption_drives_low_hydrogen() {
+    let e = engine();
+    // A bike that does only 0.5 km/g: 16 g (32 % of the tank) is 8 km, 13 % of 60 km.
+    let mut s = VehicleRuleState {
+        consumption: Some(super::state::Consumption { km: 50.0, g: 100.0 }),
+        ..Default::default()
+    };
+    let out = feed(
+        &e,
+        &mut s,
+        (0..3).map(|i| {
+            let mut r = rd(i * 30);
+            r.h2_g = 16.0;
+            r
+        }),
+    );
+    assert_eq!(
+        of_rule(&out, "low_hydrogen"),
+        vec![AlertAction::Open(Severity::Warning)]
+    );
+}
+
+#[test]
+fn overspeed_needs_the_tolerance_and_the_hold_and_clears_below_the_cap() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let fast = |secs: i64, v: f32| {
+        let mut r = placed(rd(secs), -1000.0, 0.0);
+        r.speed_kmh = v;
+        r
+    };
+    // One spike, and a speed inside the tolerance (cap 23 + 2) held for a minute.
+    let out = feed(&e, &mut s, [fast(0, 30.0), fast(5, 20.0)]);
+    assert!(of_rule(&out, "overspeed").is_empty());
+    let out = feed(&e, &mut s, (2..14).map(|i| fast(i * 5, 24.9)));
+    assert!(of_rule(&out, "overspeed").is_empty());
+    // Held above the tolerance for 10 s: opens once.
+    let out = feed(&e, &mut s, (14..20).map(|i| fast(i * 5, 28.0)));
+    assert_eq!(
+        of_rule(&out, "overspeed"),
+        vec![AlertAction::Open(Severity::Warning)]
+    );
+    // Between the cap and cap + tolerance it stays open; at the cap it clears.
+    let out = feed(&e, &mut s, [fast(100, 24.0), fast(105, 23.5)]);
+    assert!(of_rule(&out, "overspeed").is_empty());
+    let out = feed(&e, &mut s, [fast(110, 22.0)]);
+    assert_eq!(of_rule(&out, "overspeed"), vec![AlertAction::Resolve]);
+}
+
+#[test]
+fn a_slow_zone_lowers_the_cap() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let out = feed(
+        &e,
+        &mut s,
+        (0..4).map(|i| {
+            let mut r = placed(rd(i * 5), 600.0, 100.0);
+            r.speed_kmh = 18.0;
+            r
+        }),
+    );
+    let opened: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Alert(a) if a.rule == "overspeed" => Some(a.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].details["slow_zone"], "S");
+    assert_eq!(opened[0].details["cap_kmh"], 10.0);
+}
+
+/// Ride from inside P1 and lock at `(east, north)`, returning the outputs of the lock.
+fn ride_and_lock(
+    e: &Engine,
+    s: &mut VehicleRuleState,
+    start: i64,
+    east: f64,
+    north: f64,
+    hdop: Option<f32>,
+) -> Vec<Output> {
+    let mut out = feed(
+        e,
+        s,
+        (0..10).map(|i| {
+            placed(
+                rd(start + i * 10),
+                50.0 + east * i as f64 / 10.0,
+                50.0 + north * i as f64 / 10.0,
+            )
+        }),
+    );
+    let mut lock = placed(rd(start + 100), 50.0 + east, 50.0 + north);
+    lock.locked = Some(true);
+    lock.speed_kmh = 0.0;
+    lock.hdop = hdop;
+    out.extend(e.on_reading(s, &lock, &bike()));
+    out
+}
+
+#[test]
+fn a_ride_ending_3_m_outside_the_fence_is_inside_within_tolerance() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    // P1 spans 0..100 m: 103 m east is 3 m outside.
+    let out = ride_and_lock(&e, &mut s, 0, 53.0, 0.0, None);
+    assert!(of_rule(&out, "parking_violation").is_empty(), "{out:?}");
+    let ride = &rides(&out)[0];
+    assert!(ride.ended_in_parking);
+    assert_eq!(ride.parking_zone.as_deref(), Some("P1"));
+}
+
+#[test]
+fn a_ride_ending_40_m_outside_names_the_nearest_parking_area_and_its_distance() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let out = ride_and_lock(&e, &mut s, 0, 90.0, 0.0, None);
+    let alert = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Alert(a) if a.rule == "parking_violation" => Some(a.clone()),
+            _ => None,
+        })
+        .expect("a violation");
+    assert_eq!(alert.action, AlertAction::Open(Severity::Warning));
+    assert_eq!(alert.zone, None);
+    assert_eq!(alert.details["nearest_zone"], "P1");
+    assert_eq!(alert.details["nearest_zone_name"], "P1 area");
+    let d = alert.details["distance_m"].as_f64().unwrap();
+    assert!((d - 40.0).abs() < 0.5, "{d}");
+    assert!(!rides(&out)[0].ended_in_parking);
+    // The next ride ends inside a parking area: the violation clears.
+    let out = ride_and_lock(&e, &mut s, 1000, 0.0, 0.0, None);
+    assert_eq!(
+        of_rule(&out, "parking_violation"),
+        vec![AlertAction::Resolve]
+    );
+}
+
+#[test]
+fn a_poor_fix_widens_the_tolerance() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    // hdop 8 allows 10 + 5 × 7 = 45 m: 40 m outside is not proof of a violation.
+    let out = ride_and_lock(&e, &mut s, 0, 90.0, 0.0, Some(8.0));
+    assert!(of_rule(&out, "parking_violation").is_empty(), "{out:?}");
+}
+
+#[test]
+fn ending_in_a_no_parking_zone_inside_a_parking_area_is_a_violation() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    // NP covers 60..100 m of P1 in both directions; lock at (80, 80), 20 m inside it.
+    let out = ride_and_lock(&e, &mut s, 0, 30.0, 30.0, None);
+    let v = alerts(&out);
+    assert_eq!(
+        v,
+        vec![(
+            "parking_violation".into(),
+            Some("NP".into()),
+            AlertAction::Open(Severity::Warning)
+        )]
+    );
+    assert!(!rides(&out)[0].ended_in_parking);
+}
+
+#[test]
+fn one_noisy_fix_is_flagged_and_decides_no_geofence() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let mut out = feed(&e, &mut s, (0..5).map(|i| placed(rd(i * 10), 50.0, 50.0)));
+    // A 10 km jump for one fix (outside the service area), then back; locked at the jump.
+    let mut jump = placed(rd(50), 10_000.0, 0.0);
+    jump.locked = Some(true);
+    jump.speed_kmh = 0.0;
+    out.extend(e.on_reading(&mut s, &jump, &bike()));
+    out.extend(feed(
+        &e,
+        &mut s,
+        (6..20).map(|i| {
+            let mut r = placed(rd(i * 10), 50.0, 50.0);
+            r.locked = Some(true);
+            r.speed_kmh = 0.0;
+            r
+        }),
+    ));
+    assert_eq!(
+        of_rule(&out, "gps_implausible"),
+        vec![AlertAction::Open(Severity::Warning), AlertAction::Resolve]
+    );
+    assert!(of_rule(&out, "out_of_service_area").is_empty());
+    assert!(
+        of_rule(&out, "parking_violation").is_empty(),
+        "the ride ended at the last good fix"
+    );
+    let ride = &rides(&out)[0];
+    assert!(ride.ended_in_parking);
+    assert!(
+        ride.distance_km < 0.01,
+        "the jump adds no distance: {}",
+        ride.distance_km
+    );
+}
+
+#[test]
+fn a_wrong_first_fix_is_replaced_when_the_next_fixes_agree() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let mut out = feed(&e, &mut s, [placed(rd(0), 10_000.0, 0.0)]);
+    out.extend(feed(
+        &e,
+        &mut s,
+        (1..4).map(|i| placed(rd(i * 10), 50.0, 50.0)),
+    ));
+    assert_eq!(
+        of_rule(&out, "gps_implausible"),
+        vec![AlertAction::Open(Severity::Warning), AlertAction::Resolve]
+    );
+    let (lat, _) = at(50.0, 50.0);
+    assert!((s.fix.unwrap().lat - lat).abs() < 1e-9);
+}
+
+#[test]
+fn out_of_service_area_needs_a_while_outside_and_clears_back_inside() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    // Each fix 100 m on from the last, heading out of the city area (edge at 2500 m east).
+    let path = |from: i64, to: i64| {
+        (from..to)
+            .map(|i| placed(rd(i * 10), 2300.0 + i as f64 * 20.0, 0.0))
+            .collect::<Vec<_>>()
+    };
+    let out = feed(&e, &mut s, path(0, 16));
+    assert!(of_rule(&out, "out_of_service_area").is_empty(), "{out:?}");
+    let out = feed(&e, &mut s, path(16, 24));
+    assert_eq!(
+        of_rule(&out, "out_of_service_area"),
+        vec![AlertAction::Open(Severity::Warning)]
+    );
+    let out = feed(&e, &mut s, [placed(rd(250), 2480.0, 0.0)]);
+    assert_eq!(
+        of_rule(&out, "out_of_service_area"),
+        vec![AlertAction::Resolve]
+    );
+}
+
+#[test]
+fn tank_fault_opens_on_a_held_excursion_or_fault_codes_and_clears_in_band() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let p = |secs: i64, bar: f32| {
+        let mut r = rd(secs);
+        r.h2_pressure_bar = Some(bar);
+        r
+    };
+    let out = feed(&e, &mut s, [p(0, 55.0), p(5, 20.0)]);
+    assert!(of_rule(&out, "tank_fault").is_empty(), "one glitch");
+    let out = feed(&e, &mut s, [p(10, 55.0), p(15, 56.0), p(20, 57.0)]);
+    assert_eq!(
+        of_rule(&out, "tank_fault"),
+        vec![AlertAction::Open(Severity::Critical)]
+    );
+    let out = feed(&e, &mut s, [p(25, 20.0)]);
+    assert_eq!(of_rule(&out, "tank_fault"), vec![AlertAction::Resolve]);
+    let faulty = |secs: i64| {
+        let mut r = rd(secs);
+        r.faults = vec!["H2_SENSOR".into()];
+        r
+    };
+    let out = feed(&e, &mut s, [faulty(30), faulty(40)]);
+    assert_eq!(
+        of_rule(&out, "tank_fault"),
+        vec![AlertAction::Open(Severity::Warning)]
+    );
+}
+
+#[test]
+fn hydrogen_lost_while_locked_and_still_is_a_suspected_leak_until_refuelled() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let parked = |secs: i64, h2: f32| {
+        let mut r = rd(secs);
+        r.locked = Some(true);
+        r.speed_kmh = 0.0;
+        r.h2_g = h2;
+        r
+    };
+    // Within the tolerance (2 g): nothing.
+    let out = feed(
+        &e,
+        &mut s,
+        (0..10).map(|i| parked(i * 60, 30.0 - 0.15 * i as f32)),
+    );
+    assert!(of_rule(&out, "h2_leak_suspected").is_empty());
+    // 30 g → 26 g over ten minutes parked: opens after its 2 min hold.
+    let out = feed(
+        &e,
+        &mut s,
+        (10..20).map(|i| parked(i * 60, 30.0 - 0.4 * (i - 9) as f32)),
+    );
+    assert_eq!(
+        of_rule(&out, "h2_leak_suspected"),
+        vec![AlertAction::Open(Severity::Critical)]
+    );
+    let refuel = Event {
+        vehicle: VehicleId::parse("XY-B0001").unwrap(),
+        kind: VehicleKind::Bike,
+        ts: t(1300),
+        event_type: EventType::Refuel,
+        body: json!({"h2_g_before": 26.0, "h2_g_after": 49.0, "station_id": "S1"}),
+    };
+    let out = e.on_event(&mut s, &refuel, &bike());
+    assert_eq!(
+        of_rule(&out, "h2_leak_suspected"),
+        vec![AlertAction::Resolve]
+    );
+    // Riding uses hydrogen: no leak.
+    let out = feed(
+        &e,
+        &mut s,
+        (22..40).map(|i| {
+            let mut r = rd(i * 60);
+            r.h2_g = 49.0 - (i - 21) as f32;
+            r
+        }),
+    );
+    assert!(of_rule(&out, "h2_leak_suspected").is_empty());
+}
+
+#[test]
+fn offline_opens_after_silence_and_clears_on_any_message() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    assert!(
+        e.on_tick(&mut s, &bike(), t(0)).is_empty(),
+        "never seen: nothing to miss"
+    );
+    assert!(alerts(&e.on_seen(&mut s, t(0))).is_empty());
+    assert_eq!(e.offline_due(&s, VehicleKind::Bike), Some(t(600)));
+    assert!(e.on_tick(&mut s, &bike(), t(599)).is_empty());
+    assert_eq!(
+        of_rule(&e.on_tick(&mut s, &bike(), t(600)), "offline"),
+        vec![AlertAction::Open(Severity::Warning)]
+    );
+    assert!(e.on_tick(&mut s, &bike(), t(900)).is_empty(), "open once");
+    assert_eq!(e.offline_due(&s, VehicleKind::Bike), None);
+    assert_eq!(
+        of_rule(&e.on_seen(&mut s, t(1000)), "offline"),
+        vec![AlertAction::Resolve]
+    );
+}
+
+#[test]
+fn rides_carry_distance_hydrogen_and_teach_consumption() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let mut out = Vec::new();
+    for i in 0..=12 {
+        let mut r = placed(rd(i * 60), 50.0 + i as f64 * 500.0, 50.0);
+        r.odo_km = Some(100.0 + i as f64 * 0.5);
+        r.h2_g = 40.0 - i as f32 * 0.6;
+        r.locked = Some(i == 12);
+        out.extend(e.on_reading(&mut s, &r, &bike()));
+    }
+    let ride = &rides(&out)[0];
+    assert_eq!(ride.started_at, t(0));
+    assert_eq!(ride.ended_at, t(720));
+    assert!(
+        (ride.distance_km - 6.0).abs() < 1e-9,
+        "odometer: {}",
+        ride.distance_km
+    );
+    assert!((ride.h2_used_g - 7.2).abs() < 1e-3, "{}", ride.h2_used_g);
+    let learned = s.learned_km_per_g().expect("6 km is enough to learn");
+    assert!((learned - 6.0 / 7.2).abs() < 1e-3, "{learned}");
+    assert!((e.km_per_g(&s, &bike()) - learned).abs() < 1e-6);
+}
+
+#[test]
+fn without_an_odometer_the_ride_is_measured_along_its_fixes() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let mut out = feed(
+        &e,
+        &mut s,
+        (0..=10).map(|i| placed(rd(i * 30), 50.0 + i as f64 * 100.0, 50.0)),
+    );
+    let mut lock = placed(rd(330), 1050.0, 50.0);
+    lock.locked = Some(true);
+    out.extend(e.on_reading(&mut s, &lock, &bike()));
+    let ride = &rides(&out)[0];
+    assert!(
+        (ride.distance_km - 1.0).abs() < 0.01,
+        "{}",
+        ride.distance_km
+    );
+    assert!(
+        s.learned_km_per_g().is_none(),
+        "1 km teaches too little to trust"
+    );
+}
+
+#[test]
+fn ride_events_start_and_end_rides_even_when_they_arrive_late() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let ev = |secs: i64, ty: EventType, body: serde_json::Value| Event {
+        vehicle: VehicleId::parse("XY-B0001").unwrap(),
+        kind: VehicleKind::Bike,
+        ts: t(secs),
+        event_type: ty,
+        body,
+    };
+    let mut parked = rd(0);
+    parked.locked = None;
+    feed(&e, &mut s, [parked]);
+    e.on_event(&mut s, &ev(10, EventType::RideStart, json!({})), &bike());
+    let mut r = placed(rd(200), 50.0, 50.0);
+    r.locked = None;
+    feed(&e, &mut s, [r]);
+    // The ride's end (at 190 s, 40 m outside P1) arrives after the reading at 200 s.
+    let (lat, lon) = at(140.0, 50.0);
+    let out = e.on_event(
+        &mut s,
+        &ev(190, EventType::RideEnd, json!({"lat": lat, "lon": lon})),
+        &bike(),
+    );
+    let ride = &rides(&out)[0];
+    assert_eq!((ride.started_at, ride.ended_at), (t(10), t(190)));
+    let a = alerts(&out);
+    assert_eq!(
+        a,
+        vec![(
+            "parking_violation".into(),
+            None,
+            AlertAction::Open(Severity::Warning)
+        )]
+    );
+    assert!(
+        out.iter()
+            .all(|o| !matches!(o, Output::Alert(a) if a.at < t(200))),
+        "alerts never go back in time"
+    );
+}
+
+#[test]
+fn an_operator_resolution_lets_a_lasting_condition_open_a_new_incident() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let low = |secs: i64| {
+        let mut r = rd(secs);
+        r.h2_g = 4.0;
+        r
+    };
+    assert_eq!(
+        of_rule(&feed(&e, &mut s, [low(0), low(60)]), "low_hydrogen").len(),
+        1
+    );
+    s.forget("low_hydrogen", None);
+    let out = feed(&e, &mut s, [low(90), low(120), low(150)]);
+    assert_eq!(
+        of_rule(&out, "low_hydrogen"),
+        vec![AlertAction::Open(Severity::Critical)]
+    );
+}
+
+fn custom_config(toml_rules: &str) -> Result<Config, crate::config::ConfigError> {
+    Config::from_toml_and_env(toml_rules, "test", Vec::<(String, String)>::new())
+}
+
+#[test]
+fn a_custom_cel_rule_from_configuration_opens_and_clears() {
+    let config = custom_config(
+        r#"
+        [[rules.custom]]
+        name = "fuel_cell_hot"
+        when = "has(reading.fc_temp_c) && reading.fc_temp_c > 70.0 && vehicle.riding"
+        clear_when = "reading.fc_temp_c < 60.0"
+        hold_secs = 10
+        severity = "critical"
+        "#,
+    )
+    .unwrap();
+    let e = engine_with(config);
+    let mut s = VehicleRuleState::default();
+    let hot = |secs: i64, c: Option<f32>| {
+        let mut r = rd(secs);
+        r.fc_temp_c = c;
+        r
+    };
+    let out = feed(
+        &e,
+        &mut s,
+        [hot(0, Some(75.0)), hot(5, Some(65.0)), hot(10, Some(75.0))],
+    );
+    assert!(
+        of_rule(&out, "fuel_cell_hot").is_empty(),
+        "not held for 10 s"
+    );
+    let out = feed(&e, &mut s, [hot(15, Some(76.0)), hot(20, Some(77.0))]);
+    assert_eq!(
+        of_rule(&out, "fuel_cell_hot"),
+        vec![AlertAction::Open(Severity::Critical)]
+    );
+    // 65 °C is between the two conditions; a missing field makes the expression err.
+    let out = feed(&e, &mut s, [hot(25, Some(65.0)), hot(30, None)]);
+    assert!(of_rule(&out, "fuel_cell_hot").is_empty(), "{out:?}");
+    let out = feed(&e, &mut s, [hot(35, Some(55.0))]);
+    assert_eq!(of_rule(&out, "fuel_cell_hot"), vec![AlertAction::Resolve]);
+}
+
+#[test]
+fn custom_rules_see_the_zone_the_vehicle_is_in() {
+    let config = custom_config(
+        r#"
+        [[rules.custom]]
+        name = "riding_through_no_parking"
+        when = "zone != null && zone.kind == 'no_parking' && reading.speed_kmh > 5.0"
+        "#,
+    )
+    .unwrap();
+    let e = engine_with(config);
+    let mut s = VehicleRuleState::default();
+    let out = feed(
+        &e,
+        &mut s,
+        [placed(rd(0), 90.0, 90.0), placed(rd(5), 50.0, 50.0)],
+    );
+    assert_eq!(
+        of_rule(&out, "riding_through_no_parking"),
+        vec![AlertAction::Open(Severity::Warning), AlertAction::Resolve]
+    );
+}
+
+#[test]
+fn a_broken_custom_rule_is_refused_at_load_with_its_position() {
+    let err =
+        custom_config("[[rules.custom]]\nname = \"broken\"\nwhen = \"reading.speed_kmh > \"\n")
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("custom[0].when"), "{err}");
+    assert!(err.contains("line 1, column"), "{err}");
+    let err =
+        custom_config("[[rules.custom]]\nname = \"typo\"\nwhen = \"reading.speeed_kmh > 20.0\"\n")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("custom[0].when") && err.contains("speeed_kmh"),
+        "{err}"
+    );
+    let err =
+        custom_config("[[rules.custom]]\nname = \"num\"\nwhen = \"reading.speed_kmh * 2.0\"\n")
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("boolean"), "{err}");
+    let err = custom_config("[[rules.custom]]\nname = \"overspeed\"\nwhen = \"true\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("built-in"), "{err}");
+}
+
+#[test]
+fn rule_state_round_trips_through_json_and_stays_small() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    feed(
+        &e,
+        &mut s,
+        (0..100).map(|i| {
+            let mut r = placed(rd(i * 10), 50.0 + i as f64 * 20.0, 50.0);
+            r.h2_g = 9.0;
+            r.odo_km = Some(i as f64 * 0.02);
+            r
+        }),
+    );
+    e.on_seen(&mut s, t(1000));
+    let json = serde_json::to_value(&s).unwrap();
+    let back: VehicleRuleState = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back, s);
+    assert!(json.to_string().len() < 1024, "{json}");
+    assert!(back.is_open("low_hydrogen"));
+}
+
+#[test]
+fn the_engine_is_shared_across_ingest_tasks() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Engine>();
+}
+
+#[test]
+fn a_syntax_error_points_at_its_column() {
+    let err = super::custom::compile("reading.speed_kmh >> 3.0").unwrap_err();
+    assert!(err.contains("line 1, column 20"), "{err}");
+}
