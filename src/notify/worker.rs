@@ -475,7 +475,7 @@ async fn recent_attempts(
     let r = tx
         .query_one(
             "SELECT count(*), min(at) FROM webhook_attempts
-             WHERE webhook_id = $1 AND at > $2 - interval '60 seconds' AND at <= $2",
+             WHERE webhook_id = $1 AND at > $2::timestamptz - interval '60 seconds' AND at <= $2",
             &[&webhook_id, &now],
         )
         .await?;
@@ -564,7 +564,7 @@ mod tests {
     fn backoff_grows_is_capped_and_jittered() {
         let cfg = NotifyConfig::default();
         for attempt in 1..40 {
-            let cap = (5u64 << (attempt - 1).min(30)).min(3600).max(1);
+            let cap = (5u64 << (attempt - 1).min(30)).clamp(1, 3600);
             let d = backoff(&cfg, attempt);
             assert!(d >= secs(1) && d <= secs(cap), "{attempt}: {d}");
         }
