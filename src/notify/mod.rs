@@ -10,6 +10,7 @@ mod config;
 pub mod message;
 mod netguard;
 pub mod outbox;
+mod policy;
 pub mod sign;
 mod worker;
 
