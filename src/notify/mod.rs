@@ -1,20 +1,24 @@
-//! Alert notifications: a transactional outbox and its delivery worker.
+//! Alert notifications (DESIGN §10): a transactional outbox and its delivery worker.
+//!
+//! Producers call [`enqueue`] in the transaction that changes an alert; [`spawn_worker`] sends
+//! what is due to each webhook in its [`Format`], signed, retried with backoff, folded into
+//! digests when a chat robot's rate limit would be passed; the API lists and changes webhooks
+//! and their [`deliveries`] through the functions of [`outbox`].
 
-use serde::Deserialize;
+mod clock;
+mod config;
+pub mod message;
+mod netguard;
+pub mod outbox;
+mod policy;
+pub mod sign;
+mod worker;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NotifyConfig {}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub url: String,
-}
-
-impl WebhookConfig {
-    /// `Err((option, message))` names the option of this webhook that is wrong.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        Ok(())
-    }
-}
+pub use clock::{Clock, OffsetClock, SystemClock};
+pub use config::{Format, NotifyConfig, WebhookConfig, secret_key};
+pub use netguard::{UrlRefused, check_url, is_private};
+pub use outbox::{
+    Attempt, Delivery, Webhook, WebhookError, attempts, create_webhook, delete_webhook, deliveries,
+    enqueue, get_webhook, list_webhooks, redact_url, sync_config_webhooks,
+};
+pub use worker::{Worker, spawn_worker};

@@ -1,0 +1,297 @@
+//! A database of its own per test, and a webhook receiver that checks signatures the way the
+//! platforms document them, computed here independently of the code under test.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use chrono::Utc;
+use deadpool_postgres::{Pool, PoolConfig, Runtime};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio_postgres::NoTls;
+
+use hyfleet::domain::{Alert, AlertEvent, AlertEventType, AlertState, Severity, VehicleKind};
+use hyfleet::notify::{Format, NotifyConfig, WebhookConfig};
+
+/// `whsec_` + base64("generic-secret-key").
+pub const GENERIC_SECRET: &str = "whsec_Z2VuZXJpYy1zZWNyZXQta2V5";
+const GENERIC_KEY: &[u8] = b"generic-secret-key";
+pub const DING_SECRET: &str = "SEC0123456789abcdef";
+pub const FEISHU_SECRET: &str = "feishu-test-secret";
+
+const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+
+pub struct TestDb {
+    pub pool: Pool,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = format!("hyfleet_test_{}", uuid::Uuid::new_v4().simple());
+        let (admin, conn) = tokio_postgres::connect(ADMIN, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let mut cfg = deadpool_postgres::Config::new();
+        cfg.url = Some(format!("postgres://postgres@127.0.0.1:5432/{name}"));
+        cfg.pool = Some(PoolConfig::new(3));
+        let pool = cfg.create_pool(Some(Runtime::Tokio1), NoTls).unwrap();
+        pool.get()
+            .await
+            .unwrap()
+            .batch_execute(include_str!("../../schemas/migrations/0003_webhooks.sql"))
+            .await
+            .unwrap();
+        TestDb { pool, name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        self.pool.close();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot block on itself.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (admin, conn) = tokio_postgres::connect(ADMIN, NoTls).await.unwrap();
+                tokio::spawn(conn);
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+pub fn notify_config() -> NotifyConfig {
+    NotifyConfig {
+        allow_private_networks: true,
+        http_timeout_secs: 5,
+        ..NotifyConfig::default()
+    }
+}
+
+pub fn hook(name: &str, url: &str, format: Format) -> WebhookConfig {
+    WebhookConfig {
+        name: name.into(),
+        url: url.into(),
+        secret: (format == Format::Generic).then(|| GENERIC_SECRET.into()),
+        events: AlertEventType::ALL.to_vec(),
+        format,
+        rate_per_minute: None,
+    }
+}
+
+pub fn event(alert_id: i64, event_type: AlertEventType) -> AlertEvent {
+    let now = Utc::now();
+    AlertEvent {
+        id: uuid::Uuid::new_v4(),
+        event_type,
+        at: now,
+        alert: Alert {
+            id: alert_id,
+            vehicle_id: format!("XY-B{alert_id:04}"),
+            vehicle_kind: VehicleKind::Bike,
+            rule: "parking_violation".into(),
+            zone: None,
+            state: match event_type {
+                AlertEventType::Acknowledged => AlertState::Acknowledged,
+                AlertEventType::Resolved => AlertState::Resolved,
+                _ => AlertState::Open,
+            },
+            severity: Severity::Warning,
+            opened_at: now,
+            acknowledged_at: None,
+            resolved_at: None,
+            lat: Some(37.1465),
+            lon: Some(111.7739),
+            details: json!({"nearest_zone": "P-03", "distance_m": 41.2}),
+        },
+    }
+}
+
+pub async fn wait_until(mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Respond {
+    Ok,
+    Status(u16),
+    RetryAfter(u16, String),
+    /// Record the message, then answer 200 after a while.
+    Delay(Duration),
+}
+
+/// A message that passed its signature check.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub path: String,
+    /// `webhook-id` for the generic format.
+    pub id: String,
+    /// The sender's timestamp in milliseconds (simulated time).
+    pub timestamp: i64,
+    pub body: Value,
+}
+
+struct Inner {
+    respond: Respond,
+    got: Vec<Got>,
+    requests: usize,
+    bad_signatures: usize,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner {
+            respond: Respond::Ok,
+            got: Vec::new(),
+            requests: 0,
+            bad_signatures: 0,
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .fallback(receive)
+            .with_state(inner.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { addr, inner }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn respond(&self, r: Respond) {
+        self.inner.lock().unwrap().respond = r;
+    }
+
+    pub fn received(&self) -> Vec<Got> {
+        self.inner.lock().unwrap().got.clone()
+    }
+
+    pub fn requests(&self) -> usize {
+        self.inner.lock().unwrap().requests
+    }
+
+    pub fn bad_signatures(&self) -> usize {
+        self.inner.lock().unwrap().bad_signatures
+    }
+}
+
+fn b64_hmac(key: &[u8], msg: &[u8]) -> String {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    m.update(msg);
+    base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
+}
+
+fn query(uri: &Uri, key: &str) -> Option<String> {
+    let u = reqwest::Url::parse(&format!("http://x{uri}")).ok()?;
+    u.query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Checks the message as its platform would; `Some((id, timestamp_ms))` when it passes.
+fn verify(uri: &Uri, headers: &HeaderMap, body: &[u8], json: &Value) -> Option<(String, i64)> {
+    let path = uri.path();
+    if path.starts_with("/generic") {
+        let h = |k: &str| headers.get(k)?.to_str().ok().map(str::to_owned);
+        let (id, ts, sig) = (
+            h("webhook-id")?,
+            h("webhook-timestamp")?,
+            h("webhook-signature")?,
+        );
+        if h("content-type")? != "application/cloudevents+json" {
+            return None;
+        }
+        let mut signed = format!("{id}.{ts}.").into_bytes();
+        signed.extend_from_slice(body);
+        let want = format!("v1,{}", b64_hmac(GENERIC_KEY, &signed));
+        let ts_ms = ts.parse::<i64>().ok()? * 1000;
+        return sig.split(' ').any(|s| s == want).then_some((id, ts_ms));
+    }
+    if path.starts_with("/dingtalk") {
+        let ts = query(uri, "timestamp")?;
+        let msg = format!("{ts}\n{DING_SECRET}");
+        let ok = query(uri, "sign")? == b64_hmac(DING_SECRET.as_bytes(), msg.as_bytes())
+            && json["msgtype"] == "markdown";
+        return ok.then_some((String::new(), ts.parse().ok()?));
+    }
+    if path.starts_with("/feishu") {
+        let ts = json["timestamp"].as_str()?;
+        let key = format!("{ts}\n{FEISHU_SECRET}");
+        let ok = json["sign"].as_str()? == b64_hmac(key.as_bytes(), b"");
+        return ok.then_some((String::new(), ts.parse::<i64>().ok()? * 1000));
+    }
+    if path.starts_with("/wecom") {
+        let ok = query(uri, "key")? == "K" && json["msgtype"] == "markdown";
+        return ok.then(|| (String::new(), Utc::now().timestamp_millis()));
+    }
+    None
+}
+
+async fn receive(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let verdict = verify(&uri, &headers, &body, &json);
+    let respond = {
+        let mut s = inner.lock().unwrap();
+        s.requests += 1;
+        let Some((id, timestamp)) = verdict else {
+            s.bad_signatures += 1;
+            return StatusCode::UNAUTHORIZED.into_response();
+        };
+        let respond = s.respond.clone();
+        if matches!(respond, Respond::Ok | Respond::Delay(_)) {
+            s.got.push(Got {
+                path: uri.path().to_owned(),
+                id,
+                timestamp,
+                body: json,
+            });
+        }
+        respond
+    };
+    let ok = || (StatusCode::OK, r#"{"errcode":0,"errmsg":"ok","code":0}"#).into_response();
+    match respond {
+        Respond::Ok => ok(),
+        Respond::Delay(d) => {
+            tokio::time::sleep(d).await;
+            ok()
+        }
+        Respond::Status(c) => StatusCode::from_u16(c).unwrap().into_response(),
+        Respond::RetryAfter(c, v) => {
+            (StatusCode::from_u16(c).unwrap(), [("retry-after", v)]).into_response()
+        }
+    }
+}
