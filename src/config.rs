@@ -282,10 +282,12 @@ impl Config {
         origin: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })?;
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
         for (key, value) in env {
             if let Some(path) = env_override_path(&key) {
                 set_path(&mut table, &path, &value)?;
@@ -316,7 +318,10 @@ impl Config {
             return Err(invalid("database.pool_size", "must be at least 1"));
         }
         let root = &self.mqtt.topic_root;
-        if root.is_empty() || root.contains(['+', '#']) || root.starts_with('/') || root.ends_with('/')
+        if root.is_empty()
+            || root.contains(['+', '#'])
+            || root.starts_with('/')
+            || root.ends_with('/')
         {
             return Err(invalid(
                 "mqtt.topic_root",
@@ -335,7 +340,10 @@ impl Config {
             return Err(invalid("mqtt.shared_group", "must be a plain name"));
         }
         if self.http.addr.parse::<SocketAddr>().is_err() {
-            return Err(invalid("http.addr", format!("`{}` is not host:port", self.http.addr)));
+            return Err(invalid(
+                "http.addr",
+                format!("`{}` is not host:port", self.http.addr),
+            ));
         }
         let i = &self.ingest;
         if i.max_payload_bytes < 256 {
@@ -480,9 +488,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("mqtt.url"), "{err}");
-        let err = Config::from_toml_and_env("[profiles.bike]\ntank_g = -1\nrange_km = 60\nspeed_cap_kmh = 23\n", "t", env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_toml_and_env(
+            "[profiles.bike]\ntank_g = -1\nrange_km = 60\nspeed_cap_kmh = 23\n",
+            "t",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("profiles.bike.tank_g"), "{err}");
     }
 
@@ -495,6 +507,9 @@ mod tests {
         let err = Config::from_toml_and_env("[ingest]\nmax_batch = \"many\"\n", "t", env(&[]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("max_batch") || err.contains("invalid type"), "{err}");
+        assert!(
+            err.contains("max_batch") || err.contains("invalid type"),
+            "{err}"
+        );
     }
 }

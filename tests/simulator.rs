@@ -17,7 +17,13 @@ fn start() -> DateTime<Utc> {
 }
 
 fn config(bikes: u32, buses: u32, seed: u64) -> FleetConfig {
-    let (mut cfg, _) = SimArgs { bikes, buses, ..Default::default() }.fleet_config(seed).unwrap();
+    let (mut cfg, _) = SimArgs {
+        bikes,
+        buses,
+        ..Default::default()
+    }
+    .fleet_config(seed)
+    .unwrap();
     cfg.topic_root = "t".into();
     cfg
 }
@@ -44,7 +50,9 @@ struct Rec {
 
 impl Rec {
     fn f(&self, k: &str) -> f64 {
-        self.v[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {}", self.v))
+        self.v[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {}", self.v))
     }
     fn ts(&self) -> DateTime<Utc> {
         self.v["ts"].as_str().unwrap().parse().unwrap()
@@ -88,11 +96,17 @@ fn parse(out: &[Outgoing]) -> Parsed {
                     if v.get("seq").is_none() {
                         p.no_seq += 1;
                     } else {
-                        p.readings.push(Rec { vehicle: vehicle.clone(), v });
+                        p.readings.push(Rec {
+                            vehicle: vehicle.clone(),
+                            v,
+                        });
                     }
                 }
             }
-            "event" => p.events.push(Rec { vehicle, v: serde_json::from_slice(&m.payload).unwrap() }),
+            "event" => p.events.push(Rec {
+                vehicle,
+                v: serde_json::from_slice(&m.payload).unwrap(),
+            }),
             "status" => assert!(m.retain && (m.payload == b"online" || m.payload == b"offline")),
             other => panic!("unexpected topic kind {other}"),
         }
@@ -116,7 +130,11 @@ fn a_fleet_reports_as_the_contract_says_with_contiguous_seqs_and_capped_speeds()
     let (out, fleet) = simulate(config(500, 5, 42), 600, 1000);
     let c = fleet.counts().clone();
     let p = parse(&out);
-    assert_eq!(c.statuses, 2 * 505, "online at the start, offline at the end");
+    assert_eq!(
+        c.statuses,
+        2 * 505,
+        "online at the start, offline at the end"
+    );
     assert_eq!(c.messages as usize, out.len());
     assert_eq!(p.readings.len() as u64, c.readings);
     assert_eq!(p.events.len() as u64, c.events);
@@ -129,7 +147,10 @@ fn a_fleet_reports_as_the_contract_says_with_contiguous_seqs_and_capped_speeds()
         let want: Vec<u64> = (1..=recs.len() as u64).collect();
         assert_eq!(seqs, want, "{id}: seqs must run from 1 without gaps");
         assert_eq!(u64::from(last_seq[id]), recs.len() as u64);
-        assert!(recs.windows(2).all(|w| w[0].ts() < w[1].ts()), "{id}: time goes forward");
+        assert!(
+            recs.windows(2).all(|w| w[0].ts() < w[1].ts()),
+            "{id}: time goes forward"
+        );
         let cap = if id.starts_with("XY-B") { 23.0 } else { 80.0 };
         for r in recs {
             assert!((0.0..=cap).contains(&r.f("speed_kmh")), "{id}: {}", r.v);
@@ -143,11 +164,21 @@ fn a_fleet_reports_as_the_contract_says_with_contiguous_seqs_and_capped_speeds()
         assert!((599..=601).contains(&n), "bus reported {n} times in 600 s");
     }
     let parked_only = per.values().filter(|r| r.len() <= 11).count();
-    assert!(parked_only > 300, "most bikes stay parked for ten minutes ({parked_only})");
-    assert!(per.values().all(|r| r.len() >= 9), "a parked bike reports every ~60 s");
+    assert!(
+        parked_only > 300,
+        "most bikes stay parked for ten minutes ({parked_only})"
+    );
+    assert!(
+        per.values().all(|r| r.len() >= 9),
+        "a parked bike reports every ~60 s"
+    );
     // Rides end inside a parking area with a ride_end event.
     let map = MapData::xiaoyi();
-    let ends: Vec<&Rec> = p.events.iter().filter(|e| e.v["type"] == "ride_end").collect();
+    let ends: Vec<&Rec> = p
+        .events
+        .iter()
+        .filter(|e| e.v["type"] == "ride_end")
+        .collect();
     assert!(ends.len() >= 10, "{} rides ended", ends.len());
     for e in ends {
         let at = LatLon::new(e.f("lat"), e.f("lon"));
@@ -183,14 +214,25 @@ fn hydrogen_falls_with_distance_and_rises_at_stations() {
     let ratio = grams / km;
     assert!((0.80..=0.87).contains(&ratio), "bikes used {ratio} g/km");
     let bus_ratio = bus_g / bus_km;
-    assert!((68.0..=80.0).contains(&bus_ratio), "buses used {bus_ratio} g/km (71.4 nominal + idling)");
-    let refuels: Vec<&Rec> = p.events.iter().filter(|e| e.v["type"] == "refuel").collect();
+    assert!(
+        (68.0..=80.0).contains(&bus_ratio),
+        "buses used {bus_ratio} g/km (71.4 nominal + idling)"
+    );
+    let refuels: Vec<&Rec> = p
+        .events
+        .iter()
+        .filter(|e| e.v["type"] == "refuel")
+        .collect();
     assert!(!refuels.is_empty(), "someone refuelled in three hours");
     for r in &refuels {
         assert!(r.v["station_id"].as_str().unwrap().starts_with("ST"));
         assert!(r.f("h2_g_after") > r.f("h2_g_before"));
         if r.vehicle.starts_with("XY-B") {
-            assert!(r.f("h2_g_before") < 15.0 && r.f("h2_g_after") >= 49.0, "{}", r.v);
+            assert!(
+                r.f("h2_g_before") < 15.0 && r.f("h2_g_after") >= 49.0,
+                "{}",
+                r.v
+            );
             // The next reading carries the new level.
             let next = p
                 .readings
@@ -200,14 +242,23 @@ fn hydrogen_falls_with_distance_and_rises_at_stations() {
             assert!(next.f("h2_g") >= 49.0);
         }
     }
-    assert!(refuels.iter().any(|r| r.vehicle == "XY-B0003"), "the nearly dry bike refuels");
+    assert!(
+        refuels.iter().any(|r| r.vehicle == "XY-B0003"),
+        "the nearly dry bike refuels"
+    );
 }
 
 #[test]
 fn injected_faults_honour_their_shares_and_never_take_a_seq() {
     let mut cfg = config(40, 1, 3);
     cfg.parked_every_ms = 1000;
-    cfg.faults = Faults { malformed: 0.05, out_of_range: 0.03, duplicate: 0.04, backlog: 0.002, dead_zone_ms: 20_000 };
+    cfg.faults = Faults {
+        malformed: 0.05,
+        out_of_range: 0.03,
+        duplicate: 0.04,
+        backlog: 0.002,
+        dead_zone_ms: 20_000,
+    };
     let (out, fleet) = simulate(cfg, 900, 1000);
     let c = fleet.counts().clone();
     let p = parse(&out);
@@ -221,7 +272,10 @@ fn injected_faults_honour_their_shares_and_never_take_a_seq() {
         let s = got as f64 / n;
         assert!((s - share).abs() < share * 0.2, "{name}: {s} for {share}");
     }
-    assert!(c.backlogs > 20 && c.backlog_readings > c.backlogs * 5, "{c:?}");
+    assert!(
+        c.backlogs > 20 && c.backlog_readings > c.backlogs * 5,
+        "{c:?}"
+    );
     // What was published is what the counts say.
     assert_eq!(p.not_json, c.malformed);
     assert_eq!(p.no_seq, c.out_of_range);
@@ -238,7 +292,13 @@ fn injected_faults_honour_their_shares_and_never_take_a_seq() {
 fn the_same_seed_gives_the_same_messages_however_time_is_sliced() {
     let mut cfg = config(50, 2, 99);
     cfg.incidents = true;
-    cfg.faults = Faults { malformed: 0.01, out_of_range: 0.01, duplicate: 0.01, backlog: 0.01, dead_zone_ms: 10_000 };
+    cfg.faults = Faults {
+        malformed: 0.01,
+        out_of_range: 0.01,
+        duplicate: 0.01,
+        backlog: 0.01,
+        dead_zone_ms: 10_000,
+    };
     let (a, _) = simulate(cfg.clone(), 900, 1000);
     let (b, _) = simulate(cfg.clone(), 900, 7_300);
     assert_eq!(a, b);
@@ -278,27 +338,68 @@ fn incidents_happen_within_the_first_minute() {
         LatLon::new(e.f("lat"), e.f("lon"))
     };
     let far = ride_end("XY-B0001");
-    let nearest = map.parking.iter().map(|a| a.centre.distance_m(far)).fold(f64::MAX, f64::min);
-    assert!(!map.in_parking(far) && nearest > 140.0, "B0001 ends {nearest} m away");
+    let nearest = map
+        .parking
+        .iter()
+        .map(|a| a.centre.distance_m(far))
+        .fold(f64::MAX, f64::min);
+    assert!(
+        !map.in_parking(far) && nearest > 140.0,
+        "B0001 ends {nearest} m away"
+    );
     let near = ride_end("XY-B0002");
-    let nearest = map.parking.iter().map(|a| a.centre.distance_m(near)).fold(f64::MAX, f64::min);
-    assert!(!map.in_parking(near) && nearest < 80.0, "B0002 ends just outside ({nearest} m)");
-    assert!(per["XY-B0003"].iter().all(|r| r.f("h2_g") < 5.0), "B0003 is nearly dry");
-    assert!(per["XY-B0004"].iter().any(|r| r.f("speed_kmh") > 28.0), "B0004 overspeeds");
+    let nearest = map
+        .parking
+        .iter()
+        .map(|a| a.centre.distance_m(near))
+        .fold(f64::MAX, f64::min);
+    assert!(
+        !map.in_parking(near) && nearest < 80.0,
+        "B0002 ends just outside ({nearest} m)"
+    );
+    assert!(
+        per["XY-B0003"].iter().all(|r| r.f("h2_g") < 5.0),
+        "B0003 is nearly dry"
+    );
+    assert!(
+        per["XY-B0004"].iter().any(|r| r.f("speed_kmh") > 28.0),
+        "B0004 overspeeds"
+    );
     let leak = &per["XY-B0005"];
-    assert!(leak.len() >= 5 && leak.iter().all(|r| r.v["locked"] == true && r.f("speed_kmh") == 0.0));
-    assert!(leak.last().unwrap().f("h2_g") < leak[0].f("h2_g") - 0.35, "B0005 leaks while parked");
+    assert!(
+        leak.len() >= 5
+            && leak
+                .iter()
+                .all(|r| r.v["locked"] == true && r.f("speed_kmh") == 0.0)
+    );
+    assert!(
+        leak.last().unwrap().f("h2_g") < leak[0].f("h2_g") - 0.35,
+        "B0005 leaks while parked"
+    );
     let silent = &per["XY-B0006"];
     assert!(!silent.is_empty());
     let cut = start() + chrono::Duration::seconds(20);
-    assert!(silent.iter().all(|r| r.ts() < cut), "B0006 is silent after 20 s");
+    assert!(
+        silent.iter().all(|r| r.ts() < cut),
+        "B0006 is silent after 20 s"
+    );
     let np = ride_end("XY-B0007");
-    assert!(map.in_no_parking(np) && map.in_parking(np), "B0007 ends in a no-parking zone");
+    assert!(
+        map.in_no_parking(np) && map.in_parking(np),
+        "B0007 ends in a no-parking zone"
+    );
     let bus = &per["XY-H0001"];
     assert!(bus.iter().all(|r| r.f("h2_g") < 2_500.0));
     let at = LatLon::new(bus[0].f("lat"), bus[0].f("lon"));
-    let to_station = map.stations.iter().map(|s| s.at.distance_m(at)).fold(f64::MAX, f64::min);
-    assert!(to_station > 10_000.0, "the low bus is {to_station} m from a station");
+    let to_station = map
+        .stations
+        .iter()
+        .map(|s| s.at.distance_m(at))
+        .fold(f64::MAX, f64::min);
+    assert!(
+        to_station > 10_000.0,
+        "the low bus is {to_station} m from a station"
+    );
 }
 
 /// Runs the real simulator against the local Mosquitto and counts what a subscriber receives.
@@ -306,10 +407,16 @@ fn incidents_happen_within_the_first_minute() {
 async fn a_run_against_mosquitto_delivers_what_it_reports() {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let root = format!("simtest/{}", uuid::Uuid::new_v4().simple());
-    let mut o = MqttOptions::new(format!("simtest-sub-{}", uuid::Uuid::new_v4().simple()), "127.0.0.1", 1883);
+    let mut o = MqttOptions::new(
+        format!("simtest-sub-{}", uuid::Uuid::new_v4().simple()),
+        "127.0.0.1",
+        1883,
+    );
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (sub, mut el) = AsyncClient::new(o, 100);
-    sub.subscribe(format!("{root}/#"), QoS::AtLeastOnce).await.unwrap();
+    sub.subscribe(format!("{root}/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let poller = tokio::spawn(async move {
         loop {
@@ -336,7 +443,10 @@ async fn a_run_against_mosquitto_delivers_what_it_reports() {
     };
     let report = run(args, std::future::pending()).await.unwrap();
     assert_eq!(report.publish.handed, report.counts.messages);
-    assert_eq!(report.publish.confirmed, report.publish.handed, "the broker acknowledged all");
+    assert_eq!(
+        report.publish.confirmed, report.publish.handed,
+        "the broker acknowledged all"
+    );
     assert!(report.counts.readings >= 21 * 2, "{report}");
     let mut got = vec![];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -364,6 +474,10 @@ async fn a_run_against_mosquitto_delivers_what_it_reports() {
         .sum();
     assert_eq!(distinct, report.counts.readings);
     for (id, last) in &report.last_seq {
-        assert_eq!(seqs[id], (1..=u64::from(*last)).collect::<Vec<_>>(), "{id} in order, no gaps");
+        assert_eq!(
+            seqs[id],
+            (1..=u64::from(*last)).collect::<Vec<_>>(),
+            "{id} in order, no gaps"
+        );
     }
 }

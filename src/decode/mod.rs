@@ -109,7 +109,12 @@ impl Decoder {
             return reject(out, vehicle, RejectReason::TooLarge, detail);
         }
         if t.channel != Channel::Cmd && std::str::from_utf8(payload).is_err() {
-            return reject(out, vehicle, RejectReason::MalformedJson, "payload is not UTF-8".into());
+            return reject(
+                out,
+                vehicle,
+                RejectReason::MalformedJson,
+                "payload is not UTF-8".into(),
+            );
         }
         match t.channel {
             Channel::Cmd => {}
@@ -126,7 +131,14 @@ impl Decoder {
         }
     }
 
-    fn telemetry(&self, t: &Topic, topic: &str, payload: &[u8], now: DateTime<Utc>, out: &mut Decoded) {
+    fn telemetry(
+        &self,
+        t: &Topic,
+        topic: &str,
+        payload: &[u8],
+        now: DateTime<Utc>,
+        out: &mut Decoded,
+    ) {
         let first = payload.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'[') {
             match self.reading(t, payload, now) {
@@ -201,7 +213,10 @@ impl Decoder {
         {
             return refuse(
                 RejectReason::IdMismatch,
-                format!("payload vehicle_id `{id}` differs from the topic's `{}`", t.vehicle),
+                format!(
+                    "payload vehicle_id `{id}` differs from the topic's `{}`",
+                    t.vehicle
+                ),
             );
         }
         let ts = require(w.ts, "ts")?.0;
@@ -210,10 +225,16 @@ impl Decoder {
         let speed_kmh = require(w.speed_kmh, "speed_kmh")?;
         let h2_g = require(w.h2_g, "h2_g")?;
         if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
-            return refuse(RejectReason::OutOfRange, format!("lat {lat} is not in [-90, 90]"));
+            return refuse(
+                RejectReason::OutOfRange,
+                format!("lat {lat} is not in [-90, 90]"),
+            );
         }
         if !(lon.is_finite() && (-180.0..=180.0).contains(&lon)) {
-            return refuse(RejectReason::OutOfRange, format!("lon {lon} is not in [-180, 180]"));
+            return refuse(
+                RejectReason::OutOfRange,
+                format!("lon {lon} is not in [-180, 180]"),
+            );
         }
         if !(speed_kmh.is_finite() && (0.0..=MAX_SPEED_KMH).contains(&speed_kmh)) {
             return refuse(
@@ -231,17 +252,26 @@ impl Decoder {
         if let Some(h) = w.heading_deg
             && !(h.is_finite() && (0.0..=360.0).contains(&h))
         {
-            return refuse(RejectReason::OutOfRange, format!("heading_deg {h} is not in [0, 360]"));
+            return refuse(
+                RejectReason::OutOfRange,
+                format!("heading_deg {h} is not in [0, 360]"),
+            );
         }
         if let Some(h) = w.hdop
             && !(h.is_finite() && h >= 0.0)
         {
-            return refuse(RejectReason::OutOfRange, format!("hdop {h} is negative or not finite"));
+            return refuse(
+                RejectReason::OutOfRange,
+                format!("hdop {h} is negative or not finite"),
+            );
         }
         if let Some(o) = w.odo_km
             && !(o.is_finite() && o >= 0.0)
         {
-            return refuse(RejectReason::OutOfRange, format!("odo_km {o} is negative or not finite"));
+            return refuse(
+                RejectReason::OutOfRange,
+                format!("odo_km {o} is negative or not finite"),
+            );
         }
         for (name, v) in [
             ("h2_pressure_bar", w.h2_pressure_bar),
@@ -253,7 +283,10 @@ impl Decoder {
             if let Some(v) = v
                 && !v.is_finite()
             {
-                return refuse(RejectReason::OutOfRange, format!("{name} is not a finite number"));
+                return refuse(
+                    RejectReason::OutOfRange,
+                    format!("{name} is not a finite number"),
+                );
             }
         }
         self.check_clock(ts, now)?;
@@ -316,7 +349,10 @@ impl Decoder {
         {
             return refuse(
                 RejectReason::IdMismatch,
-                format!("payload vehicle_id `{id}` differs from the topic's `{}`", t.vehicle),
+                format!(
+                    "payload vehicle_id `{id}` differs from the topic's `{}`",
+                    t.vehicle
+                ),
             );
         }
         if w.event_type == EventType::Refuel {
@@ -325,7 +361,10 @@ impl Decoder {
             let tank = f64::from(self.profiles.get(t.kind).tank_g);
             for (name, v) in [("h2_g_before", r.h2_g_before), ("h2_g_after", r.h2_g_after)] {
                 if !(v.is_finite() && v >= 0.0 && v <= 1.2 * tank) {
-                    return refuse(RejectReason::OutOfRange, format!("{name} {v} is not in [0, 1.2 × tank]"));
+                    return refuse(
+                        RejectReason::OutOfRange,
+                        format!("{name} {v} is not in [0, 1.2 × tank]"),
+                    );
                 }
             }
         }
@@ -340,7 +379,12 @@ impl Decoder {
     }
 
     /// `Ok(None)`: an empty retained message, which only clears the broker's copy.
-    fn status(&self, t: &Topic, payload: &[u8], now: DateTime<Utc>) -> Result<Option<Status>, Refusal> {
+    fn status(
+        &self,
+        t: &Topic,
+        payload: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Status>, Refusal> {
         let Ok(text) = std::str::from_utf8(payload) else {
             return refuse(RejectReason::MalformedJson, "status payload is not UTF-8");
         };
@@ -352,7 +396,10 @@ impl Decoder {
             other => {
                 return refuse(
                     RejectReason::Schema,
-                    format!("status must be `online` or `offline`, not `{}`", truncate(other, 64)),
+                    format!(
+                        "status must be `online` or `offline`, not `{}`",
+                        truncate(other, 64)
+                    ),
                 );
             }
         };
@@ -375,14 +422,20 @@ impl Decoder {
 
 impl WireEvent {
     fn deserialize_value(body: &serde_json::Value) -> Result<WireEvent, Refusal> {
-        WireEvent::deserialize(body).map_err(|e| Refusal(RejectReason::Schema, format!("event: {e}")))
+        WireEvent::deserialize(body)
+            .map_err(|e| Refusal(RejectReason::Schema, format!("event: {e}")))
     }
 }
 
 use serde::Deserialize as _;
 
 fn require<T>(v: Option<T>, name: &str) -> Result<T, Refusal> {
-    v.ok_or_else(|| Refusal(RejectReason::Schema, format!("missing required field `{name}`")))
+    v.ok_or_else(|| {
+        Refusal(
+            RejectReason::Schema,
+            format!("missing required field `{name}`"),
+        )
+    })
 }
 
 fn json_refusal(e: serde_json::Error) -> Refusal {

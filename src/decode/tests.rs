@@ -85,16 +85,31 @@ fn each_reject_reason() {
     assert_eq!(reason_of(T, &with("speed_kmh", 251.0.into())), OutOfRange);
     assert_eq!(reason_of(T, &with("h2_g", 60.5.into())), OutOfRange);
     assert_eq!(reason_of(T, &with("h2_g", 1e39.into())), OutOfRange);
-    assert_eq!(reason_of(T, &with("ts", "2026-11-29T10:05:01Z".into())), ClockSkew);
-    assert_eq!(reason_of(T, &with("ts", "2026-10-01T00:00:00Z".into())), ClockSkew);
-    assert_eq!(reason_of(T, &with("vehicle_id", "XY-B0002".into())), IdMismatch);
-    assert_eq!(reason_of("hyfleet/v1/car/XY-B0001/telemetry", b"{}"), BadTopic);
+    assert_eq!(
+        reason_of(T, &with("ts", "2026-11-29T10:05:01Z".into())),
+        ClockSkew
+    );
+    assert_eq!(
+        reason_of(T, &with("ts", "2026-10-01T00:00:00Z".into())),
+        ClockSkew
+    );
+    assert_eq!(
+        reason_of(T, &with("vehicle_id", "XY-B0002".into())),
+        IdMismatch
+    );
+    assert_eq!(
+        reason_of("hyfleet/v1/car/XY-B0001/telemetry", b"{}"),
+        BadTopic
+    );
     assert_eq!(reason_of("hyfleet/v1/bike/XY-B0001/what", b"{}"), BadTopic);
 }
 
 #[test]
 fn a_bus_tank_is_larger() {
-    let out = run("hyfleet/v1/bus/XY-H0001/telemetry", &with("h2_g", 20_000.0.into()));
+    let out = run(
+        "hyfleet/v1/bus/XY-H0001/telemetry",
+        &with("h2_g", 20_000.0.into()),
+    );
     assert_eq!(out.readings.len(), 1);
 }
 
@@ -108,16 +123,25 @@ fn backlog_keeps_good_records_and_rejects_bad_ones() {
     c["seq"] = 3.into();
     let payload = serde_json::to_vec(&serde_json::json!([a, b, "nonsense", c])).unwrap();
     let out = run(T, &payload);
-    assert_eq!(out.readings.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![Some(1), Some(3)]);
+    assert_eq!(
+        out.readings.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![Some(1), Some(3)]
+    );
     let reasons: Vec<_> = out.rejects.iter().map(|r| r.reason).collect();
-    assert_eq!(reasons, vec![RejectReason::OutOfRange, RejectReason::Schema]);
+    assert_eq!(
+        reasons,
+        vec![RejectReason::OutOfRange, RejectReason::Schema]
+    );
     assert!(out.rejects[0].detail.starts_with("backlog record 1"));
 }
 
 #[test]
 fn backlog_over_max_batch_is_refused_whole() {
     let items = vec![serde_json::json!({}); 1001];
-    assert_eq!(reason_of(T, &serde_json::to_vec(&items).unwrap()), RejectReason::Schema);
+    assert_eq!(
+        reason_of(T, &serde_json::to_vec(&items).unwrap()),
+        RejectReason::Schema
+    );
     assert_eq!(reason_of(T, b"[]"), RejectReason::Schema);
     assert_eq!(reason_of(T, b"[{\"ts\":1},"), RejectReason::MalformedJson);
 }
@@ -139,15 +163,24 @@ fn events_and_statuses() {
     );
     assert_eq!(out.events[0].event_type, EventType::Refuel);
     assert_eq!(out.events[0].body["station_id"], "S1");
-    let r = reason_of("hyfleet/v1/bike/XY-B0001/event", br#"{"ts":"2026-11-29T09:59:00Z","type":"refuel"}"#);
+    let r = reason_of(
+        "hyfleet/v1/bike/XY-B0001/event",
+        br#"{"ts":"2026-11-29T09:59:00Z","type":"refuel"}"#,
+    );
     assert_eq!(r, RejectReason::Schema);
-    let r = reason_of("hyfleet/v1/bike/XY-B0001/event", br#"{"ts":"2026-11-29T09:59:00Z","type":"wheelie"}"#);
+    let r = reason_of(
+        "hyfleet/v1/bike/XY-B0001/event",
+        br#"{"ts":"2026-11-29T09:59:00Z","type":"wheelie"}"#,
+    );
     assert_eq!(r, RejectReason::Schema);
     let out = run("hyfleet/v1/bike/XY-B0001/status", b"offline");
     assert!(!out.statuses[0].online);
     let out = run("hyfleet/v1/bike/XY-B0001/status", b"");
     assert!(out.is_empty());
-    assert_eq!(reason_of("hyfleet/v1/bike/XY-B0001/status", b"maybe"), RejectReason::Schema);
+    assert_eq!(
+        reason_of("hyfleet/v1/bike/XY-B0001/status", b"maybe"),
+        RejectReason::Schema
+    );
     assert!(run("hyfleet/v1/bike/XY-B0001/cmd", b"{}").is_empty());
 }
 

@@ -4,8 +4,8 @@
 use std::fmt;
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// `ts` as sent: RFC 3339 text or integer milliseconds since the epoch.
@@ -32,7 +32,8 @@ impl<'de> Deserialize<'de> for Timestamp {
                     .ok_or_else(|| E::custom("`ts`: milliseconds out of range"))
             }
             fn visit_u64<E: de::Error>(self, ms: u64) -> Result<Timestamp, E> {
-                let ms = i64::try_from(ms).map_err(|_| E::custom("`ts`: milliseconds out of range"))?;
+                let ms =
+                    i64::try_from(ms).map_err(|_| E::custom("`ts`: milliseconds out of range"))?;
                 self.visit_i64(ms)
             }
         }

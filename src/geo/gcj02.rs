@@ -77,7 +77,12 @@ mod tests {
 
     #[test]
     fn inverse_round_trips_to_a_centimetre() {
-        for (lat, lon) in [(37.145, 111.781), (37.027, 111.913), (39.9, 116.4), (22.5, 114.0)] {
+        for (lat, lon) in [
+            (37.145, 111.781),
+            (37.027, 111.913),
+            (39.9, 116.4),
+            (22.5, 114.0),
+        ] {
             let (g_lat, g_lon) = wgs84_to_gcj02(lat, lon);
             let (w_lat, w_lon) = gcj02_to_wgs84(g_lat, g_lon);
             assert!((w_lat - lat).abs() < 1e-7 && (w_lon - lon).abs() < 1e-7);

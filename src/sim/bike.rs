@@ -328,7 +328,7 @@ impl Bike {
         }
         self.odo += moved_km;
         self.h2 = (self.h2 - moved_km * self.burn * (1.0 + 0.03 * rng.normal())).max(0.0);
-        arrived.then(|| (self.odo - r.start_odo, r.start_h2 - self.h2, r.to_station))
+        arrived.then_some((self.odo - r.start_odo, r.start_h2 - self.h2, r.to_station))
     }
 
     fn telemetry(&self, now: i64, rng: &mut Rng) -> Telemetry {
