@@ -380,7 +380,15 @@ impl Config {
                 }
             }
         }
-        self.rules.validate().map_err(|(o, m)| invalid(&o, m))?;
+        self.geo
+            .validate()
+            .map_err(|(o, m)| invalid(&format!("geo.{o}"), m))?;
+        self.rules
+            .validate()
+            .map_err(|(o, m)| invalid(&format!("rules.{o}"), m))?;
+        self.notify
+            .validate()
+            .map_err(|(o, m)| invalid(&format!("notify.{o}"), m))?;
         for (n, w) in self.webhooks.iter().enumerate() {
             w.validate()
                 .map_err(|(o, m)| invalid(&format!("webhooks[{n}].{o}"), m))?;

@@ -23,7 +23,7 @@ enum Command {
     /// Apply the database migrations and exit.
     Migrate,
     /// Run the fleet simulator against a broker.
-    Simulate(sim::SimArgs),
+    Simulate(Box<sim::SimArgs>),
     /// Run the whole system here: embedded broker, simulated fleet, API.
     Demo,
 }
@@ -55,7 +55,8 @@ fn main() -> anyhow::Result<()> {
                     trigger.fire();
                 });
                 let mut stop = stop;
-                sim::run(args, async move { stop.wait().await }).await?;
+                let report = sim::run(*args, async move { stop.wait().await }).await?;
+                println!("{report}");
                 Ok(())
             }
             Command::Demo => run_demo(&cli.config).await,

@@ -374,9 +374,3 @@ pub async fn run(args: SimArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         last_seq: fleet.last_seq(),
     })
 }
-
-impl SimArgs {
-    pub fn demo(_mqtt_url: &str, _topic_root: &str) -> Self {
-        SimArgs {}
-    }
-}
