@@ -51,6 +51,8 @@ pub async fn serve(
         pool,
         metrics,
         health,
+        live: crate::live::Hub::default(),
+        config: Arc::new(config.clone()),
     });
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
     let mut stop = shutdown.clone();

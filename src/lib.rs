@@ -13,6 +13,7 @@ pub mod domain;
 pub mod geo;
 pub mod health;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod rules;

@@ -22,6 +22,8 @@ pub struct AppState {
     pub pool: deadpool_postgres::Pool,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub live: crate::live::Hub,
+    pub config: Arc<crate::config::Config>,
 }
 
 pub fn router(state: AppState) -> Router {
