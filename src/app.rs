@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::store::writer::Hooks;
 use crate::store::{self, Registry};
 use crate::{api, ingest};
 
@@ -26,6 +27,16 @@ pub async fn serve(
     let pool = store::pool(&config.database.url, config.database.pool_size)?;
     maintain_partitions(&pool, &config).await?;
 
+    let engine = build_engine(&pool, &config).await?;
+    {
+        let mut client = pool.get().await.context("no database connection")?;
+        crate::notify::sync_config_webhooks(&mut client, &config.webhooks, &config.notify)
+            .await
+            .context("cannot register the configured webhooks")?;
+    }
+    let live = crate::live::Hub::default();
+    let hooks = Arc::new(Hooks::new(engine, live.clone()));
+
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     // The database just took the migrations: writable until a write says otherwise.
@@ -34,7 +45,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         health: health.clone(),
         registry: Arc::new(Registry::new()),
-        hooks: Arc::new(store::writer::Hooks::default()),
+        hooks: hooks.clone(),
     };
 
     let upkeep = tokio::spawn(partition_upkeep(
@@ -42,6 +53,16 @@ pub async fn serve(
         config.clone(),
         shutdown.clone(),
     ));
+    let sweeper = tokio::spawn(offline_sweep(pool.clone(), hooks.clone(), shutdown.clone()));
+    let notifier = {
+        let mut stop = shutdown.clone();
+        crate::notify::spawn_worker(
+            pool.clone(),
+            config.notify.clone(),
+            Arc::new(crate::notify::SystemClock),
+            async move { stop.wait().await },
+        )?
+    };
     let ingest = {
         let config = config.clone();
         let shutdown = shutdown.clone();
@@ -51,7 +72,7 @@ pub async fn serve(
         pool,
         metrics,
         health,
-        live: crate::live::Hub::default(),
+        live,
         config: Arc::new(config.clone()),
     });
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
@@ -61,7 +82,9 @@ pub async fn serve(
         .await
         .context("HTTP server failed")?;
     ingest.await.context("ingest panicked")??;
+    let _ = notifier.await;
     upkeep.abort();
+    sweeper.abort();
     Ok(())
 }
 
@@ -94,6 +117,64 @@ async fn partition_upkeep(pool: deadpool_postgres::Pool, config: Config, mut shu
                 error = format!("{e:#}"),
                 "partition upkeep failed; will retry in an hour"
             );
+        }
+    }
+}
+
+/// The rules engine over the zones in the database; an empty `zones` table is first filled
+/// from `geo.zones_file` (the Xiaoyi sample data by default, embedded in the binary).
+async fn build_engine(
+    pool: &deadpool_postgres::Pool,
+    config: &Config,
+) -> anyhow::Result<crate::rules::Engine> {
+    let client = pool.get().await.context("no database connection")?;
+    let empty = client
+        .query_one("SELECT count(*) = 0 FROM zones", &[])
+        .await?
+        .get::<_, bool>(0);
+    if empty {
+        let path = &config.geo.zones_file;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(_) if *path == crate::geo::GeoConfig::default().zones_file => {
+                crate::sim::data::ZONES_GEOJSON.to_owned()
+            }
+            Err(e) => return Err(e).with_context(|| format!("geo.zones_file {}", path.display())),
+        };
+        let n = crate::rules::store::import_zones(&client, &text, config.geo.zones_crs())
+            .await
+            .with_context(|| format!("cannot import zones from {}", path.display()))?;
+        tracing::info!(zones = n, file = %path.display(), "imported zones");
+    }
+    let zones = crate::rules::store::load_zones(&client).await?;
+    Ok(crate::rules::Engine::new(config, Arc::new(zones))?)
+}
+
+/// Open `offline` alerts for vehicles that went quiet: nothing arrives to trigger them.
+async fn offline_sweep(pool: deadpool_postgres::Pool, hooks: Arc<Hooks>, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.wait() => return,
+        }
+        let result: anyhow::Result<Vec<crate::domain::AlertEvent>> = async {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            let events =
+                crate::rules::store::sweep_offline(&tx, &hooks.engine(), chrono::Utc::now())
+                    .await?;
+            crate::notify::enqueue(&tx, &events).await?;
+            tx.commit().await?;
+            Ok(events)
+        }
+        .await;
+        match result {
+            Ok(events) => {
+                for e in events {
+                    hooks.live.publish(crate::live::LiveEvent::Alert(e));
+                }
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "offline sweep failed"),
         }
     }
 }

@@ -49,3 +49,43 @@ next_connection_delay_ms = 0
     }
     anyhow::bail!("the embedded MQTT broker did not start on {addr}")
 }
+
+/// A webhook receiver for the demo: prints each alert event it gets, so a newcomer sees the
+/// whole path (reading → rule → outbox → webhook) in the terminal. Returns its URL.
+pub async fn start_inbox() -> anyhow::Result<String> {
+    use axum::routing::post;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/inbox",
+        post(|body: axum::body::Bytes| async move {
+            let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let a = &event["data"];
+            println!(
+                "webhook  {:<20} {:<10} {:<20} {:<8} {}",
+                event["type"].as_str().unwrap_or("?"),
+                a["vehicle_id"].as_str().unwrap_or("?"),
+                a["rule"].as_str().unwrap_or("?"),
+                a["severity"].as_str().unwrap_or("?"),
+                a["details"]
+            );
+            axum::http::StatusCode::NO_CONTENT
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/inbox"))
+}
+
+/// The demo's configuration: the user's, with a webhook to the inbox.
+pub fn webhook_to(inbox: &str) -> crate::notify::WebhookConfig {
+    crate::notify::WebhookConfig {
+        name: "demo-inbox".into(),
+        url: inbox.into(),
+        secret: Some("whsec_ZGVtby1zZWNyZXQtbm90LWZvci1wcm9kdWN0aW9u".into()),
+        events: crate::domain::AlertEventType::ALL.to_vec(),
+        format: crate::notify::Format::Generic,
+        rate_per_minute: None,
+    }
+}

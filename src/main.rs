@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=warn,rumqttc=warn".into()),
+                .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn".into()),
         )
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -86,6 +86,13 @@ async fn run_demo(path: &Option<PathBuf>) -> anyhow::Result<()> {
     if std::env::var_os("MQTT_URL").is_none() {
         config.mqtt.url = demo::start_embedded_broker()?;
     }
+    if std::env::var_os("DATABASE_URL").is_none() && path.is_none() {
+        // Keep the demo's simulated fleet out of a real `hyfleet` database.
+        config.database.url = "postgres://postgres@127.0.0.1:5432/hyfleet_demo".into();
+    }
+    let inbox = demo::start_inbox().await?;
+    config.notify.allow_private_networks = true;
+    config.webhooks.push(demo::webhook_to(&inbox));
     let listener = tokio::net::TcpListener::bind(&config.http.addr)
         .await
         .with_context(|| format!("cannot listen on http.addr = {}", config.http.addr))?;
@@ -97,7 +104,7 @@ async fn run_demo(path: &Option<PathBuf>) -> anyhow::Result<()> {
     let simulator =
         tokio::spawn(async move { sim::run(sim_args, async move { sim_stop.wait().await }).await });
     println!(
-        "\nhyfleet demo is running\n  MQTT broker   {}\n  vehicles      http://{http}/api/v1/vehicles\n  metrics       http://{http}/metrics\n  readiness     http://{http}/readyz\nCtrl-C stops everything.\n",
+        "\nhyfleet demo is running\n  MQTT broker   {}\n  vehicles      http://{http}/api/v1/vehicles\n  metrics       http://{http}/metrics\n  readiness     http://{http}/readyz\n  webhook inbox {inbox} (alerts print below)\nCtrl-C stops everything.\n",
         config.mqtt.url
     );
     shutdown::signal().await;

@@ -6,7 +6,7 @@ mod wire;
 
 pub use topic::{Channel, Topic};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde_json::value::RawValue;
 
 use crate::config::{Config, Profiles};
@@ -219,7 +219,8 @@ impl Decoder {
                 ),
             );
         }
-        let ts = require(w.ts, "ts")?.0;
+        // PostgreSQL keeps microseconds: a reading is identified by what the store can hold.
+        let ts = require(w.ts, "ts")?.0.trunc_subsecs(6);
         let lat = require(w.lat, "lat")?;
         let lon = require(w.lon, "lon")?;
         let speed_kmh = require(w.speed_kmh, "speed_kmh")?;
@@ -372,7 +373,7 @@ impl Decoder {
         Ok(Event {
             vehicle: t.vehicle.clone(),
             kind: t.kind,
-            ts: w.ts.0,
+            ts: w.ts.0.trunc_subsecs(6),
             event_type: w.event_type,
             body,
         })

@@ -194,3 +194,44 @@ fn gcj02_positions_are_converted() {
     let r = &out.readings[0];
     assert!((r.lat - 37.145).abs() > 1e-4 || (r.lon - 111.781).abs() > 1e-4);
 }
+
+#[test]
+fn timestamps_keep_what_the_store_keeps() {
+    let out = run(T, &with("ts", "2026-11-29T09:59:58.123456789Z".into()));
+    assert_eq!(out.readings[0].ts.timestamp_subsec_nanos(), 123_456_000);
+}
+
+/// The published JSON Schema and the decoder agree on what a reading must carry.
+#[test]
+fn telemetry_schema_matches_the_decoder() {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../schemas/telemetry.schema.json")).unwrap();
+    let reading = &schema["$defs"]["reading"];
+    let mut required: Vec<&str> = reading["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    required.sort();
+    for field in &required {
+        assert_eq!(
+            reason_of(T, &without(field)),
+            RejectReason::Schema,
+            "{field}"
+        );
+    }
+    let mut optional: Vec<String> = good().as_object().unwrap().keys().cloned().collect();
+    optional.retain(|k| !required.contains(&k.as_str()));
+    for field in optional {
+        let out = run(T, &without(&field));
+        assert_eq!(out.readings.len(), 1, "{field} is optional in the schema");
+    }
+    let props = reading["properties"].as_object().unwrap();
+    assert_eq!(props["lat"]["maximum"], 90);
+    assert_eq!(props["speed_kmh"]["maximum"], 250);
+    assert_eq!(
+        schema["oneOf"][1]["maxItems"],
+        Config::default().ingest.max_batch
+    );
+}

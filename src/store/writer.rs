@@ -3,7 +3,7 @@
 //! rejects. Ingest acknowledges a batch's messages only after this commits.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -13,7 +13,10 @@ use super::copy::CopyBuf;
 use super::registry::{Registry, VehicleRef};
 use crate::config::Profiles;
 use crate::decode::Decoded;
-use crate::domain::{Reading, Reject, RejectReason, VehicleId, VehicleKind};
+use crate::domain::{AlertEvent, Event, Reading, Reject, RejectReason, VehicleId, VehicleKind};
+use crate::live::{Hub, LiveEvent, Position};
+use crate::rules::Engine;
+use crate::rules::store::VehicleRow;
 
 const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS telemetry_in
     (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DELETE ROWS";
@@ -49,8 +52,30 @@ pub struct WriteOutcome {
 
 /// What else happens inside a batch's transaction: rules turn the new readings into alert
 /// transitions, and the webhook outbox takes them, so that all of it commits or none does.
-#[derive(Default)]
-pub struct Hooks {}
+/// After the commit, positions and transitions go to the live feed.
+pub struct Hooks {
+    engine: RwLock<Arc<Engine>>,
+    pub live: Hub,
+}
+
+impl Hooks {
+    pub fn new(engine: Engine, live: Hub) -> Self {
+        Hooks {
+            engine: RwLock::new(Arc::new(engine)),
+            live,
+        }
+    }
+
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.read().expect("engine lock").clone()
+    }
+
+    /// Swap the zone index the rules use (after zones change through the API or an import).
+    pub fn set_zones(&self, zones: Arc<crate::geo::ZoneIndex>) {
+        let mut e = self.engine.write().expect("engine lock");
+        *e = Arc::new(e.with_zones(zones));
+    }
+}
 
 /// A writer owns one connection; ingest runs several to overlap commits.
 pub struct BatchWriter {
@@ -58,7 +83,6 @@ pub struct BatchWriter {
     registry: Arc<Registry>,
     profiles: Profiles,
     auto_register: bool,
-    #[allow(dead_code)]
     hooks: Arc<Hooks>,
 }
 
@@ -112,6 +136,7 @@ impl BatchWriter {
         .await?;
 
         let mut outcome = WriteOutcome::default();
+        let mut fresh: Vec<&Reading> = Vec::new();
         if !batch.readings.is_empty() {
             let sink = tx.copy_in::<_, bytes::Bytes>(COPY_IN).await?;
             let data = encode_readings(&batch.readings, &refs);
@@ -123,22 +148,77 @@ impl BatchWriter {
             outcome.duplicates = batch.readings.len() - inserted.len();
             outcome.newest_ts = inserted.iter().map(|r| r.get::<_, DateTime<Utc>>(1)).max();
             tx.execute(LATEST, &[]).await?;
-            let _new: HashSet<(i32, DateTime<Utc>, Option<i64>)> = inserted
+            // Rules see each reading once: a redelivered or resent one was inserted before.
+            let new: HashSet<(i32, DateTime<Utc>, Option<i64>)> = inserted
                 .iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2)))
                 .collect();
+            fresh = batch
+                .readings
+                .iter()
+                .filter(|r| new.contains(&(refs[&r.vehicle].id, r.ts, r.seq.map(i64::from))))
+                .collect();
+            fresh.sort_by(|a, b| a.vehicle.cmp(&b.vehicle).then(a.ts.cmp(&b.ts)));
         }
-        let seen: Vec<i32> = ids.clone();
         tx.execute(
             "UPDATE vehicles SET last_seen = $2 WHERE id = ANY($1)",
-            &[&seen, &now],
+            &[&ids, &now],
         )
         .await?;
-        outcome.events = write_events(&tx, batch, &refs).await?;
+        let new_events = write_events(&tx, batch, &refs).await?;
+        outcome.events = new_events.len();
         write_statuses(&tx, batch, &refs).await?;
         outcome.rejects = write_rejects(&tx, &batch.rejects).await?;
+
+        let rows: Vec<VehicleRow> = refs
+            .iter()
+            .map(|(code, r)| VehicleRow {
+                id: r.id,
+                code: code.clone(),
+                kind: r.kind,
+            })
+            .collect();
+        let fresh_owned: Vec<Reading> = fresh.iter().map(|r| (*r).clone()).collect();
+        let engine = self.hooks.engine();
+        let alerts: Vec<AlertEvent> =
+            crate::rules::store::apply_batch(&tx, &engine, &rows, &fresh_owned, &new_events, now)
+                .await
+                .context("rules")?;
+        crate::notify::enqueue(&tx, &alerts)
+            .await
+            .context("webhook outbox")?;
         tx.commit().await?;
+
+        outcome.alert_events = alerts.len();
+        self.publish_live(&fresh, alerts);
         Ok(outcome)
+    }
+
+    /// After the commit: the newest position of each vehicle, and every transition.
+    fn publish_live(&self, fresh: &[&Reading], alerts: Vec<AlertEvent>) {
+        let live = &self.hooks.live;
+        for a in alerts {
+            live.publish(LiveEvent::Alert(a));
+        }
+        if !live.has_listeners() {
+            return;
+        }
+        // `fresh` is sorted by vehicle then time: the last of each run is the newest.
+        for (i, r) in fresh.iter().enumerate() {
+            if fresh.get(i + 1).is_some_and(|n| n.vehicle == r.vehicle) {
+                continue;
+            }
+            live.publish(LiveEvent::Position(Position {
+                vehicle_id: r.vehicle.to_string(),
+                kind: r.kind,
+                ts: r.ts,
+                lat: r.lat,
+                lon: r.lon,
+                speed_kmh: r.speed_kmh,
+                h2_g: r.h2_g,
+                locked: r.locked,
+            }));
+        }
     }
 
     async fn resolve(&self, batch: &Decoded) -> anyhow::Result<HashMap<VehicleId, VehicleRef>> {
@@ -227,27 +307,40 @@ fn encode_readings(readings: &[Reading], refs: &HashMap<VehicleId, VehicleRef>) 
     buf.finish()
 }
 
+/// Insert the batch's events; returns those not stored before, for the rules.
 async fn write_events(
     tx: &tokio_postgres::Transaction<'_>,
     batch: &Decoded,
     refs: &HashMap<VehicleId, VehicleRef>,
-) -> Result<usize, tokio_postgres::Error> {
+) -> Result<Vec<Event>, tokio_postgres::Error> {
     if batch.events.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let vehicle: Vec<i32> = batch.events.iter().map(|e| refs[&e.vehicle].id).collect();
     let ts: Vec<DateTime<Utc>> = batch.events.iter().map(|e| e.ts).collect();
     let kind: Vec<&str> = batch.events.iter().map(|e| e.event_type.as_str()).collect();
     let body: Vec<&serde_json::Value> = batch.events.iter().map(|e| &e.body).collect();
-    let n = tx
-        .execute(
+    let rows = tx
+        .query(
             "INSERT INTO events (vehicle, ts, type, body)
              SELECT * FROM unnest($1::int[], $2::timestamptz[], $3::text[], $4::jsonb[])
-             ON CONFLICT (vehicle, ts, type) DO NOTHING",
+             ON CONFLICT (vehicle, ts, type) DO NOTHING
+             RETURNING vehicle, ts, type",
             &[&vehicle, &ts, &kind, &body],
         )
         .await?;
-    Ok(n as usize)
+    let new: HashSet<(i32, DateTime<Utc>, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let mut events: Vec<Event> = batch
+        .events
+        .iter()
+        .filter(|e| new.contains(&(refs[&e.vehicle].id, e.ts, e.event_type.as_str().to_owned())))
+        .cloned()
+        .collect();
+    events.sort_by(|a, b| a.vehicle.cmp(&b.vehicle).then(a.ts.cmp(&b.ts)));
+    Ok(events)
 }
 
 async fn write_statuses(

@@ -90,6 +90,13 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(config: Config) -> InProcess {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn,rumqttc=error".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (trigger, stop) = hyfleet::shutdown::channel();
