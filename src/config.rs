@@ -521,3 +521,23 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The documented example is a valid configuration, and its values are the defaults.
+    #[test]
+    fn example_configuration_loads_and_matches_the_defaults() {
+        let text = include_str!("../hyfleet.example.toml");
+        let c = Config::from_toml_and_env(text, "hyfleet.example.toml", Vec::new()).unwrap();
+        let d = Config::default();
+        assert_eq!(c.database.url, d.database.url);
+        assert_eq!(c.mqtt.topic_root, d.mqtt.topic_root);
+        assert_eq!(c.ingest.batch_max_rows, d.ingest.batch_max_rows);
+        assert_eq!(c.profiles.bike, d.profiles.bike);
+        assert_eq!(c.profiles.bus, d.profiles.bus);
+        assert_eq!(c.rules.bike, d.rules.bike);
+        assert_eq!(c.notify.max_retry_hours, d.notify.max_retry_hours);
+    }
+}

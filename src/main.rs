@@ -26,6 +26,16 @@ enum Command {
     Simulate(Box<sim::SimArgs>),
     /// Run the whole system here: embedded broker, simulated fleet, API.
     Demo,
+    /// Manage geofence zones.
+    #[command(subcommand)]
+    Zones(ZonesCommand),
+}
+
+#[derive(Subcommand)]
+enum ZonesCommand {
+    /// Import a GeoJSON FeatureCollection of zones (converted from `geo.zones_crs`); zones
+    /// with the same id are replaced. A running service picks them up on restart.
+    Import { file: PathBuf },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +70,17 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Demo => run_demo(&cli.config).await,
+            Command::Zones(ZonesCommand::Import { file }) => {
+                let config = load(&cli.config)?;
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                store::prepare_database(&config.database.url).await?;
+                let client = store::connect(&config.database.url).await?;
+                let n = hyfleet::rules::store::import_zones(&client, &text, config.geo.zones_crs())
+                    .await?;
+                println!("imported {n} zones from {}", file.display());
+                Ok(())
+            }
         }
     })
 }

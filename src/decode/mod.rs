@@ -458,3 +458,6 @@ fn truncate(s: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -4,5 +4,6 @@
 mod alerts;
 mod faults;
 mod ingest;
+mod scale;
 #[allow(dead_code)] // each test file uses its own part of the support
 mod support;
