@@ -56,10 +56,11 @@ pub async fn serve(
     let sweeper = tokio::spawn(offline_sweep(pool.clone(), hooks.clone(), shutdown.clone()));
     let notifier = {
         let mut stop = shutdown.clone();
-        crate::notify::spawn_worker(
+        crate::notify::spawn_worker_with_wake(
             pool.clone(),
             config.notify.clone(),
             Arc::new(crate::notify::SystemClock),
+            hooks.outbox_wake.clone(),
             async move { stop.wait().await },
         )?
     };
@@ -170,6 +171,9 @@ async fn offline_sweep(pool: deadpool_postgres::Pool, hooks: Arc<Hooks>, mut shu
         .await;
         match result {
             Ok(events) => {
+                if !events.is_empty() {
+                    hooks.outbox_wake.notify_one();
+                }
                 for e in events {
                     hooks.live.publish(crate::live::LiveEvent::Alert(e));
                 }

@@ -21,4 +21,4 @@ pub use outbox::{
     Attempt, Delivery, Webhook, WebhookError, attempts, create_webhook, delete_webhook, deliveries,
     enqueue, get_webhook, list_webhooks, redact_url, sync_config_webhooks,
 };
-pub use worker::{Worker, spawn_worker};
+pub use worker::{Worker, spawn_worker, spawn_worker_with_wake};

@@ -426,6 +426,25 @@ pub fn spawn_worker(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<JoinHandle<()>> {
+    spawn_worker_with_wake(
+        pool,
+        cfg,
+        clock,
+        Arc::new(tokio::sync::Notify::new()),
+        shutdown,
+    )
+}
+
+/// As [`spawn_worker`], and an idle loop also wakes when `wake` is notified: producers in this
+/// process notify it after committing events, so a delivery starts at once rather than at the
+/// next poll (the poll still finds what other instances enqueued).
+pub fn spawn_worker_with_wake(
+    pool: Pool,
+    cfg: NotifyConfig,
+    clock: Arc<dyn Clock>,
+    wake: Arc<tokio::sync::Notify>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<()>> {
     let loops = cfg.concurrency;
     let poll = cfg.poll_interval();
     let worker = Arc::new(Worker::new(pool, cfg, clock)?);
@@ -433,6 +452,7 @@ pub fn spawn_worker(
     let handles: Vec<_> = (0..loops)
         .map(|_| {
             let worker = worker.clone();
+            let wake = wake.clone();
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
                 while !*stop.borrow() {
@@ -450,6 +470,7 @@ pub fn spawn_worker(
                     if idle {
                         tokio::select! {
                             _ = tokio::time::sleep(poll) => {}
+                            _ = wake.notified() => {}
                             _ = stop.changed() => {}
                         }
                     }

@@ -56,6 +56,8 @@ pub struct WriteOutcome {
 pub struct Hooks {
     engine: RwLock<Arc<Engine>>,
     pub live: Hub,
+    /// Wakes the webhook worker when a batch committed alert events.
+    pub outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Hooks {
@@ -63,6 +65,7 @@ impl Hooks {
         Hooks {
             engine: RwLock::new(Arc::new(engine)),
             live,
+            outbox_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -190,6 +193,9 @@ impl BatchWriter {
         tx.commit().await?;
 
         outcome.alert_events = alerts.len();
+        if !alerts.is_empty() {
+            self.hooks.outbox_wake.notify_one();
+        }
         self.publish_live(&fresh, alerts);
         Ok(outcome)
     }
