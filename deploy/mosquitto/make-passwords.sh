@@ -1,0 +1,68 @@
+#!/bin/sh
+# Creates the broker credentials of the fleet: one user per vehicle (its id: XY-B0001...,
+# XY-H0001...) and the backend user `hyfleet.backend`, each with a random password.
+#
+#   $OUT_DIR/passwords    hashed (mosquitto_passwd), read by Mosquitto as password_file
+#   $OUT_DIR/devices.csv  vehicle_id,kind,username,password in clear, to provision firmware:
+#                         a secret, readable by its owner only
+#   $ENV_FILE             read by docker compose: HYFLEET_MQTT_PASSWORD (hyfleet's MQTT_URL),
+#                         and, when missing, POSTGRES_PASSWORD, GRAFANA_DB_PASSWORD and
+#                         GRAFANA_ADMIN_PASSWORD (kept once set: the database volume keeps the
+#                         passwords it was created with)
+#
+# Usage: deploy/mosquitto/make-passwords.sh [BIKES [BUSES]]     (default: 500 bikes, 5 buses)
+# OUT_DIR defaults to this directory, ENV_FILE to .env beside docker-compose.yml. Existing files
+# are kept unless FORCE=1: new passwords mean re-provisioning every vehicle.
+set -eu
+bikes=${1:-500}
+buses=${2:-5}
+here=$(cd "$(dirname "$0")" && pwd)
+out=${OUT_DIR:-$here}
+env_file=${ENV_FILE:-$here/../../.env}
+backend=hyfleet.backend
+
+if [ -e "$out/passwords" ] && [ "${FORCE:-0}" != 1 ]; then
+    echo "$out/passwords exists; set FORCE=1 to replace every password" >&2
+    exit 1
+fi
+command -v mosquitto_passwd >/dev/null || {
+    echo "mosquitto_passwd not found (Debian: apt-get install mosquitto)" >&2
+    exit 1
+}
+
+# Letters and digits only: no ':' (the password file's separator) and nothing that needs
+# escaping in an mqtt:// URL. 24 of 62 symbols is about 143 bits.
+secret() { tr -dc 'A-Za-z0-9' </dev/urandom | head -c 24; }
+
+umask 077
+plain=$(mktemp)
+trap 'rm -f "$plain"' EXIT
+csv="$out/devices.csv"
+echo "vehicle_id,kind,username,password" >"$csv"
+add() { # id kind
+    pw=$(secret)
+    echo "$1:$pw" >>"$plain"
+    echo "$1,$2,$1,$pw" >>"$csv"
+}
+i=1
+while [ "$i" -le "$bikes" ]; do add "$(printf 'XY-B%04d' "$i")" bike; i=$((i + 1)); done
+i=1
+while [ "$i" -le "$buses" ]; do add "$(printf 'XY-H%04d' "$i")" bus; i=$((i + 1)); done
+backend_pw=$(secret)
+echo "$backend:$backend_pw" >>"$plain"
+
+# Hash all at once (-U rewrites a file of clear user:password lines), then move into place.
+mosquitto_passwd -U "$plain"
+# Mosquitto runs as its own user and must read the file; it holds salted PBKDF2 hashes only.
+chmod 0644 "$plain"
+mv "$plain" "$out/passwords"
+
+touch "$env_file"
+grep -v '^HYFLEET_MQTT_PASSWORD=' "$env_file" >"$env_file.tmp" || true
+echo "HYFLEET_MQTT_PASSWORD=$backend_pw" >>"$env_file.tmp"
+for name in POSTGRES_PASSWORD GRAFANA_DB_PASSWORD GRAFANA_ADMIN_PASSWORD; do
+    grep -q "^$name=" "$env_file.tmp" || echo "$name=$(secret)" >>"$env_file.tmp"
+done
+mv "$env_file.tmp" "$env_file"
+
+echo "wrote $out/passwords ($bikes bikes, $buses buses, $backend), $csv, $env_file" >&2
