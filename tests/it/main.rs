@@ -1,7 +1,9 @@
 //! Integration tests against real PostgreSQL and real Mosquitto, each with its own database
 //! and topic root so that they run in parallel.
 
+mod dashboard;
 mod faults;
+mod gbfs;
 mod ingest;
 #[allow(dead_code)] // each test file uses its own part of the support
 mod support;
