@@ -32,6 +32,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", vehicles::routes())
+        .merge(crate::gbfs::routes())
+        .merge(crate::web::routes())
         .fallback(|| async { Problem::not_found("no such endpoint") })
         .with_state(state)
 }

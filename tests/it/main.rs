@@ -2,7 +2,9 @@
 //! and topic root so that they run in parallel.
 
 mod alerts;
+mod dashboard;
 mod faults;
+mod gbfs;
 mod ingest;
 mod scale;
 #[allow(dead_code)] // each test file uses its own part of the support
