@@ -23,6 +23,7 @@ pub struct Config {
     pub rules: crate::rules::RulesConfig,
     pub webhooks: Vec<crate::notify::WebhookConfig>,
     pub notify: crate::notify::NotifyConfig,
+    pub api: crate::api::ApiConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -389,6 +390,9 @@ impl Config {
         self.notify
             .validate()
             .map_err(|(o, m)| invalid(&format!("notify.{o}"), m))?;
+        self.api
+            .validate()
+            .map_err(|(o, m)| invalid(&format!("api.{o}"), m))?;
         for (n, w) in self.webhooks.iter().enumerate() {
             w.validate()
                 .map_err(|(o, m)| invalid(&format!("webhooks[{n}].{o}"), m))?;

@@ -114,6 +114,19 @@ async fn run_demo(path: &Option<PathBuf>) -> anyhow::Result<()> {
     let inbox = demo::start_inbox().await?;
     config.notify.allow_private_networks = true;
     config.webhooks.push(demo::webhook_to(&inbox));
+    // A token for this run, so the dashboard and the API can be used at once.
+    let token = if config.api.tokens.is_empty() {
+        let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
+        config.api.tokens.push(hyfleet::api::TokenConfig {
+            name: "demo".into(),
+            role: hyfleet::api::Role::Admin,
+            token: Some(token.clone()),
+            token_sha256: None,
+        });
+        token
+    } else {
+        "(from your configuration)".to_owned()
+    };
     let listener = tokio::net::TcpListener::bind(&config.http.addr)
         .await
         .with_context(|| format!("cannot listen on http.addr = {}", config.http.addr))?;
@@ -125,7 +138,7 @@ async fn run_demo(path: &Option<PathBuf>) -> anyhow::Result<()> {
     let simulator =
         tokio::spawn(async move { sim::run(sim_args, async move { sim_stop.wait().await }).await });
     println!(
-        "\nhyfleet demo is running\n  MQTT broker   {}\n  vehicles      http://{http}/api/v1/vehicles\n  metrics       http://{http}/metrics\n  readiness     http://{http}/readyz\n  webhook inbox {inbox} (alerts print below)\nCtrl-C stops everything.\n",
+        "\nhyfleet demo is running\n  dashboard     http://{http}/   (API token: {token})\n  MQTT broker   {}\n  vehicles      curl -H 'Authorization: Bearer {token}' http://{http}/api/v1/vehicles\n  GBFS          http://{http}/gbfs/gbfs.json\n  metrics       http://{http}/metrics\n  readiness     http://{http}/readyz\n  webhook inbox {inbox} (alerts print below)\nCtrl-C stops everything.\n",
         config.mqtt.url
     );
     shutdown::signal().await;

@@ -1,16 +1,33 @@
-//! The HTTP face: health, metrics and the operator API under `/api/v1`.
+//! The HTTP face: health, metrics and the operator API under `/api/v1` (DESIGN §9). Every
+//! endpoint is declared once in [`routes::OPS`], which the router and `/openapi.json` are both
+//! built from.
 
+mod alerts;
+mod auth;
+mod commands;
+mod extract;
+mod fleet;
+mod history;
+pub mod openapi;
 mod problem;
+pub mod routes;
+mod stream;
+mod tokens;
 mod vehicles;
+mod webhooks;
+mod zones;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
-use axum::routing::get;
 
+pub use auth::{ApiConfig, Caller, Role, TokenConfig, sha256};
+pub use commands::Command;
+pub use fleet::local_day_start;
 pub use problem::Problem;
 
 use crate::health::Health;
@@ -26,16 +43,59 @@ pub struct AppState {
     pub config: Arc<crate::config::Config>,
 }
 
+/// The router's own state: what handlers share, plus what the API alone holds.
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub app: AppState,
+    pub tokens: Arc<auth::Tokens>,
+    pub commands: Arc<commands::Publisher>,
+}
+
+impl FromRef<Api> for AppState {
+    fn from_ref(api: &Api) -> AppState {
+        api.app.clone()
+    }
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .nest("/api/v1", vehicles::routes())
-        .merge(crate::gbfs::routes())
+    let public = crate::gbfs::routes()
         .merge(crate::web::routes())
+        .with_state(state.clone());
+    let api = Api {
+        tokens: Arc::new(auth::Tokens::from_config(&state.config.api)),
+        commands: Arc::default(),
+        app: state,
+    };
+    let mut router = Router::new();
+    for op in routes::OPS {
+        let mut handler = (op.handler)(op.method.filter());
+        handler = match op.role {
+            None => handler,
+            Some(Role::Viewer) => {
+                handler.route_layer(from_fn_with_state(api.clone(), auth::viewer))
+            }
+            Some(Role::Operator) => {
+                handler.route_layer(from_fn_with_state(api.clone(), auth::operator))
+            }
+            Some(Role::Admin) => handler.route_layer(from_fn_with_state(api.clone(), auth::admin)),
+        };
+        router = router.route(op.path, handler);
+    }
+    router
         .fallback(|| async { Problem::not_found("no such endpoint") })
-        .with_state(state)
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .with_state(api)
+        .merge(public)
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(openapi::document())
 }
 
 async fn healthz() -> &'static str {

@@ -32,6 +32,10 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "Not Found", detail)
     }
 
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "Conflict", detail)
+    }
+
     /// Something failed inside: logged with its context, reported without it.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "request failed");
@@ -60,6 +64,12 @@ impl IntoResponse for Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         res
+    }
+}
+
+impl From<anyhow::Error> for Problem {
+    fn from(e: anyhow::Error) -> Self {
+        Problem::internal(format!("{e:#}"))
     }
 }
 

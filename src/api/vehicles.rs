@@ -1,14 +1,15 @@
-//! `/vehicles` and a vehicle's telemetry.
+//! `/vehicles`, one vehicle, and `/rejects`.
 
-use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, response::IntoResponse};
-use chrono::{DateTime, Duration, Utc};
-use serde::Deserialize;
+use axum::Json;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Row;
 
+use super::extract::{P, Q};
 use super::{AppState, Problem};
-use serde::Serialize;
+use crate::domain::VehicleKind;
+use crate::store::queries::{self, VehicleView};
 
 /// A page of a list; `next` is the cursor of the following page, absent on the last one.
 #[derive(Serialize)]
@@ -17,26 +18,20 @@ pub struct Page<T: Serialize, C: Serialize> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<C>,
 }
-use crate::store::queries::{self, VehicleFilter};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/vehicles", get(list))
-        .route("/vehicles/{id}", get(one))
-        .route("/vehicles/{id}/telemetry", get(telemetry))
-        .route("/rejects", get(rejects))
+impl<T: Serialize, C: Serialize> Page<T, C> {
+    /// A full page may have a successor: its cursor is taken from the last item.
+    pub fn new(items: Vec<T>, limit: i64, cursor: impl FnOnce(&T) -> C) -> Self {
+        let next = (items.len() as i64 == limit)
+            .then(|| items.last().map(cursor))
+            .flatten();
+        Page { items, next }
+    }
 }
 
-const MAX_PAGE: i64 = 1000;
+pub const MAX_PAGE: i64 = 1000;
 
-#[derive(Deserialize)]
-struct ListParams {
-    kind: Option<String>,
-    after: Option<String>,
-    limit: Option<i64>,
-}
-
-fn page_limit(limit: Option<i64>, default: i64) -> Result<i64, Problem> {
+pub fn page_limit(limit: Option<i64>, default: i64) -> Result<i64, Problem> {
     match limit {
         None => Ok(default),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
@@ -46,38 +41,130 @@ fn page_limit(limit: Option<i64>, default: i64) -> Result<i64, Problem> {
     }
 }
 
-async fn list(
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    kind: Option<String>,
+    status: Option<String>,
+    low_h2: Option<bool>,
+    bbox: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `minLon,minLat,maxLon,maxLat`, as GeoJSON and OGC APIs write it.
+fn parse_bbox(s: &str) -> Result<[f64; 4], Problem> {
+    let bad = || {
+        Problem::bad_request(format!(
+            "bbox `{s}` is not minLon,minLat,maxLon,maxLat in degrees"
+        ))
+    };
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let [x0, y0, x1, y1]: [f64; 4] = v.try_into().map_err(|_| bad())?;
+    let ok = [x0, x1].iter().all(|x| (-180.0..=180.0).contains(x))
+        && [y0, y1].iter().all(|y| (-90.0..=90.0).contains(y))
+        && x0 <= x1
+        && y0 <= y1;
+    if !ok {
+        return Err(bad());
+    }
+    Ok([x0, y0, x1, y1])
+}
+
+const COLUMNS: &str = "code, kind, registered_at, online, last_seen, last_ts, lat, lon,
+    speed_kmh, heading_deg, h2_g, range_km, locked, odo_km, tank_g, km_per_g";
+
+pub(super) fn vehicle_view(row: &Row) -> VehicleView {
+    let h2_g: Option<f32> = row.get(10);
+    let tank_g: f32 = row.get(14);
+    VehicleView {
+        id: row.get(0),
+        kind: row.get(1),
+        registered_at: row.get(2),
+        online: row.get(3),
+        last_seen: row.get(4),
+        last_ts: row.get(5),
+        lat: row.get(6),
+        lon: row.get(7),
+        speed_kmh: row.get(8),
+        heading_deg: row.get(9),
+        h2_g,
+        h2_percent: h2_g.map(|g| (g / tank_g * 1000.0).round() / 10.0),
+        range_km: row.get(11),
+        locked: row.get(12),
+        odo_km: row.get(13),
+        tank_g,
+        km_per_g: row.get(15),
+    }
+}
+
+/// The low-hydrogen warning share of each kind, in percent: (bike, bus).
+pub(super) fn low_h2_pcts(s: &AppState) -> (f32, f32) {
+    let r = &s.config.rules;
+    (
+        r.thresholds(VehicleKind::Bike).low_h2_warning_pct,
+        r.thresholds(VehicleKind::Bus).low_h2_warning_pct,
+    )
+}
+
+pub(super) async fn list(
     State(s): State<AppState>,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    Q(p): Q<ListParams>,
 ) -> Result<impl IntoResponse, Problem> {
-    let Query(p) = params.map_err(|e| Problem::bad_request(e.body_text()))?;
     if let Some(k) = &p.kind
-        && crate::domain::VehicleKind::parse(k).is_none()
+        && VehicleKind::parse(k).is_none()
     {
         return Err(Problem::bad_request(format!(
             "kind `{k}` is not bike or bus"
         )));
     }
+    let online = match p.status.as_deref() {
+        None => None,
+        Some("online") => Some(true),
+        Some("offline") => Some(false),
+        Some(o) => {
+            return Err(Problem::bad_request(format!(
+                "status `{o}` is not online or offline"
+            )));
+        }
+    };
+    let bbox = p.bbox.as_deref().map(parse_bbox).transpose()?;
+    let (x0, y0, x1, y1) = match bbox {
+        Some([a, b, c, d]) => (Some(a), Some(b), Some(c), Some(d)),
+        None => (None, None, None, None),
+    };
     let limit = page_limit(p.limit, MAX_PAGE)?;
+    let (bike_pct, bus_pct) = low_h2_pcts(&s);
+    let sql = format!(
+        "SELECT {COLUMNS} FROM vehicles
+         WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR code > $2)
+           AND ($3::bool IS NULL OR COALESCE(online, false) = $3)
+           AND ($4::bool IS NULL OR $4 = (h2_g IS NOT NULL AND h2_g * 100 <
+                tank_g * CASE kind WHEN 'bike' THEN $5::real ELSE $6::real END))
+           AND ($7::float8 IS NULL OR (lon BETWEEN $7 AND $9 AND lat BETWEEN $8 AND $10))
+         ORDER BY code LIMIT $11"
+    );
     let client = s.pool.get().await?;
-    let items = queries::vehicles(
-        &client,
-        &VehicleFilter {
-            kind: p.kind,
-            after: p.after,
-            limit,
-        },
-    )
-    .await?;
-    let next = (items.len() as i64 == limit)
-        .then(|| items.last().map(|v| v.id.clone()))
-        .flatten();
-    Ok(Json(Page { items, next }))
+    let rows = client
+        .query(
+            &sql,
+            &[
+                &p.kind, &p.after, &online, &p.low_h2, &bike_pct, &bus_pct, &x0, &y0, &x1, &y1,
+                &limit,
+            ],
+        )
+        .await?;
+    let items: Vec<VehicleView> = rows.iter().map(vehicle_view).collect();
+    Ok(Json(Page::new(items, limit, |v| v.id.clone())))
 }
 
-async fn one(
+pub(super) async fn one(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    P(id): P<String>,
 ) -> Result<impl IntoResponse, Problem> {
     let client = s.pool.get().await?;
     match queries::vehicle_by_code(&client, &id).await? {
@@ -86,74 +173,49 @@ async fn one(
     }
 }
 
-#[derive(Deserialize)]
-struct RangeParams {
-    from: Option<String>,
-    to: Option<String>,
-    limit: Option<i64>,
-}
-
-fn time_param(
-    name: &str,
-    v: Option<&str>,
-    default: DateTime<Utc>,
-) -> Result<DateTime<Utc>, Problem> {
-    match v {
-        None => Ok(default),
-        Some(s) => DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| {
-                Problem::bad_request(format!("`{name}`: `{s}` is not an RFC 3339 time ({e})"))
-            }),
-    }
-}
-
-async fn telemetry(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    params: Result<Query<RangeParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<impl IntoResponse, Problem> {
-    let Query(p) = params.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let now = Utc::now();
-    let to = time_param("to", p.to.as_deref(), now + Duration::minutes(5))?;
-    let from = time_param("from", p.from.as_deref(), to - Duration::hours(1))?;
-    if from >= to {
-        return Err(Problem::bad_request("`from` must be before `to`"));
-    }
-    let limit = page_limit(p.limit, MAX_PAGE)?;
-    let client = s.pool.get().await?;
-    if queries::vehicle_by_code(&client, &id).await?.is_none() {
-        return Err(Problem::not_found(format!("no vehicle `{id}`")));
-    }
-    let items = queries::telemetry(&client, &id, from, to, limit).await?;
-    // The next page starts just after the last reading of this one.
-    let next = (items.len() as i64 == limit)
-        .then(|| {
-            items
-                .last()
-                .map(|p| p.ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        })
-        .flatten();
-    Ok(Json(Page { items, next }))
+/// The internal id of a vehicle, or 404.
+pub(super) async fn vehicle_key(
+    client: &tokio_postgres::Client,
+    code: &str,
+) -> Result<(i32, VehicleKind), Problem> {
+    let row = client
+        .query_opt("SELECT id, kind FROM vehicles WHERE code = $1", &[&code])
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no vehicle `{code}`")))?;
+    let kind = VehicleKind::parse(row.get(1)).unwrap_or(VehicleKind::Bike);
+    Ok((row.get(0), kind))
 }
 
 #[derive(Deserialize)]
-struct RejectParams {
+#[serde(deny_unknown_fields)]
+pub(super) struct RejectParams {
     reason: Option<String>,
     before: Option<i64>,
     limit: Option<i64>,
 }
 
-async fn rejects(
+pub(super) async fn rejects(
     State(s): State<AppState>,
-    params: Result<Query<RejectParams>, axum::extract::rejection::QueryRejection>,
+    Q(p): Q<RejectParams>,
 ) -> Result<impl IntoResponse, Problem> {
-    let Query(p) = params.map_err(|e| Problem::bad_request(e.body_text()))?;
     let limit = page_limit(p.limit, 100)?;
     let client = s.pool.get().await?;
     let items = queries::rejects(&client, p.reason.as_deref(), p.before, limit).await?;
-    let next = (items.len() as i64 == limit)
-        .then(|| items.last().map(|r| r.id))
-        .flatten();
-    Ok(Json(Page { items, next }))
+    Ok(Json(Page::new(items, limit, |r| r.id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bbox;
+
+    #[test]
+    fn bbox_is_lon_lat_ordered_and_checked() {
+        assert_eq!(
+            parse_bbox("111.7,37.1,111.9,37.2").unwrap(),
+            [111.7, 37.1, 111.9, 37.2]
+        );
+        for bad in ["1,2,3", "a,b,c,d", "111.9,37.1,111.7,37.2", "0,95,1,96"] {
+            assert!(parse_bbox(bad).is_err(), "{bad}");
+        }
+    }
 }

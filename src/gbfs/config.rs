@@ -103,7 +103,10 @@ mod tests {
     fn bad_values_name_their_option() {
         let cases: [(fn(&mut GbfsConfig), &str); 5] = [
             (|c| c.language = "zh_CN".into(), "gbfs.language"),
-            (|c| c.feed_contact_email = "nobody".into(), "gbfs.feed_contact_email"),
+            (
+                |c| c.feed_contact_email = "nobody".into(),
+                "gbfs.feed_contact_email",
+            ),
             (|c| c.public_url = Some("ftp://x".into()), "gbfs.public_url"),
             (|c| c.id_secret = Some("short".into()), "gbfs.id_secret"),
             (|c| c.timezone = "CST".into(), "gbfs.timezone"),

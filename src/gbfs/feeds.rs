@@ -167,9 +167,7 @@ pub fn station_information(zones: &[ZoneRow], language: &str) -> Value {
 /// operator, not riders, and are left out. Outside every zone (the global rule) nothing is
 /// allowed: that is outside the service area.
 pub fn geofencing_zones(zones: &[ZoneRow], p: &Profiles, language: &str) -> Value {
-    let rule = |start: bool, end: bool, through: bool| {
-        json!({"ride_start_allowed": start, "ride_end_allowed": end, "ride_through_allowed": through})
-    };
+    let rule = |start: bool, end: bool, through: bool| json!({"ride_start_allowed": start, "ride_end_allowed": end, "ride_through_allowed": through});
     let capped = |mut r: Value, kmh: f64| {
         r["maximum_speed_kph"] = json!(kmh.floor().max(0.0) as u64);
         r
@@ -207,9 +205,7 @@ pub fn geofencing_zones(zones: &[ZoneRow], p: &Profiles, language: &str) -> Valu
         _ => 3,
     };
     let mut ordered: Vec<&ZoneRow> = zones.iter().collect();
-    ordered.sort_by(|a, b| {
-        (precedence(&a.kind), &a.id).cmp(&(precedence(&b.kind), &b.id))
-    });
+    ordered.sort_by(|a, b| (precedence(&a.kind), &a.id).cmp(&(precedence(&b.kind), &b.id)));
     let features: Vec<Value> = ordered
         .into_iter()
         .filter_map(|z| {

@@ -117,10 +117,15 @@ fn parking_areas_become_virtual_stations_with_their_area_and_a_point_inside() {
     assert_eq!(s[0]["lat"], json!(37.1405));
     assert_eq!(s[0]["lon"], json!(111.7805));
     assert_eq!(s[0]["station_area"]["type"], "MultiPolygon");
-    assert_eq!(s[0]["station_area"]["coordinates"][0], zones[0].geometry["coordinates"]);
+    assert_eq!(
+        s[0]["station_area"]["coordinates"][0],
+        zones[0].geometry["coordinates"]
+    );
     assert_eq!(s[0]["name"][0]["text"], "zone P1");
     // A point with a radius: a closed ring around it, about 30 m out.
-    let ring = s[1]["station_area"]["coordinates"][0][0].as_array().unwrap();
+    let ring = s[1]["station_area"]["coordinates"][0][0]
+        .as_array()
+        .unwrap();
     assert_eq!(ring.first(), ring.last());
     let east = ring[0][0].as_f64().unwrap() - 111.79;
     let metres = east * 111_320.0 * 37.15_f64.to_radians().cos();
@@ -132,10 +137,25 @@ fn parking_areas_become_virtual_stations_with_their_area_and_a_point_inside() {
 fn zone_kinds_map_to_rules_in_order_of_precedence() {
     let zones = [
         zone("SA01", "service_area", json!({}), square(111.7, 37.1, 0.2)),
-        zone("SL01", "slow", json!({"max_speed_kmh": 12.5}), square(111.75, 37.12, 0.01)),
+        zone(
+            "SL01",
+            "slow",
+            json!({"max_speed_kmh": 12.5}),
+            square(111.75, 37.12, 0.01),
+        ),
         zone("P01", "parking", json!({}), square(111.78, 37.14, 0.001)),
-        zone("NP01", "no_parking", json!({}), square(111.7801, 37.1401, 0.0002)),
-        zone("ST01", "station", json!({"radius_m": 40}), json!({"type": "Point", "coordinates": [111.79, 37.15]})),
+        zone(
+            "NP01",
+            "no_parking",
+            json!({}),
+            square(111.7801, 37.1401, 0.0002),
+        ),
+        zone(
+            "ST01",
+            "station",
+            json!({"radius_m": 40}),
+            json!({"type": "Point", "coordinates": [111.79, 37.15]}),
+        ),
     ];
     let data = geofencing_zones(&zones, &Profiles::default(), "en");
     let f = data["geofencing_zones"]["features"].as_array().unwrap();
@@ -168,7 +188,10 @@ fn discovery_lists_every_feed_under_the_base() {
     let feeds = d["feeds"].as_array().unwrap();
     assert_eq!(feeds.len(), FEEDS.len());
     assert_eq!(feeds[2]["name"], "vehicle_status");
-    assert_eq!(feeds[2]["url"], "https://fleet.example.cn/gbfs/vehicle_status.json");
+    assert_eq!(
+        feeds[2]["url"],
+        "https://fleet.example.cn/gbfs/vehicle_status.json"
+    );
     let e = envelope(d, 60, Utc.with_ymd_and_hms(2024, 5, 1, 8, 0, 0).unwrap());
     assert_eq!(e["version"], "3.0");
     assert_eq!(e["last_updated"], "2024-05-01T08:00:00Z");

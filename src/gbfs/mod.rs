@@ -35,7 +35,9 @@ fn rotation(c: &GbfsConfig) -> Arc<IdRotation> {
     static RANDOM: OnceLock<Arc<IdRotation>> = OnceLock::new();
     match &c.id_secret {
         Some(s) => Arc::new(IdRotation::new(s.as_bytes())),
-        None => RANDOM.get_or_init(|| Arc::new(IdRotation::random())).clone(),
+        None => RANDOM
+            .get_or_init(|| Arc::new(IdRotation::random()))
+            .clone(),
     }
 }
 

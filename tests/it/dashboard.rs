@@ -29,11 +29,29 @@ async fn seed(db: &tokio_postgres::Client) -> Vec<i64> {
         );
         let h2 = 50.0 * (i + 1) as f32 / BIKES as f32;
         let riding = i % 5 == 1;
-        seed_vehicle(db, &format!("XY-B{:04}", i + 1), "bike", at, h2, !riding, true).await;
+        seed_vehicle(
+            db,
+            &format!("XY-B{:04}", i + 1),
+            "bike",
+            at,
+            h2,
+            !riding,
+            true,
+        )
+        .await;
     }
     for i in 0..BUSES {
         let at = (37.135 - 0.02 * i as f64, 111.80 + 0.02 * i as f64);
-        seed_vehicle(db, &format!("XY-H{:04}", i + 1), "bus", at, 18_000.0, false, true).await;
+        seed_vehicle(
+            db,
+            &format!("XY-H{:04}", i + 1),
+            "bus",
+            at,
+            18_000.0,
+            false,
+            true,
+        )
+        .await;
     }
     // One bike went quiet two hours ago.
     db.execute(
@@ -94,17 +112,35 @@ async fn dashboard_shows_the_fleet_and_acknowledges_an_alert_in_a_real_browser()
     assert_eq!(stored, TOKEN, "the page keeps the token");
 
     let zones = browser
-        .wait_for(20, "zones on the map", "return document.querySelectorAll('#zones .zone').length")
+        .wait_for(
+            20,
+            "zones on the map",
+            "return document.querySelectorAll('#zones .zone').length",
+        )
         .await;
     assert_eq!(zones, 49, "every sample zone is drawn");
     let dots = browser
-        .wait_for(20, "vehicles on the map", "return document.querySelectorAll('#vehicles circle').length")
+        .wait_for(
+            20,
+            "vehicles on the map",
+            "return document.querySelectorAll('#vehicles circle').length",
+        )
         .await;
     assert_eq!(dots, BIKES + BUSES);
     // Coloured by hydrogen and state.
-    let fill = |code: &str| format!("return document.querySelector('[data-vehicle=\"{code}\"]').getAttribute('fill')");
-    assert_eq!(browser.eval(&fill("XY-B0001")).await, "#a50026", "2.5 %: critical");
-    assert_eq!(browser.eval(&fill("XY-B0039")).await, "#1a9850", "97.5 %: full");
+    let fill = |code: &str| {
+        format!("return document.querySelector('[data-vehicle=\"{code}\"]').getAttribute('fill')")
+    };
+    assert_eq!(
+        browser.eval(&fill("XY-B0001")).await,
+        "#a50026",
+        "2.5 %: critical"
+    );
+    assert_eq!(
+        browser.eval(&fill("XY-B0039")).await,
+        "#1a9850",
+        "97.5 %: full"
+    );
     assert_eq!(browser.eval(&fill("XY-B0040")).await, "#9e9e9e", "offline");
     let riding = browser
         .eval("return document.querySelector('[data-vehicle=\"XY-B0002\"]').classList.contains('riding')")
@@ -113,7 +149,11 @@ async fn dashboard_shows_the_fleet_and_acknowledges_an_alert_in_a_real_browser()
 
     // Open alerts, newest first, each with its button.
     let rows = browser
-        .wait_for(20, "open alerts", "return document.querySelectorAll('#alerts tbody tr').length")
+        .wait_for(
+            20,
+            "open alerts",
+            "return document.querySelectorAll('#alerts tbody tr').length",
+        )
         .await;
     assert_eq!(rows, 3);
     let figures = browser
@@ -127,7 +167,11 @@ async fn dashboard_shows_the_fleet_and_acknowledges_an_alert_in_a_real_browser()
 
     // The chosen bike's history is drawn.
     let points = browser
-        .wait_for(20, "the vehicle chart", "return Number(document.getElementById('chart').dataset.points || 0)")
+        .wait_for(
+            20,
+            "the vehicle chart",
+            "return Number(document.getElementById('chart').dataset.points || 0)",
+        )
         .await;
     assert!(points.as_u64().unwrap() >= 60, "{points}");
 
@@ -168,12 +212,20 @@ async fn dashboard_shows_the_fleet_and_acknowledges_an_alert_in_a_real_browser()
         )
         .await;
     browser
-        .wait_for(20, "the chart after reload", "return Number(document.getElementById('chart').dataset.points || 0)")
+        .wait_for(
+            20,
+            "the chart after reload",
+            "return Number(document.getElementById('chart').dataset.points || 0)",
+        )
         .await;
 
-    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-artifacts/dashboard.png");
+    let shot =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-artifacts/dashboard.png");
     browser.screenshot(&shot).await;
-    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a real picture");
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "a real picture"
+    );
     browser.quit().await;
     svc.stop().await;
 }

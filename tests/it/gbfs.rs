@@ -67,13 +67,50 @@ fn vehicle_at(feed: &Value, lat: f64) -> Value {
 async fn gbfs_feeds_publish_the_fleet_rotate_ids_and_validate_against_the_official_schemas() {
     let db = TestDb::new().await;
     let client = db.client().await;
-    let zones = hyfleet::rules::store::import_zones(&client, hyfleet::sim::data::ZONES_GEOJSON, Crs::Wgs84)
-        .await
-        .unwrap();
-    seed_vehicle(&client, "XY-B0001", "bike", (37.1461, 111.7815), 40.0, true, true).await;
-    seed_vehicle(&client, "XY-B0002", "bike", (37.1500, 111.7800), 30.0, false, true).await;
-    seed_vehicle(&client, "XY-B0003", "bike", (37.1402, 111.7702), 4.0, true, false).await;
-    seed_vehicle(&client, "XY-H0001", "bus", (37.1300, 111.8000), 20_000.0, false, true).await;
+    let zones =
+        hyfleet::rules::store::import_zones(&client, hyfleet::sim::data::ZONES_GEOJSON, Crs::Wgs84)
+            .await
+            .unwrap();
+    seed_vehicle(
+        &client,
+        "XY-B0001",
+        "bike",
+        (37.1461, 111.7815),
+        40.0,
+        true,
+        true,
+    )
+    .await;
+    seed_vehicle(
+        &client,
+        "XY-B0002",
+        "bike",
+        (37.1500, 111.7800),
+        30.0,
+        false,
+        true,
+    )
+    .await;
+    seed_vehicle(
+        &client,
+        "XY-B0003",
+        "bike",
+        (37.1402, 111.7702),
+        4.0,
+        true,
+        false,
+    )
+    .await;
+    seed_vehicle(
+        &client,
+        "XY-H0001",
+        "bus",
+        (37.1300, 111.8000),
+        20_000.0,
+        false,
+        true,
+    )
+    .await;
     let svc = InProcess::start(config(&db, BROKER)).await;
 
     // Discovery: every feed, at an absolute URL of this server, reachable without a token.
@@ -104,15 +141,30 @@ async fn gbfs_feeds_publish_the_fleet_rotate_ids_and_validate_against_the_offici
     assert_eq!(b3["is_disabled"], true, "an offline bike cannot be rented");
 
     let (_, _, stations) = get(&svc.url("/gbfs/station_information.json")).await;
-    let parking = hyfleet::sim::data::ZONES_GEOJSON.matches("\"kind\": \"parking\"").count();
-    assert_eq!(stations["data"]["stations"].as_array().unwrap().len(), parking);
+    let parking = hyfleet::sim::data::ZONES_GEOJSON
+        .matches("\"kind\": \"parking\"")
+        .count();
+    assert_eq!(
+        stations["data"]["stations"].as_array().unwrap().len(),
+        parking
+    );
     let (_, _, fences) = get(&svc.url("/gbfs/geofencing_zones")).await;
-    let features = fences["data"]["geofencing_zones"]["features"].as_array().unwrap();
-    let stations_count = hyfleet::sim::data::ZONES_GEOJSON.matches("\"kind\": \"station\"").count();
+    let features = fences["data"]["geofencing_zones"]["features"]
+        .as_array()
+        .unwrap();
+    let stations_count = hyfleet::sim::data::ZONES_GEOJSON
+        .matches("\"kind\": \"station\"")
+        .count();
     assert_eq!(features.len(), zones - stations_count);
-    assert_eq!(fences["data"]["global_rules"][0]["ride_through_allowed"], false);
+    assert_eq!(
+        fences["data"]["global_rules"][0]["ride_through_allowed"],
+        false
+    );
     let (_, _, types) = get(&svc.url("/gbfs/vehicle_types.json")).await;
-    assert_eq!(types["data"]["vehicle_types"][0]["propulsion_type"], "hydrogen_fuel_cell");
+    assert_eq!(
+        types["data"]["vehicle_types"][0]["propulsion_type"],
+        "hydrogen_fuel_cell"
+    );
     let (status, _, _) = get(&svc.url("/gbfs/free_bike_status.json")).await;
     assert_eq!(status, 404);
 

@@ -2,6 +2,7 @@
 //! and topic root so that they run in parallel.
 
 mod alerts;
+mod api;
 mod dashboard;
 mod faults;
 mod gbfs;

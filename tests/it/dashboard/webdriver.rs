@@ -31,12 +31,18 @@ fn find_binary(env: &str, names: &[&str]) -> PathBuf {
             }
         }
     }
-    panic!("{} not found (or set {env}); install them with: {INSTALL}", names.join(" / "));
+    panic!(
+        "{} not found (or set {env}); install them with: {INSTALL}",
+        names.join(" / ")
+    );
 }
 
 impl Browser {
     pub async fn start() -> Browser {
-        let chromium = find_binary("CHROME_BIN", &["chromium", "chromium-browser", "google-chrome"]);
+        let chromium = find_binary(
+            "CHROME_BIN",
+            &["chromium", "chromium-browser", "google-chrome"],
+        );
         let driver_bin = find_binary("CHROMEDRIVER", &["chromedriver"]);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -128,9 +134,8 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let v = self.eval(script).await;
-            let truthy = !matches!(&v, Value::Null | Value::Bool(false))
-                && v != json!(0)
-                && v != json!("");
+            let truthy =
+                !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
             if truthy {
                 return v;
             }
@@ -159,12 +164,14 @@ impl Browser {
     /// centre, so a hidden or covered button fails here.
     pub async fn click(&self, css: &str) {
         let id = self.element(css).await;
-        self.cmd("POST", &format!("/element/{id}/click"), None).await;
+        self.cmd("POST", &format!("/element/{id}/click"), None)
+            .await;
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
         let id = self.element(css).await;
-        self.cmd("POST", &format!("/element/{id}/clear"), None).await;
+        self.cmd("POST", &format!("/element/{id}/clear"), None)
+            .await;
         self.cmd(
             "POST",
             &format!("/element/{id}/value"),
