@@ -266,8 +266,10 @@ fn raw_csv(page: &Page<TelemetryPoint, String>) -> Response {
          fc_power_w,fc_temp_c,batt_v,odo_km,locked,faults\n",
     );
     for p in &page.items {
+        // Fault codes come from firmware: quote them, doubling quotes inside.
+        let faults = p.faults.join(" ").replace('"', "\"\"");
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{faults}\"\n",
             p.ts.to_rfc3339_opts(SecondsFormat::Millis, true),
             opt(p.seq),
             p.lat,
@@ -283,8 +285,6 @@ fn raw_csv(page: &Page<TelemetryPoint, String>) -> Response {
             opt(p.batt_v),
             opt(p.odo_km),
             opt(p.locked),
-            // Fault codes come from firmware: quote them, doubling quotes inside.
-            format!("\"{}\"", p.faults.join(" ").replace('"', "\"\"")),
         ));
     }
     csv_response(out, page.next.as_ref())

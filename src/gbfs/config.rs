@@ -101,7 +101,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_option() {
-        let cases: [(fn(&mut GbfsConfig), &str); 5] = [
+        type Case = (fn(&mut GbfsConfig), &'static str);
+        let cases: [Case; 5] = [
             (|c| c.language = "zh_CN".into(), "gbfs.language"),
             (
                 |c| c.feed_contact_email = "nobody".into(),
@@ -116,8 +117,10 @@ mod tests {
             set(&mut c);
             assert_eq!(c.validate().unwrap_err().0, key);
         }
-        let mut c = GbfsConfig::default();
-        c.language = "zh-CN".into();
+        let c = GbfsConfig {
+            language: "zh-CN".into(),
+            ..Default::default()
+        };
         c.validate().unwrap();
     }
 }

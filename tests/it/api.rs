@@ -90,6 +90,7 @@ impl Api {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one row of test data, field by field
 async fn add_vehicle(
     db: &tokio_postgres::Client,
     code: &str,
