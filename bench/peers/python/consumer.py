@@ -224,11 +224,11 @@ class Peer:
                     cp.write_row(row)
         except psycopg.errors.UniqueViolation:
             # A redelivered batch: stage it and keep only what is new.
-            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS staging (LIKE telemetry) ON COMMIT DELETE ROWS")
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS staging (LIKE telemetry) ON COMMIT DELETE ROWS")
             with cur.copy(f"COPY staging ({COLUMNS}) FROM STDIN") as cp:
                 for row in rows:
                     cp.write_row(row)
-            cur.execute(f"INSERT INTO telemetry SELECT * FROM staging ON CONFLICT DO NOTHING")
+            cur.execute("INSERT INTO telemetry SELECT * FROM staging ON CONFLICT DO NOTHING")
 
     @staticmethod
     def check(r, tank):
