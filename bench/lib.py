@@ -170,7 +170,7 @@ def bytes_per_reading(db):
             # Empty partitions hold only index metapages: not part of what a reading costs.
             "AND pg_relation_size(i.inhrelid) > 0"
         ).fetchone()
-    return size / rows if rows else None
+    return float(size) / rows if rows else None
 
 
 def wait_consuming(db, broker_port, topic_root, secs=60):
