@@ -1,0 +1,354 @@
+"""Plumbing of the benchmark harness: private broker, fresh databases, the probe vehicle, the
+webhook receiver and the measurements taken from PostgreSQL and /proc."""
+
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432/postgres")
+PROBE = "BENCH-PROBE"
+
+# What the project's broker configuration must contain for the delivery promise (REFERENCE:
+# Debian's defaults drop a slow subscriber's backlog; 20 in flight caps ack-after-commit).
+ESSENTIAL_BROKER_CONF = """\
+persistence true
+max_inflight_messages 20000
+max_queued_messages 2000000
+max_queued_bytes 0
+allow_anonymous true
+"""
+# Lines of the project's configuration that the harness replaces with its own.
+_OWN = ("listener", "port", "persistence_location", "log_dest", "pid_file", "include_dir", "bind_address")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def now_ms():
+    return time.time_ns() // 1_000_000
+
+
+class Broker:
+    """A private Mosquitto on a free port with the project's configuration (or the essentials
+    until `deploy/mosquitto/mosquitto.conf` exists)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="hyfleet-bench-mosq-")
+        self.port = free_port()
+        project = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+        if project.exists():
+            base = "".join(
+                line for line in project.read_text().splitlines(keepends=True)
+                if not line.strip().startswith(_OWN)
+            )
+            self.source = str(project.relative_to(ROOT))
+        else:
+            base, self.source = ESSENTIAL_BROKER_CONF, "essentials in bench/lib.py"
+        self.conf = (
+            f"listener {self.port} 127.0.0.1\npersistence_location {self.dir}/\n"
+            f"log_dest file {self.dir}/mosquitto.log\n" + base
+        )
+        Path(self.dir, "mosquitto.conf").write_text(self.conf)
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/mosquitto", "-c", f"{self.dir}/mosquitto.conf"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port, 10)
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def wait_port(port, secs):
+    deadline = time.time() + secs
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {secs} s")
+
+
+class Database:
+    """A fresh database with hyfleet's migrations, dropped by `drop()`."""
+
+    def __init__(self, hyfleet_bin):
+        self.name = f"hyfleet_bench_{uuid.uuid4().hex[:10]}"
+        self.url = PG_ADMIN.rsplit("/", 1)[0] + "/" + self.name
+        subprocess.run(
+            [hyfleet_bin, "migrate"], check=True, stdout=subprocess.DEVNULL,
+            env={**os.environ, "DATABASE_URL": self.url, "RUST_LOG": "warn"},
+        )
+        # The daily partitions `hyfleet serve` makes at start (30 days of retention + 1 behind,
+        # 3 ahead), so that peers and the COPY ceiling write into the same table shape.
+        today = dt.datetime.now(dt.timezone.utc).date()
+        with self.connect() as c:
+            for k in range(-31, 4):
+                d = today + dt.timedelta(days=k)
+                c.execute(
+                    f"CREATE TABLE IF NOT EXISTS telemetry_{d:%Y%m%d} PARTITION OF telemetry "
+                    f"FOR VALUES FROM ('{d}T00:00:00Z') TO ('{d + dt.timedelta(days=1)}T00:00:00Z')"
+                )
+
+    def connect(self):
+        return psycopg.connect(self.url, autocommit=True)
+
+    def drop(self):
+        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+
+def stored_count(db):
+    with db.connect() as c:
+        return c.execute("SELECT count(*) FROM telemetry").fetchone()[0]
+
+
+def wait_stored(db, expected, stall_secs=20, max_secs=300):
+    """Polls until `expected` readings (the warm-up ones aside) are stored; returns (count, unix ms when it got there)."""
+    deadline = time.time() + max_secs
+    last, last_change = -1, time.time()
+    with db.connect() as c:
+        while time.time() < deadline:
+            n = c.execute(
+                "SELECT count(*) FROM telemetry WHERE vehicle <> "
+                "coalesce((SELECT id FROM vehicles WHERE code = 'BENCH-WARMUP'), -1)"
+            ).fetchone()[0]
+            t = now_ms()
+            if n >= expected:
+                return n, t
+            if n != last:
+                last, last_change = n, time.time()
+            elif time.time() - last_change > stall_secs:
+                break
+            time.sleep(0.2)
+    return last, None
+
+
+def loss_check(db, last_seq):
+    """Zero loss: every simulated vehicle's seqs stored exactly once and contiguous 1..last."""
+    with db.connect() as c:
+        rows = c.execute(
+            "SELECT v.code, count(*), count(DISTINCT t.seq), min(t.seq), max(t.seq) "
+            "FROM telemetry t JOIN vehicles v ON v.id = t.vehicle GROUP BY v.code"
+        ).fetchall()
+    got = {code: (n, d, lo, hi) for code, n, d, lo, hi in rows}
+    missing, duplicated, bad = 0, 0, []
+    for code, last in last_seq.items():
+        n, d, lo, hi = got.get(code, (0, 0, None, None))
+        missing += last - d
+        duplicated += n - d
+        if d != last or (last and (lo != 1 or hi != last)):
+            bad.append(code)
+    return {"missing": missing, "duplicated": duplicated, "vehicles_with_gaps": len(bad),
+            "zero_loss": missing == 0 and duplicated == 0 and not bad}
+
+
+def bytes_per_reading(db):
+    with db.connect() as c:
+        size, rows = c.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0), "
+            "(SELECT count(*) FROM telemetry) "
+            "FROM pg_inherits i WHERE i.inhparent = 'telemetry'::regclass "
+            # Empty partitions hold only index metapages: not part of what a reading costs.
+            "AND pg_relation_size(i.inhrelid) > 0"
+        ).fetchone()
+    return float(size) / rows if rows else None
+
+
+def wait_consuming(db, broker_port, topic_root, secs=60):
+    """Publishes warm-up readings of a vehicle of their own until one is stored: from then on
+    the consumer is subscribed and nothing published is lost to a race at start. Returns the
+    readings stored so far (the warm-up ones)."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-warmup-{uuid.uuid4().hex[:6]}")
+    c.connect("127.0.0.1", broker_port)
+    c.loop_start()
+    deadline, seq = time.time() + secs, 0
+    try:
+        while time.time() < deadline:
+            seq += 1
+            t = now_ms()
+            body = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t / 1000)) + f".{t % 1000:03d}Z",
+                    "seq": seq, "lat": 37.146617, "lon": 111.781676, "speed_kmh": 0.0, "h2_g": 48.0,
+                    "locked": True}
+            c.publish(f"{topic_root}/bike/BENCH-WARMUP/telemetry", json.dumps(body), qos=1)
+            time.sleep(0.2)
+            n = stored_count(db)
+            if n:
+                time.sleep(0.5)
+                return stored_count(db)
+        raise RuntimeError("the consumer stored nothing within {secs} s")
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+class Probe:
+    """A bike of its own publishing one reading every `every` seconds next to the load, QoS 1.
+    Readings alternate between a full tank and 2 g (4 %, critical low hydrogen) every
+    `cycle` seconds, so that each cycle should open one low_hydrogen alert.
+
+    Publish-to-queryable: a poller asks PostgreSQL every 5 ms for the probe's newest stored
+    seq; each seq's latency is the first poll that saw it minus its publish time."""
+
+    def __init__(self, broker_port, topic_root, every=0.1, cycle=3.0):
+        self.topic = f"{topic_root}/bike/{PROBE}/telemetry"
+        self.every, self.cycle = every, cycle
+        self.sent = {}  # seq -> publish unix ms
+        self.low_starts = []  # unix ms of the first low reading of each cycle
+        self.seen = {}  # seq -> unix ms first seen stored
+        self.stop = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-probe-{uuid.uuid4().hex[:6]}")
+        self.client.connect("127.0.0.1", broker_port)
+        self.client.loop_start()
+
+    def start(self, db):
+        self.db = db
+        self.t_pub = threading.Thread(target=self._publish, daemon=True)
+        self.t_poll = threading.Thread(target=self._poll, daemon=True)
+        self.t_pub.start()
+        self.t_poll.start()
+
+    def _publish(self):
+        seq, low, next_toggle = 0, False, time.time() + self.cycle / 2
+        while not self.stop.is_set():
+            if time.time() >= next_toggle:
+                low = not low
+                next_toggle += self.cycle / 2
+            seq += 1
+            t = now_ms()
+            if low and (not self.low_starts or self.low_starts[-1] < t - self.cycle * 500):
+                self.low_starts.append(t)
+            body = {
+                "vehicle_id": PROBE, "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t / 1000))
+                + f".{t % 1000:03d}Z", "seq": seq, "lat": 37.146617, "lon": 111.781676, "hdop": 0.8,
+                "speed_kmh": 0.0, "heading_deg": 0.0, "h2_g": 2.0 if low else 48.0,
+                "tank_temp_c": 20.0, "fc_power_w": 0.0, "batt_v": 39.0, "odo_km": 100.0, "locked": True,
+            }
+            self.sent[seq] = t
+            self.client.publish(self.topic, json.dumps(body), qos=1)
+            time.sleep(self.every)
+
+    def _poll(self):
+        with self.db.connect() as c:
+            vid, top = None, 0
+            while not (self.stop.is_set() and top >= len(self.sent)):
+                if vid is None:
+                    r = c.execute("SELECT id FROM vehicles WHERE code = %s", (PROBE,)).fetchone()
+                    vid = r and r[0]
+                else:
+                    r = c.execute("SELECT max(seq) FROM telemetry WHERE vehicle = %s", (vid,)).fetchone()
+                    t = now_ms()
+                    for s in range(top + 1, (r[0] or 0) + 1):
+                        self.seen[s] = t
+                    top = max(top, r[0] or 0)
+                if self.stop.is_set() and time.time() > self.stopped_at + 30:
+                    break
+                time.sleep(0.005)
+
+    def finish(self):
+        self.stopped_at = time.time()
+        self.stop.set()
+        self.t_pub.join()
+        self.t_poll.join()
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def latencies(self):
+        """[(publish unix ms, latency ms)] of the seqs seen stored."""
+        return [(self.sent[s], self.seen[s] - self.sent[s]) for s in sorted(self.seen) if s in self.sent]
+
+
+class WebhookReceiver:
+    """Records when each POST arrives; `latencies(probe)` pairs low_hydrogen openings of the probe
+    with the cycle that caused them."""
+
+    def __init__(self):
+        self.hits = []
+        hits = self.hits
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                hits.append((now_ms(), body.decode("utf-8", "replace")))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), H)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def latencies(self, probe):
+        out = []
+        for t, body in self.hits:
+            if PROBE not in body or "low_hydrogen" not in body or "opened" not in body:
+                continue
+            starts = [s for s in probe.low_starts if s <= t]
+            if starts:
+                out.append(t - starts[-1])
+        return out
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def proc_usage(pid):
+    """CPU seconds (user + system, with waited-for children) and peak RSS in MiB of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = sum(int(x) for x in fields[11:15]) / tick
+    hwm = None
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+    return cpu, hwm
+
+
+def percentile(xs, p):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    k = (len(xs) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def machine():
+    mem = ""
+    with open("/proc/meminfo") as f:
+        mem = f.readline().split()[1]
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(), "memory_gib": round(int(mem) / 1024 / 1024, 1), "cpu": cpu,
+        "kernel": os.uname().release, "load_at_start": os.getloadavg(),
+        "mosquitto": subprocess.run(["/usr/sbin/mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[0],
+        "postgresql": subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout.strip(),
+    }
