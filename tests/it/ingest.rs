@@ -43,7 +43,7 @@ async fn readings_arrive_intact_as_objects_and_backlogs() {
         urlencode(&(now - chrono::Duration::minutes(5)).to_rfc3339())
     ));
     let items = eventually(20, "six readings", || async {
-        let body: serde_json::Value = api.get(&url).send().await.ok()?.json().await.ok()?;
+        let body: serde_json::Value = api.get(&url).bearer_auth(TOKEN).send().await.ok()?.json().await.ok()?;
         let items = body["items"].as_array()?.clone();
         (items.len() == 6).then_some(items)
     })
@@ -75,6 +75,7 @@ async fn readings_arrive_intact_as_objects_and_backlogs() {
     // the newest reading.
     let v: serde_json::Value = api
         .get(svc.url("/api/v1/vehicles/XY-B0001"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
@@ -188,7 +189,7 @@ async fn every_reject_reason_is_recorded_and_good_messages_around_are_kept() {
         "{metrics}"
     );
     assert!(metrics.contains("hyfleet_rejects_total{reason=\"bad_topic\"} 1"));
-    let listed: serde_json::Value = reqwest::get(svc.url("/api/v1/rejects?reason=clock_skew"))
+    let listed: serde_json::Value = get(&svc.url("/api/v1/rejects?reason=clock_skew"))
         .await
         .unwrap()
         .json()

@@ -78,7 +78,21 @@ pub fn config(db: &TestDb, broker: &str) -> Config {
     c.mqtt.client_id = unique("hyfleet");
     c.http.addr = "127.0.0.1:0".into();
     c.ingest.batch_max_age_ms = 20;
+    c.api.tokens.push(hyfleet::api::TokenConfig {
+        name: "test-admin".into(),
+        role: hyfleet::api::Role::Admin,
+        token: Some(TOKEN.into()),
+        token_sha256: None,
+    });
     c
+}
+
+/// The admin token that `config` sets up.
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A GET with the admin token.
+pub async fn get(url: &str) -> reqwest::Result<reqwest::Response> {
+    reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await
 }
 
 /// The service running in this process.
