@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL and real Mosquitto, each with its own database
 //! and topic root so that they run in parallel.
 
+mod deploy;
 mod faults;
 mod ingest;
 #[allow(dead_code)] // each test file uses its own part of the support
