@@ -43,7 +43,15 @@ async fn readings_arrive_intact_as_objects_and_backlogs() {
         urlencode(&(now - chrono::Duration::minutes(5)).to_rfc3339())
     ));
     let items = eventually(20, "six readings", || async {
-        let body: serde_json::Value = api.get(&url).bearer_auth(TOKEN).send().await.ok()?.json().await.ok()?;
+        let body: serde_json::Value = api
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         let items = body["items"].as_array()?.clone();
         (items.len() == 6).then_some(items)
     })

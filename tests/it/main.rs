@@ -4,6 +4,7 @@
 mod alerts;
 mod api;
 mod dashboard;
+mod deploy;
 mod faults;
 mod gbfs;
 mod ingest;

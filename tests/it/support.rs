@@ -92,7 +92,11 @@ pub const TOKEN: &str = "test-admin-token-0123456789";
 
 /// A GET with the admin token.
 pub async fn get(url: &str) -> reqwest::Result<reqwest::Response> {
-    reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
 }
 
 /// The service running in this process.

@@ -1,0 +1,308 @@
+//! `docker-compose.yml` and the `Dockerfile` read as text (no Docker engine here) and checked
+//! against what hyfleet, Mosquitto and Grafana will do with them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::repo;
+
+fn compose() -> Value {
+    let text = std::fs::read_to_string(repo("docker-compose.yml")).unwrap();
+    serde_yaml_ng::from_str(&text).expect("docker-compose.yml is YAML")
+}
+
+/// Compose's `${NAME:?message}`, `${NAME:-default}` and `${NAME}` with the secrets given.
+fn interpolate(value: &str, secrets: &HashMap<&str, &str>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closing brace") + start;
+        let expr = &rest[start + 2..end];
+        let (name, fallback) = match expr.find([':', '-', '?']) {
+            Some(i) => (&expr[..i], Some(&expr[i..])),
+            None => (expr, None),
+        };
+        match (secrets.get(name), fallback) {
+            (Some(v), _) => out.push_str(v),
+            (None, Some(f)) if f.starts_with(":-") => out.push_str(&f[2..]),
+            (None, _) => panic!("`{name}` is neither given nor defaulted in `{value}`"),
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn environment(service: &Value, secrets: &HashMap<&str, &str>) -> HashMap<String, String> {
+    let env = service["environment"]
+        .as_object()
+        .expect("environment is a mapping");
+    env.iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), interpolate(&v, secrets))
+        })
+        .collect()
+}
+
+/// Container ports each service publishes (`[host_ip:]host:container`).
+fn published_ports(service: &Value) -> Vec<u16> {
+    service["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let s = p.as_str().expect("ports are written as strings");
+            let (host, container) = s.rsplit_once(':').expect("host:container");
+            let host = host.rsplit(':').next().unwrap();
+            assert_eq!(host, container, "{s}: published on the same port");
+            container.parse().unwrap()
+        })
+        .collect()
+}
+
+/// `(host path, container path)` of each bind mount; named volumes are left out.
+fn bind_mounts(service: &Value) -> Vec<(PathBuf, String)> {
+    service["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            let s = v.as_str().expect("volumes are written as strings");
+            let mut parts = s.split(':');
+            let host = parts.next().unwrap();
+            let container = parts.next().expect("host:container").to_owned();
+            host.starts_with("./")
+                .then(|| (repo(host.trim_start_matches("./")), container))
+        })
+        .collect()
+}
+
+fn mount_of<'a>(mounts: &'a [(PathBuf, String)], container: &str) -> &'a PathBuf {
+    &mounts
+        .iter()
+        .find(|(_, c)| c == container)
+        .unwrap_or_else(|| panic!("nothing mounted at {container}"))
+        .0
+}
+
+/// The value of `key` in a Mosquitto configuration (`key value`).
+fn conf_value<'a>(conf: &'a str, key: &str) -> &'a str {
+    conf.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("mosquitto.conf sets {key}"))
+        .trim()
+}
+
+#[test]
+fn compose_file_agrees_with_hyfleet_configuration() {
+    let c = compose();
+    let services = c["services"].as_object().expect("services");
+    for (name, port) in [
+        ("postgres", 5432),
+        ("mosquitto", 1883),
+        ("hyfleet", 8080),
+        ("grafana", 3000),
+    ] {
+        let s = services
+            .get(name)
+            .unwrap_or_else(|| panic!("service {name}"));
+        assert_eq!(published_ports(s), [port], "{name} publishes {port}");
+    }
+    assert!(
+        c["services"]["postgres"]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("postgres:15"),
+    );
+    assert!(
+        c["services"]["mosquitto"]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("eclipse-mosquitto:2"),
+    );
+    assert!(c["services"]["postgres"]["healthcheck"]["test"].is_array());
+
+    let secrets = HashMap::from([
+        ("POSTGRES_PASSWORD", "pg-secret"),
+        ("HYFLEET_MQTT_PASSWORD", "mqtt-secret"),
+        ("GRAFANA_DB_PASSWORD", "grafana-secret"),
+        ("GRAFANA_ADMIN_PASSWORD", "admin-secret"),
+    ]);
+    let hyfleet = &c["services"]["hyfleet"];
+    let env = environment(hyfleet, &secrets);
+    for name in [
+        "DATABASE_URL",
+        "MQTT_URL",
+        "HYFLEET_TOPIC_ROOT",
+        "HYFLEET_HTTP_ADDR",
+    ] {
+        assert!(env.contains_key(name), "hyfleet is given {name}");
+    }
+    // What hyfleet itself makes of its environment, with no configuration file.
+    let config = hyfleet::config::Config::from_toml_and_env("", "docker-compose.yml", env.clone())
+        .expect("hyfleet accepts the compose environment");
+    assert_eq!(
+        config.database.url,
+        "postgres://postgres:pg-secret@postgres:5432/hyfleet"
+    );
+    let pg = environment(&c["services"]["postgres"], &secrets);
+    assert_eq!(pg["POSTGRES_PASSWORD"], "pg-secret");
+    assert_eq!(pg["POSTGRES_DB"], "hyfleet", "the database hyfleet uses");
+    let ep = config.mqtt.endpoint().unwrap();
+    assert_eq!((ep.host.as_str(), ep.port), ("mosquitto", 1883));
+    let (user, pass) = ep.credentials.expect("hyfleet logs in to the broker");
+    assert_eq!(pass, "mqtt-secret");
+    assert_eq!(config.http.addr, "0.0.0.0:8080");
+    let deps = hyfleet["depends_on"].as_object().expect("depends_on");
+    assert_eq!(deps["postgres"]["condition"], "service_healthy");
+    assert!(deps.contains_key("mosquitto"));
+
+    // The broker's configuration, credentials and ACL are the repository's, and they know the
+    // backend user and topic root that hyfleet is given.
+    let mounts = bind_mounts(&c["services"]["mosquitto"]);
+    let config_dir = mount_of(&mounts, "/mosquitto/config");
+    let conf = std::fs::read_to_string(config_dir.join("mosquitto.conf")).unwrap();
+    for key in ["password_file", "acl_file"] {
+        let path = conf_value(&conf, key);
+        let name = path
+            .strip_prefix("/mosquitto/config/")
+            .unwrap_or_else(|| panic!("{key} {path} is in the mounted directory"));
+        if key == "acl_file" {
+            let acl = std::fs::read_to_string(config_dir.join(name)).unwrap();
+            assert!(
+                acl.lines().any(|l| l == format!("user {user}")),
+                "the ACL grants the backend user {user}"
+            );
+            let root = &config.mqtt.topic_root;
+            for line in acl
+                .lines()
+                .filter(|l| l.starts_with("topic") || l.starts_with("pattern"))
+            {
+                let topic = line.split_whitespace().last().unwrap();
+                assert!(
+                    topic.starts_with(&format!("{root}/")),
+                    "{line} is under {root}"
+                );
+            }
+        } else {
+            assert!(
+                std::fs::read_to_string(repo("deploy/.gitignore"))
+                    .unwrap()
+                    .lines()
+                    .any(|l| l == format!("/mosquitto/{name}")),
+                "the generated {name} is never committed"
+            );
+        }
+    }
+    let persistence = conf_value(&conf, "persistence_location");
+    let volumes: Vec<&str> = c["services"]["mosquitto"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| !v.starts_with('.') && persistence.starts_with(v.split(':').nth(1).unwrap())),
+        "the broker's persistence ({persistence}) lives on a volume: {volumes:?}"
+    );
+
+    // Grafana: provisioning and dashboards mounted where Grafana looks, pointing at the
+    // compose database.
+    let grafana = &c["services"]["grafana"];
+    let mounts = bind_mounts(grafana);
+    let provisioning = mount_of(&mounts, "/etc/grafana/provisioning");
+    let ds: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(provisioning.join("datasources/hyfleet.yml")).unwrap(),
+    )
+    .unwrap();
+    let ds = &ds["datasources"][0];
+    assert_eq!(ds["url"], "postgres:5432");
+    assert_eq!(ds["jsonData"]["database"], "hyfleet");
+    let genv = environment(grafana, &secrets);
+    let pw_ref = ds["secureJsonData"]["password"].as_str().unwrap();
+    let pw_var = pw_ref.trim_start_matches("${").trim_end_matches('}');
+    assert_eq!(
+        genv[pw_var], pg["GRAFANA_DB_PASSWORD"],
+        "one grafana password"
+    );
+    let providers: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(provisioning.join("dashboards/hyfleet.yml")).unwrap(),
+    )
+    .unwrap();
+    let path = providers["providers"][0]["options"]["path"]
+        .as_str()
+        .unwrap();
+    let dashboards = mount_of(&mounts, path);
+    assert!(dashboards.join("hyfleet.json").is_file());
+    let home = genv["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"].as_str();
+    assert_eq!(home, format!("{path}/hyfleet.json"));
+    let pg_mounts = bind_mounts(&c["services"]["postgres"]);
+    assert!(
+        pg_mounts
+            .iter()
+            .any(|(h, c)| h.is_file() && c.starts_with("/docker-entrypoint-initdb.d/")),
+        "the grafana role is created when the database volume is"
+    );
+}
+
+#[test]
+fn dockerfile_builds_and_runs_the_hyfleet_binary() {
+    let c = compose();
+    let build = &c["services"]["hyfleet"]["build"];
+    assert_eq!(build["context"], ".");
+    let dockerfile = std::fs::read_to_string(repo(build["dockerfile"].as_str().unwrap())).unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_hyfleet"))
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let instructions: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with(' ') && !l.is_empty())
+        .collect();
+    let froms: Vec<&str> = instructions
+        .iter()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .collect();
+    assert_eq!(
+        froms,
+        ["rust:1.95-slim-bookworm AS build", "debian:bookworm-slim"]
+    );
+    assert!(dockerfile.contains(&format!("cargo build --release --locked --bin {bin}")));
+    assert!(dockerfile.contains(&format!("cp target/release/{bin} /usr/local/bin/{bin}")));
+    assert!(instructions.contains(&&*format!("ENTRYPOINT [\"/usr/local/bin/{bin}\"]")));
+    let cmd = c["services"]["hyfleet"]["command"].as_array().unwrap();
+    assert_eq!(cmd, &[Value::from("serve")]);
+    let user = instructions
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the image sets a user");
+    assert!(user != "root" && user != "0", "runs as {user}");
+    assert!(instructions.contains(&"EXPOSE 8080"));
+    // Everything the build reads is sent to the daemon; build output and secrets are not.
+    let ignore = std::fs::read_to_string(repo(".dockerignore")).unwrap();
+    for kept in ["src", "schemas", "data", "build.rs", "Cargo.lock"] {
+        assert!(repo(kept).exists(), "{kept} exists");
+        assert!(
+            !ignore.lines().any(|l| l.trim_end_matches('/') == kept),
+            "{kept} is sent"
+        );
+        assert!(dockerfile.contains(&format!("COPY {kept}")) || dockerfile.contains(kept));
+    }
+    for excluded in ["target/", ".env"] {
+        assert!(
+            ignore.lines().any(|l| l == excluded),
+            "{excluded} is not sent"
+        );
+    }
+}
