@@ -89,3 +89,23 @@ pub fn webhook_to(inbox: &str) -> crate::notify::WebhookConfig {
         rate_per_minute: None,
     }
 }
+
+/// Drop the demo's own database, so that each demo starts with a fresh simulated fleet.
+pub async fn reset_database(url: &str) -> anyhow::Result<()> {
+    let mut admin = crate::store::pg_config(url)?;
+    let name = admin.get_dbname().unwrap_or("hyfleet_demo").to_owned();
+    admin.dbname("postgres");
+    let (client, connection) = admin
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("cannot connect to PostgreSQL to reset the demo database")?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            name.replace('"', "\"\"")
+        ))
+        .await
+        .context("cannot reset the demo database")?;
+    Ok(())
+}

@@ -108,8 +108,10 @@ async fn run_demo(path: &Option<PathBuf>) -> anyhow::Result<()> {
         config.mqtt.url = demo::start_embedded_broker()?;
     }
     if std::env::var_os("DATABASE_URL").is_none() && path.is_none() {
-        // Keep the demo's simulated fleet out of a real `hyfleet` database.
+        // Keep the demo's simulated fleet out of a real `hyfleet` database, and start it
+        // afresh: a fleet left over from an earlier run would all be `offline` at first.
         config.database.url = "postgres://postgres@127.0.0.1:5432/hyfleet_demo".into();
+        demo::reset_database(&config.database.url).await?;
     }
     let inbox = demo::start_inbox().await?;
     config.notify.allow_private_networks = true;
