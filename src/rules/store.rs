@@ -55,12 +55,12 @@ pub async fn apply_batch(
     tx: &Transaction<'_>,
     engine: &Engine,
     vehicles: &[VehicleRow],
-    readings: &[Reading],
+    readings: &[&Reading],
     events: &[Event],
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<AlertEvent>> {
     let mut items: HashMap<&VehicleId, Vec<Item<'_>>> = HashMap::new();
-    for r in readings {
+    for &r in readings {
         items.entry(&r.vehicle).or_default().push(Item::Reading(r));
     }
     for e in events {

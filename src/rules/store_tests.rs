@@ -146,7 +146,8 @@ async fn batch(
     tx.query("SELECT id FROM vehicles WHERE id = $1 FOR UPDATE", &[&v.id])
         .await
         .unwrap();
-    let out = store::apply_batch(&tx, e, std::slice::from_ref(v), &readings, &[], now)
+    let refs: Vec<&Reading> = readings.iter().collect();
+    let out = store::apply_batch(&tx, e, std::slice::from_ref(v), &refs, &[], now)
         .await
         .unwrap();
     tx.commit().await.unwrap();

@@ -181,10 +181,9 @@ impl BatchWriter {
                 kind: r.kind,
             })
             .collect();
-        let fresh_owned: Vec<Reading> = fresh.iter().map(|r| (*r).clone()).collect();
         let engine = self.hooks.engine();
         let alerts: Vec<AlertEvent> =
-            crate::rules::store::apply_batch(&tx, &engine, &rows, &fresh_owned, &new_events, now)
+            crate::rules::store::apply_batch(&tx, &engine, &rows, &fresh, &new_events, now)
                 .await
                 .context("rules")?;
         crate::notify::enqueue(&tx, &alerts)
