@@ -4,12 +4,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Row;
 
 use super::extract::{P, Q};
 use super::{AppState, Problem};
 use crate::domain::VehicleKind;
-use crate::store::queries::{self, VehicleView};
+use crate::store::queries::{self, VEHICLE_COLUMNS, VehicleView};
 
 /// A page of a list; `next` is the cursor of the following page, absent on the last one.
 #[derive(Serialize)]
@@ -75,33 +74,6 @@ fn parse_bbox(s: &str) -> Result<[f64; 4], Problem> {
     Ok([x0, y0, x1, y1])
 }
 
-const COLUMNS: &str = "code, kind, registered_at, online, last_seen, last_ts, lat, lon,
-    speed_kmh, heading_deg, h2_g, range_km, locked, odo_km, tank_g, km_per_g";
-
-pub(super) fn vehicle_view(row: &Row) -> VehicleView {
-    let h2_g: Option<f32> = row.get(10);
-    let tank_g: f32 = row.get(14);
-    VehicleView {
-        id: row.get(0),
-        kind: row.get(1),
-        registered_at: row.get(2),
-        online: row.get(3),
-        last_seen: row.get(4),
-        last_ts: row.get(5),
-        lat: row.get(6),
-        lon: row.get(7),
-        speed_kmh: row.get(8),
-        heading_deg: row.get(9),
-        h2_g,
-        h2_percent: h2_g.map(|g| (g / tank_g * 1000.0).round() / 10.0),
-        range_km: row.get(11),
-        locked: row.get(12),
-        odo_km: row.get(13),
-        tank_g,
-        km_per_g: row.get(15),
-    }
-}
-
 /// The low-hydrogen warning share of each kind, in percent: (bike, bus).
 pub(super) fn low_h2_pcts(s: &AppState) -> (f32, f32) {
     let r = &s.config.rules;
@@ -140,7 +112,7 @@ pub(super) async fn list(
     let limit = page_limit(p.limit, MAX_PAGE)?;
     let (bike_pct, bus_pct) = low_h2_pcts(&s);
     let sql = format!(
-        "SELECT {COLUMNS} FROM vehicles
+        "SELECT {VEHICLE_COLUMNS} FROM vehicles
          WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR code > $2)
            AND ($3::bool IS NULL OR COALESCE(online, false) = $3)
            AND ($4::bool IS NULL OR $4 = (h2_g IS NOT NULL AND h2_g * 100 <
@@ -158,7 +130,7 @@ pub(super) async fn list(
             ],
         )
         .await?;
-    let items: Vec<VehicleView> = rows.iter().map(vehicle_view).collect();
+    let items: Vec<VehicleView> = rows.iter().map(queries::vehicle).collect();
     Ok(Json(Page::new(items, limit, |v| v.id.clone())))
 }
 

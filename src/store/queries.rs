@@ -26,10 +26,10 @@ pub struct VehicleView {
     pub km_per_g: f32,
 }
 
-const VEHICLE_COLUMNS: &str = "code, kind, registered_at, online, last_seen, last_ts, lat, lon,
+pub const VEHICLE_COLUMNS: &str = "code, kind, registered_at, online, last_seen, last_ts, lat, lon,
     speed_kmh, heading_deg, h2_g, range_km, locked, odo_km, tank_g, km_per_g";
 
-fn vehicle(row: &Row) -> VehicleView {
+pub fn vehicle(row: &Row) -> VehicleView {
     let h2_g: Option<f32> = row.get(10);
     let tank_g: f32 = row.get(14);
     VehicleView {
@@ -51,27 +51,6 @@ fn vehicle(row: &Row) -> VehicleView {
         tank_g,
         km_per_g: row.get(15),
     }
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct VehicleFilter {
-    pub kind: Option<String>,
-    /// Vehicles whose id sorts after this one (keyset pagination).
-    pub after: Option<String>,
-    pub limit: i64,
-}
-
-pub async fn vehicles(
-    client: &tokio_postgres::Client,
-    f: &VehicleFilter,
-) -> Result<Vec<VehicleView>, tokio_postgres::Error> {
-    let sql = format!(
-        "SELECT {VEHICLE_COLUMNS} FROM vehicles
-         WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR code > $2)
-         ORDER BY code LIMIT $3"
-    );
-    let rows = client.query(&sql, &[&f.kind, &f.after, &f.limit]).await?;
-    Ok(rows.iter().map(vehicle).collect())
 }
 
 pub async fn vehicle_by_code(
@@ -118,49 +97,6 @@ pub struct TelemetryPoint {
     pub faults: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extra: Option<serde_json::Value>,
-}
-
-/// Readings of one vehicle in `[from, to)`, oldest first, at most `limit`.
-pub async fn telemetry(
-    client: &tokio_postgres::Client,
-    code: &str,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    limit: i64,
-) -> Result<Vec<TelemetryPoint>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT t.ts, t.seq, t.lat, t.lon, t.speed_kmh, t.h2_g, t.hdop, t.heading_deg,
-                    t.h2_pressure_bar, t.tank_temp_c, t.fc_power_w, t.fc_temp_c, t.batt_v,
-                    t.odo_km, t.locked, t.faults, t.extra
-             FROM telemetry t JOIN vehicles v ON v.id = t.vehicle
-             WHERE v.code = $1 AND t.ts >= $2 AND t.ts < $3
-             ORDER BY t.ts, t.seq LIMIT $4",
-            &[&code, &from, &to, &limit],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| TelemetryPoint {
-            ts: r.get(0),
-            seq: r.get(1),
-            lat: r.get(2),
-            lon: r.get(3),
-            speed_kmh: r.get(4),
-            h2_g: r.get(5),
-            hdop: r.get(6),
-            heading_deg: r.get(7),
-            h2_pressure_bar: r.get(8),
-            tank_temp_c: r.get(9),
-            fc_power_w: r.get(10),
-            fc_temp_c: r.get(11),
-            batt_v: r.get(12),
-            odo_km: r.get(13),
-            locked: r.get(14),
-            faults: r.get::<_, Option<Vec<String>>>(15).unwrap_or_default(),
-            extra: r.get(16),
-        })
-        .collect())
 }
 
 /// A stored reject as the API lists it.
