@@ -34,8 +34,7 @@ pub async fn serve(
             .await
             .context("cannot register the configured webhooks")?;
     }
-    let live = crate::live::Hub::default();
-    let hooks = Arc::new(Hooks::new(engine, live.clone()));
+    let hooks = Arc::new(Hooks::new(engine, crate::live::Hub::default()));
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
@@ -54,6 +53,7 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let sweeper = tokio::spawn(offline_sweep(pool.clone(), hooks.clone(), shutdown.clone()));
+    let zone_reload = tokio::spawn(zone_reload(pool.clone(), hooks.clone(), shutdown.clone()));
     let notifier = {
         let mut stop = shutdown.clone();
         crate::notify::spawn_worker_with_wake(
@@ -73,8 +73,9 @@ pub async fn serve(
         pool,
         metrics,
         health,
-        live,
         config: Arc::new(config.clone()),
+        hooks: hooks.clone(),
+        shutdown: shutdown.clone(),
     });
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
     let mut stop = shutdown.clone();
@@ -86,6 +87,7 @@ pub async fn serve(
     let _ = notifier.await;
     upkeep.abort();
     sweeper.abort();
+    zone_reload.abort();
     Ok(())
 }
 
@@ -103,6 +105,16 @@ async fn maintain_partitions(
     .await?;
     if created + dropped > 0 {
         tracing::info!(created, dropped, "telemetry partitions maintained");
+    }
+    let expired = store::rollup::expire(
+        &client,
+        config.store.minute_rollup_retention_days,
+        config.store.day_rollup_retention_days,
+        chrono::Utc::now(),
+    )
+    .await?;
+    if expired > 0 {
+        tracing::info!(rows = expired, "expired rollups deleted");
     }
     Ok(())
 }
@@ -149,6 +161,36 @@ async fn build_engine(
     }
     let zones = crate::rules::store::load_zones(&client).await?;
     Ok(crate::rules::Engine::new(config, Arc::new(zones))?)
+}
+
+/// Keep the rules' zones equal to the table: at once when this instance's API changed them,
+/// and every few seconds for changes made by another instance or `hyfleet zones import`.
+async fn zone_reload(pool: deadpool_postgres::Pool, hooks: Arc<Hooks>, mut shutdown: Shutdown) {
+    let mut seen: Option<String> = None;
+    loop {
+        let result: anyhow::Result<()> = async {
+            let client = pool.get().await?;
+            let now = crate::rules::store::zones_fingerprint(&client).await?;
+            if seen.as_ref() != Some(&now) {
+                let zones = crate::rules::store::load_zones(&client).await?;
+                if seen.is_some() {
+                    tracing::info!(zones = zones.len(), "zones changed; rules use them now");
+                }
+                hooks.set_zones(Arc::new(zones));
+                seen = Some(now);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = format!("{e:#}"), "zone reload failed; will retry");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = hooks.zones_changed.notified() => {}
+            _ = shutdown.wait() => return,
+        }
+    }
 }
 
 /// Open `offline` alerts for vehicles that went quiet: nothing arrives to trigger them.

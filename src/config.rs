@@ -161,6 +161,10 @@ pub struct StoreConfig {
     pub raw_retention_days: u32,
     /// Daily partitions created ahead of today.
     pub partitions_ahead_days: u32,
+    /// Per-vehicle minute rollups older than this are deleted; at least the raw retention.
+    pub minute_rollup_retention_days: u32,
+    /// Per-vehicle daily rollups older than this are deleted; at least the minute retention.
+    pub day_rollup_retention_days: u32,
 }
 
 impl Default for StoreConfig {
@@ -168,6 +172,8 @@ impl Default for StoreConfig {
         Self {
             raw_retention_days: 30,
             partitions_ahead_days: 3,
+            minute_rollup_retention_days: 365,
+            day_rollup_retention_days: 3650,
         }
     }
 }
@@ -364,6 +370,18 @@ impl Config {
         }
         if self.store.raw_retention_days == 0 {
             return Err(invalid("store.raw_retention_days", "must be at least 1"));
+        }
+        if self.store.minute_rollup_retention_days < self.store.raw_retention_days {
+            return Err(invalid(
+                "store.minute_rollup_retention_days",
+                "must be at least store.raw_retention_days: rollups outlive the raw data",
+            ));
+        }
+        if self.store.day_rollup_retention_days < self.store.minute_rollup_retention_days {
+            return Err(invalid(
+                "store.day_rollup_retention_days",
+                "must be at least store.minute_rollup_retention_days",
+            ));
         }
         for kind in VehicleKind::ALL {
             let p = self.profiles.get(kind);

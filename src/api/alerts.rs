@@ -173,13 +173,14 @@ enum Action {
     Resolve,
 }
 
-/// An empty body is fine; a body must be `{"note": "..."}`.
+/// An empty body or `null` is fine; a body must be `{"note": "..."}`.
 fn action_body(body: &Bytes) -> Result<ActionBody, Problem> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(ActionBody::default());
     }
-    let b: ActionBody = serde_json::from_slice(body)
+    let b: Option<ActionBody> = serde_json::from_slice(body)
         .map_err(|e| Problem::bad_request(format!("the body must be {{\"note\": \"…\"}}: {e}")))?;
+    let b = b.unwrap_or_default();
     if b.note.as_ref().is_some_and(|n| n.len() > 2000) {
         return Err(Problem::bad_request("the note is longer than 2000 bytes"));
     }
@@ -211,8 +212,9 @@ async fn act(
     })?;
     crate::notify::enqueue(&tx, std::slice::from_ref(&event)).await?;
     tx.commit().await?;
+    s.hooks.outbox_wake.notify_one();
     tracing::info!(alert = id, actor = %caller.name, event = event.event_type.as_str(), "alert changed by an operator");
-    s.live.publish(LiveEvent::Alert(event.clone()));
+    s.hooks.live.publish(LiveEvent::Alert(event.clone()));
     Ok(Json(event))
 }
 

@@ -87,6 +87,12 @@ pub struct Bucket {
     pub lat: f64,
     pub lon: f64,
     pub odo_km: Option<f64>,
+    /// Kilometres and grams of hydrogen since the previous reading, summed: from the rollups,
+    /// so only for buckets of whole minutes (absent for shorter ones, read from raw rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distance_km: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2_used_g: Option<f64>,
 }
 
 const CURSOR_SEP: char = '~';
@@ -208,6 +214,9 @@ async fn raw(
 
 /// Buckets start at multiples of `every` from a local (Asia/Shanghai) midnight, so that daily
 /// buckets are the operators' days; shorter ones are unaffected by the whole-hour offset.
+/// Whole minutes and days come from the rollups (which outlive the raw data, and cost a row per
+/// minute rather than per reading); a bucket of whole minutes counts from the minute `from`
+/// falls in. Shorter buckets are grouped from raw rows.
 async fn buckets(
     client: &tokio_postgres::Client,
     vehicle: i32,
@@ -216,19 +225,47 @@ async fn buckets(
     every_secs: i64,
     limit: i64,
 ) -> Result<Vec<Bucket>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT date_bin(make_interval(secs => $4::float8), ts,
-                             timestamptz '2000-01-01 00:00:00+08') AS b,
-                    count(*), min(speed_kmh), avg(speed_kmh), max(speed_kmh),
-                    min(h2_g), avg(h2_g), max(h2_g),
-                    (array_agg(lat ORDER BY ts DESC))[1], (array_agg(lon ORDER BY ts DESC))[1],
-                    max(odo_km)
-             FROM telemetry WHERE vehicle = $1 AND ts >= $2 AND ts < $3
-             GROUP BY b ORDER BY b LIMIT $5",
-            &[&vehicle, &from, &to, &(every_secs as f64), &limit],
-        )
-        .await?;
+    let rollup = if every_secs % 86_400 == 0 {
+        Some(("telemetry_1d", 86_400.0))
+    } else if every_secs % 60 == 0 {
+        Some(("telemetry_1m", 60.0))
+    } else {
+        None
+    };
+    let every = every_secs as f64;
+    let rows = match rollup {
+        Some((table, unit)) => {
+            let sql = format!(
+                "SELECT date_bin(make_interval(secs => $4::float8), bucket, {ORIGIN}) AS b,
+                        sum(readings)::int8, min(speed_min), sum(speed_sum) / sum(readings),
+                        max(speed_max), min(h2_min), sum(h2_sum) / sum(readings), max(h2_max),
+                        (array_agg(lat ORDER BY last_ts DESC))[1],
+                        (array_agg(lon ORDER BY last_ts DESC))[1],
+                        max(odo_km), sum(distance_km), sum(h2_used_g)
+                 FROM {table}
+                 WHERE vehicle = $1 AND bucket < $3
+                   AND bucket >= date_bin(make_interval(secs => $6::float8), $2, {ORIGIN})
+                 GROUP BY b ORDER BY b LIMIT $5"
+            );
+            client
+                .query(&sql, &[&vehicle, &from, &to, &every, &limit, &unit])
+                .await?
+        }
+        None => {
+            let sql = format!(
+                "SELECT date_bin(make_interval(secs => $4::float8), ts, {ORIGIN}) AS b,
+                        count(*), min(speed_kmh), avg(speed_kmh), max(speed_kmh),
+                        min(h2_g), avg(h2_g), max(h2_g),
+                        (array_agg(lat ORDER BY ts DESC))[1], (array_agg(lon ORDER BY ts DESC))[1],
+                        max(odo_km), NULL::float8, NULL::float8
+                 FROM telemetry WHERE vehicle = $1 AND ts >= $2 AND ts < $3
+                 GROUP BY b ORDER BY b LIMIT $5"
+            );
+            client
+                .query(&sql, &[&vehicle, &from, &to, &every, &limit])
+                .await?
+        }
+    };
     Ok(rows
         .iter()
         .map(|r| Bucket {
@@ -243,9 +280,14 @@ async fn buckets(
             lat: r.get(8),
             lon: r.get(9),
             odo_km: r.get(10),
+            distance_km: r.get(11),
+            h2_used_g: r.get(12),
         })
         .collect())
 }
+
+/// Local midnight (Asia/Shanghai) that buckets are counted from.
+const ORIGIN: &str = "timestamptz '2000-01-01 00:00:00+08'";
 
 /// A CSV body; the cursor of the next page travels in the `Hyfleet-Next` header.
 fn csv_response(body: String, next: Option<&String>) -> Response {
@@ -292,11 +334,12 @@ fn raw_csv(page: &Page<TelemetryPoint, String>) -> Response {
 
 fn bucket_csv(page: &Page<Bucket, String>) -> Response {
     let mut out = String::from(
-        "ts,readings,speed_min,speed_avg,speed_max,h2_min,h2_avg,h2_max,lat,lon,odo_km\n",
+        "ts,readings,speed_min,speed_avg,speed_max,h2_min,h2_avg,h2_max,lat,lon,odo_km,\
+         distance_km,h2_used_g\n",
     );
     for b in &page.items {
         out.push_str(&format!(
-            "{},{},{},{:.3},{},{},{:.3},{},{},{},{}\n",
+            "{},{},{},{:.3},{},{},{:.3},{},{},{},{},{},{}\n",
             b.ts.to_rfc3339_opts(SecondsFormat::Secs, true),
             b.readings,
             b.speed_min,
@@ -308,6 +351,8 @@ fn bucket_csv(page: &Page<Bucket, String>) -> Response {
             b.lat,
             b.lon,
             opt(b.odo_km),
+            opt(b.distance_km),
+            opt(b.h2_used_g),
         ));
     }
     csv_response(out, page.next.as_ref())

@@ -39,8 +39,11 @@ pub struct AppState {
     pub pool: deadpool_postgres::Pool,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub live: crate::live::Hub,
     pub config: Arc<crate::config::Config>,
+    /// The live hub, the webhook worker's wake-up and the zone reload shared with ingest.
+    pub hooks: Arc<crate::store::writer::Hooks>,
+    /// Ends open event streams so that a graceful shutdown does not wait on them.
+    pub shutdown: crate::shutdown::Shutdown,
 }
 
 /// The router's own state: what handlers share, plus what the API alone holds.

@@ -186,6 +186,8 @@ fn schemas() -> Value {
                 "h2_min": {"type": "number"}, "h2_avg": {"type": "number"}, "h2_max": {"type": "number"},
                 "lat": {"type": "number", "description": "last position in the bucket"},
                 "lon": {"type": "number"}, "odo_km": nullable("number"),
+                "distance_km": {"type": "number", "description": "km moved since the previous reading, summed; buckets of whole minutes only"},
+                "h2_used_g": {"type": "number", "description": "hydrogen used since the previous reading (refuels excluded), summed; buckets of whole minutes only"},
             },
         },
         "TelemetryPage": {

@@ -79,19 +79,25 @@ pub(super) async fn stream(
         positions,
         vehicle: p.vehicle,
     };
-    let rx = s.live.subscribe();
-    let stream = futures_util::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+    let rx = s.hooks.live.subscribe();
+    let state = (rx, filter, s.shutdown.clone());
+    let stream = futures_util::stream::unfold(state, |(mut rx, filter, mut stop)| async move {
         loop {
-            match rx.recv().await {
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                // The stream ends with the service, so a graceful shutdown need not wait on it.
+                () = stop.wait() => return None,
+            };
+            match received {
                 Ok(e) if filter.wants(&e) => {
                     if let Some(ev) = event(&e) {
-                        return Some((Ok(ev), (rx, filter)));
+                        return Some((Ok(ev), (rx, filter, stop)));
                     }
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => {
                     let ev = Event::default().event("lagged").data(n.to_string());
-                    return Some((Ok(ev), (rx, filter)));
+                    return Some((Ok(ev), (rx, filter, stop)));
                 }
                 Err(RecvError::Closed) => return None,
             }

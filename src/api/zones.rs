@@ -1,6 +1,6 @@
 //! `/zones`: GeoJSON in, GeoJSON out. Input is drawn in `geo.zones_crs` (WGS-84 or GCJ-02)
-//! and stored in WGS-84; output is always WGS-84. The running rules engine picks changes up
-//! from the table.
+//! and stored in WGS-84; output is always WGS-84. Each change asks the running rules engine to
+//! reload the zones from the table (other instances notice within seconds, see `app.rs`).
 
 use axum::Json;
 use axum::extract::State;
@@ -118,6 +118,7 @@ pub(super) async fn create(
         }
     }
     tx.commit().await?;
+    s.hooks.zones_changed.notify_one();
     let features: Vec<Value> = zones.iter().map(Zone::to_feature).collect();
     let out = if features.len() == 1 && body.get("type") == Some(&json!("Feature")) {
         features.into_iter().next().unwrap_or_default()
@@ -164,6 +165,7 @@ pub(super) async fn put(
         )
         .await?
         .get(0);
+    s.hooks.zones_changed.notify_one();
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -183,5 +185,6 @@ pub(super) async fn delete(
     if n == 0 {
         return Err(Problem::not_found(format!("no zone `{id}`")));
     }
+    s.hooks.zones_changed.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }

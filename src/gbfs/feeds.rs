@@ -260,9 +260,12 @@ fn circle(lat: f64, lon: f64, radius_m: f64) -> Vec<[f64; 2]> {
     ring
 }
 
-/// Area-weighted centroid of the exterior rings: inside any convex parking area.
+/// Area-weighted centroid of the exterior rings: inside any convex parking area. Worked out
+/// relative to the first vertex: with raw longitudes near 111° the cross products would cancel
+/// away the digits a parking area of a few metres needs.
 fn centroid(mp: &Value) -> Option<(f64, f64)> {
-    let (mut a_sum, mut x_sum, mut y_sum) = (0.0, 0.0, 0.0);
+    let (mut a_sum, mut x_sum, mut y_sum) = (0.0_f64, 0.0_f64, 0.0_f64);
+    let mut origin = None;
     for poly in mp.get("coordinates")?.as_array()? {
         let ring: Vec<(f64, f64)> = poly
             .get(0)?
@@ -270,18 +273,20 @@ fn centroid(mp: &Value) -> Option<(f64, f64)> {
             .iter()
             .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
             .collect();
+        let (ox, oy): (f64, f64) = *origin.get_or_insert(*ring.first()?);
         for w in ring.windows(2) {
-            let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+            let ((x0, y0), (x1, y1)) = ((w[0].0 - ox, w[0].1 - oy), (w[1].0 - ox, w[1].1 - oy));
             let cross = x0 * y1 - x1 * y0;
             a_sum += cross;
             x_sum += (x0 + x1) * cross;
             y_sum += (y0 + y1) * cross;
         }
     }
+    let (ox, oy) = origin?;
     if a_sum.abs() < 1e-18 {
         return None;
     }
-    Some((y_sum / (3.0 * a_sum), x_sum / (3.0 * a_sum)))
+    Some((oy + y_sum / (3.0 * a_sum), ox + x_sum / (3.0 * a_sum)))
 }
 
 #[cfg(test)]

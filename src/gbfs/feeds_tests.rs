@@ -98,7 +98,6 @@ fn vehicle_types_are_hydrogen_with_ranges_from_the_profiles() {
 }
 
 #[test]
-#[ignore = "fails on main after the API, dashboard and GBFS branches were merged; open in issue 4"]
 fn parking_areas_become_virtual_stations_with_their_area_and_a_point_inside() {
     let zones = [
         zone("P1", "parking", json!({}), square(111.78, 37.14, 0.001)),

@@ -2,7 +2,7 @@
 //! in, and how far is the nearest parking area".
 
 pub mod gcj02;
-mod metric;
+pub mod metric;
 mod zones;
 
 use std::path::PathBuf;

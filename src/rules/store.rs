@@ -591,6 +591,18 @@ pub async fn import_zones(client: &Client, geojson: &str, crs: Crs) -> anyhow::R
     Ok(zones.len())
 }
 
+/// Changes whenever a zone is added, replaced or removed: cheap to ask every few seconds.
+pub async fn zones_fingerprint(client: &Client) -> anyhow::Result<String> {
+    let row = client
+        .query_one(
+            "SELECT count(*)::text || ':' || coalesce(md5(string_agg(id || '@' || updated_at::text, ',' ORDER BY id)), '') FROM zones",
+            &[],
+        )
+        .await
+        .context("reading the zones' fingerprint")?;
+    Ok(row.get(0))
+}
+
 /// Every stored zone, indexed.
 pub async fn load_zones(client: &Client) -> anyhow::Result<ZoneIndex> {
     let rows = client

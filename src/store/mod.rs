@@ -6,6 +6,7 @@ pub mod migrate;
 pub mod partitions;
 pub mod queries;
 mod registry;
+pub mod rollup;
 pub mod writer;
 
 use std::str::FromStr;

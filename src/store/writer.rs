@@ -1,6 +1,6 @@
 //! One batch, one transaction: readings through binary COPY into a staging table, then into
-//! `telemetry` with duplicates skipped, the vehicles' latest state, events, statuses and
-//! rejects. Ingest acknowledges a batch's messages only after this commits.
+//! `telemetry` with duplicates skipped, the minute and day rollups, the vehicles' latest state,
+//! events, statuses, rejects, rule state and alerts. Ingest acknowledges a batch's messages only after this commits.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -11,6 +11,7 @@ use futures_util::SinkExt;
 
 use super::copy::CopyBuf;
 use super::registry::{Registry, VehicleRef};
+use super::rollup;
 use crate::config::Profiles;
 use crate::decode::Decoded;
 use crate::domain::{AlertEvent, Event, Reading, Reject, RejectReason, VehicleId, VehicleKind};
@@ -58,6 +59,8 @@ pub struct Hooks {
     pub live: Hub,
     /// Wakes the webhook worker when a batch committed alert events.
     pub outbox_wake: Arc<tokio::sync::Notify>,
+    /// Asks for the zones to be reloaded from the table (the API changed them).
+    pub zones_changed: tokio::sync::Notify,
 }
 
 impl Hooks {
@@ -66,6 +69,7 @@ impl Hooks {
             engine: RwLock::new(Arc::new(engine)),
             live,
             outbox_wake: Arc::new(tokio::sync::Notify::new()),
+            zones_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -132,11 +136,26 @@ impl BatchWriter {
         let tx = self.client.transaction().await?;
         // Lock the batch's vehicles in id order: another writer (or instance) with readings of
         // the same vehicles waits here instead of deadlocking later.
-        tx.execute(
-            "SELECT 1 FROM vehicles WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&ids],
-        )
-        .await?;
+        // Their newest readings so far are where the rollups' first steps start from.
+        let prior: HashMap<i32, rollup::Prior> = tx
+            .query(
+                "SELECT id, last_ts, lat, lon, h2_g, odo_km FROM vehicles
+                 WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&ids],
+            )
+            .await?
+            .iter()
+            .filter_map(|r| {
+                let prior = rollup::Prior {
+                    ts: r.get::<_, Option<DateTime<Utc>>>(1)?,
+                    lat: r.get::<_, Option<f64>>(2)?,
+                    lon: r.get::<_, Option<f64>>(3)?,
+                    h2_g: r.get::<_, Option<f32>>(4)?,
+                    odo_km: r.get(5),
+                };
+                Some((r.get(0), prior))
+            })
+            .collect();
 
         let mut outcome = WriteOutcome::default();
         let mut fresh: Vec<&Reading> = Vec::new();
@@ -162,6 +181,9 @@ impl BatchWriter {
                 .filter(|r| new.contains(&(refs[&r.vehicle].id, r.ts, r.seq.map(i64::from))))
                 .collect();
             fresh.sort_by(|a, b| a.vehicle.cmp(&b.vehicle).then(a.ts.cmp(&b.ts)));
+            let (minutes, days) = rollup::accumulate(&fresh, |r| refs[&r.vehicle].id, &prior);
+            rollup::upsert(&tx, rollup::Table::Minute, &minutes).await?;
+            rollup::upsert(&tx, rollup::Table::Day, &days).await?;
         }
         tx.execute(
             "UPDATE vehicles SET last_seen = $2 WHERE id = ANY($1)",

@@ -8,7 +8,7 @@ mod webdriver;
 use hyfleet::geo::Crs;
 
 use crate::gbfs::seed_vehicle;
-use crate::support::{BROKER, InProcess, TestDb, config};
+use crate::support::{BROKER, InProcess, Publisher, TestDb, config, count, eventually};
 use webdriver::Browser;
 
 /// An operator's token. With bearer auth on, the test configuration must grant it.
@@ -80,27 +80,53 @@ async fn seed(db: &tokio_postgres::Client) -> Vec<i64> {
     ids
 }
 
-/// Two hours of one bike's readings, a minute apart: a ride with hydrogen falling.
-async fn seed_history(db: &tokio_postgres::Client) {
-    db.execute(
-        "INSERT INTO telemetry (ts, seq, lat, lon, vehicle, speed_kmh, h2_g) \
-         SELECT now() - make_interval(mins => m), 120 - m, 37.14 + m * 0.0001, 111.78, v.id, \
-                (10 + 8 * sin(m / 7.0))::real, (20 + m * 0.1)::real \
-         FROM generate_series(0, 119) AS m, vehicles v WHERE v.code = 'XY-B0003'",
-        &[],
-    )
-    .await
-    .unwrap();
+/// Two hours of one bike's readings, a minute apart, published as its firmware would send a
+/// backlog: a ride with hydrogen falling. The chart reads them back from the minute rollups.
+async fn publish_history(db: &tokio_postgres::Client, root: &str) {
+    let mut fw = Publisher::connect(BROKER).await;
+    let now = chrono::Utc::now();
+    for m in 0..120i64 {
+        let ts = now - chrono::Duration::minutes(m);
+        let reading = serde_json::json!({
+            "ts": ts.to_rfc3339(), "seq": 120 - m, "lat": 37.14 + m as f64 * 0.0001,
+            "lon": 111.78, "speed_kmh": 10.0 + 8.0 * (m as f64 / 7.0).sin(),
+            "h2_g": 20.0 + m as f64 * 0.1, "locked": false,
+        });
+        fw.publish(
+            &format!("{root}/bike/XY-B0003/telemetry"),
+            reading.to_string(),
+        )
+        .await;
+    }
+    fw.flush().await;
+    eventually(30, "the backlog stored", || async {
+        let n = count(
+            db,
+            "SELECT count(*) FROM telemetry_1m r JOIN vehicles v ON v.id = r.vehicle \
+             WHERE v.code = 'XY-B0003'",
+        )
+        .await;
+        (n == 120).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
-#[ignore = "fails on main after the API, dashboard and GBFS branches were merged; open in issue 4"]
 async fn dashboard_shows_the_fleet_and_acknowledges_an_alert_in_a_real_browser() {
     let db = TestDb::new().await;
     let client = db.client().await;
     let alerts = seed(&client).await;
-    let svc = InProcess::start(config(&db, BROKER)).await;
-    seed_history(&client).await;
+    let mut c = config(&db, BROKER);
+    // The dashboard acts as a dispatcher would: an operator's token, enough to acknowledge.
+    c.api.tokens.push(hyfleet::api::TokenConfig {
+        name: "dispatcher".into(),
+        role: hyfleet::api::Role::Operator,
+        token: Some(TOKEN.into()),
+        token_sha256: None,
+    });
+    let root = c.mqtt.topic_root.clone();
+    let svc = InProcess::start(c).await;
+    publish_history(&client, &root).await;
 
     let browser = Browser::start().await;
     browser.goto(&svc.url("/#vehicle=XY-B0003")).await;
@@ -119,7 +145,8 @@ async fn dashboard_shows_the_fleet_and_acknowledges_an_alert_in_a_real_browser()
             "return document.querySelectorAll('#zones .zone').length",
         )
         .await;
-    assert_eq!(zones, 49, "every sample zone is drawn");
+    let stored = count(&client, "SELECT count(*) FROM zones").await;
+    assert_eq!(zones, stored, "every sample zone is drawn");
     let dots = browser
         .wait_for(
             20,

@@ -313,13 +313,14 @@ async function loadChart() {
   const hours = Number($("chart-hours").value);
   const to = new Date();
   const from = new Date(to.getTime() - hours * 3600 * 1000);
-  const q = `from=${encodeURIComponent(from.toISOString())}&to=${encodeURIComponent(to.toISOString())}&every=1m`;
+  // One-minute buckets (read from the rollups); a bucketed page continues from its `next`.
+  const url = (start) => `/api/v1/vehicles/${encodeURIComponent(id)}/telemetry?from=${encodeURIComponent(start)}&to=${encodeURIComponent(to.toISOString())}&every=1m&limit=1000`;
   let points = [];
-  let path = `/api/v1/vehicles/${encodeURIComponent(id)}/telemetry?${q}`;
+  let path = url(from.toISOString());
   for (let page = 0; path && page < 20; page++) {
     const r = await api(path);
     points = points.concat(r.items || []);
-    path = r.next ? `/api/v1/vehicles/${encodeURIComponent(id)}/telemetry?${q}&after=${encodeURIComponent(r.next)}` : null;
+    path = r.next ? url(r.next) : null;
   }
   if (state.selected !== id) return;
   const series = points.map((p) => ({
@@ -492,6 +493,7 @@ function start() {
     localStorage.setItem(TOKEN_KEY, state.token);
     setStatus("connecting", "");
     loadZones().catch(authFailed);
+    if (state.selected) loadChart().catch(authFailed);
     refresh();
     connectStream();
   });

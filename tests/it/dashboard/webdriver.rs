@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const ELEMENT: &str = "element-6066-11e4-a52f-4ace04cc3f80";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 const INSTALL: &str = "apt-get update && apt-get install -y chromium chromium-driver";
 
 pub struct Browser {
@@ -157,7 +157,10 @@ impl Browser {
                 Some(json!({"using": "css selector", "value": css})),
             )
             .await;
-        v[ELEMENT].as_str().unwrap().to_owned()
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_owned()
     }
 
     /// A real click, as a person makes it: the driver scrolls to the element and clicks its
