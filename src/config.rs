@@ -24,6 +24,7 @@ pub struct Config {
     pub webhooks: Vec<crate::notify::WebhookConfig>,
     pub notify: crate::notify::NotifyConfig,
     pub api: crate::api::ApiConfig,
+    pub gbfs: crate::gbfs::GbfsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -411,6 +412,7 @@ impl Config {
         self.api
             .validate()
             .map_err(|(o, m)| invalid(&format!("api.{o}"), m))?;
+        self.gbfs.validate().map_err(|(o, m)| invalid(&o, m))?;
         for (n, w) in self.webhooks.iter().enumerate() {
             w.validate()
                 .map_err(|(o, m)| invalid(&format!("webhooks[{n}].{o}"), m))?;
@@ -561,5 +563,14 @@ mod example_file {
         assert_eq!(c.profiles.bus, d.profiles.bus);
         assert_eq!(c.rules.bike, d.rules.bike);
         assert_eq!(c.notify.max_retry_hours, d.notify.max_retry_hours);
+        assert_eq!(
+            c.store.minute_rollup_retention_days,
+            d.store.minute_rollup_retention_days
+        );
+        assert_eq!(
+            c.store.day_rollup_retention_days,
+            d.store.day_rollup_retention_days
+        );
+        assert_eq!(c.gbfs, d.gbfs);
     }
 }

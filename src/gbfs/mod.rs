@@ -24,10 +24,9 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/gbfs/{file}", get(feed))
 }
 
-/// The `[gbfs]` settings in force. Until the configuration file has a `[gbfs]` section, the
-/// documented defaults.
-fn settings(_config: &crate::config::Config) -> GbfsConfig {
-    GbfsConfig::default()
+/// The `[gbfs]` settings in force.
+fn settings(config: &crate::config::Config) -> &GbfsConfig {
+    &config.gbfs
 }
 
 /// One rotation for the life of the process: ids must not change between two requests.
@@ -50,13 +49,13 @@ async fn feed(
     let name = file.strip_suffix(".json").unwrap_or(&file);
     let lang = c.language.as_str();
     let (data, ttl) = match name {
-        "gbfs" => (feeds::discovery(&base_url(&c, &headers)), 300),
-        "system_information" => (feeds::system_information(&c), 3600),
+        "gbfs" => (feeds::discovery(&base_url(c, &headers)), 300),
+        "system_information" => (feeds::system_information(c), 3600),
         "vehicle_types" => (feeds::vehicle_types(&s.config.profiles, lang), 3600),
         "vehicle_status" => {
             let client = s.pool.get().await?;
             let vehicles = source::vehicles(&client).await.map_err(Problem::internal)?;
-            (feeds::vehicle_status(&vehicles, &rotation(&c)), 15)
+            (feeds::vehicle_status(&vehicles, &rotation(c)), 15)
         }
         "station_information" | "geofencing_zones" => {
             let client = s.pool.get().await?;

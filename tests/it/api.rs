@@ -949,3 +949,56 @@ async fn sse_delivers_an_alert_opened_by_an_mqtt_reading() {
     assert_eq!(ev["alert"]["vehicle_id"], "XY-B0001");
     api.svc.stop().await;
 }
+
+/// A zone drawn through the API reaches the rules of the running service: a bike riding at
+/// 18 km/h (under its 23 km/h cap) is over the limit once a 10 km/h slow zone covers it.
+#[tokio::test]
+async fn a_zone_drawn_through_the_api_reaches_the_running_rules() {
+    let api = Api::start().await;
+    let db = api.db.client().await;
+    let mut fw = Publisher::connect(BROKER).await;
+    let t0 = chrono::Utc::now() - chrono::Duration::seconds(120);
+    let topic = format!("{}/bike/XY-B0001/telemetry", api.root);
+    let ride = |from: i64, to: i64| {
+        (from..to).map(move |n| {
+            json!({"ts": (t0 + chrono::Duration::seconds(n)).to_rfc3339(), "seq": n,
+                   "lat": 37.14 + n as f64 * 4e-5, "lon": 111.785, "speed_kmh": 18.0,
+                   "h2_g": 30.0, "locked": false})
+            .to_string()
+        })
+    };
+    for r in ride(0, 30) {
+        fw.publish(&topic, r).await;
+    }
+    fw.flush().await;
+    let overspeed = "SELECT count(*) FROM alerts WHERE rule = 'overspeed'";
+    eventually(20, "the first half-minute stored", || async {
+        (count(&db, "SELECT count(*) FROM telemetry").await == 30).then_some(())
+    })
+    .await;
+    assert_eq!(count(&db, overspeed).await, 0, "18 km/h is within the cap");
+
+    let slow = json!({"type": "Feature", "properties": {"kind": "slow", "max_speed_kmh": 10},
+        "geometry": {"type": "Polygon", "coordinates": [[[111.77, 37.13], [111.80, 37.13],
+            [111.80, 37.16], [111.77, 37.16], [111.77, 37.13]]]}});
+    let (s, b) = api
+        .send(reqwest::Method::PUT, "/api/v1/zones/SLOW1", ADMIN, slow)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    for r in ride(30, 60) {
+        fw.publish(&topic, r).await;
+    }
+    fw.flush().await;
+    let zone: String = eventually(20, "an overspeed alert in the new zone", || async {
+        db.query_opt(
+            "SELECT details->>'slow_zone' FROM alerts WHERE rule = 'overspeed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .and_then(|r| r.get(0))
+    })
+    .await;
+    assert_eq!(zone, "SLOW1");
+    api.svc.stop().await;
+}
