@@ -79,6 +79,70 @@ pub struct Metrics {
     pub mqtt_connected: AtomicI64,
     pub mqtt_reconnects: AtomicU64,
     pub alert_events: AtomicU64,
+    /// Time spent in each step of the batch transaction, summed.
+    write_phase_micros: [AtomicU64; WritePhase::ALL.len()],
+}
+
+/// The steps of a batch's transaction (`store::writer`), timed one after another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePhase {
+    /// Vehicle ids resolved (registered on first sight) and the batch's vehicles locked.
+    Lock,
+    /// Readings sent by binary COPY into the staging table.
+    Copy,
+    /// Staged readings moved into `telemetry`, duplicates skipped.
+    Insert,
+    /// Latest state, minute and day rollups, events, statuses and rejects.
+    State,
+    /// Rules run and their state, alerts and rides saved; webhook outbox filled.
+    Rules,
+    Commit,
+}
+
+impl WritePhase {
+    pub const ALL: [WritePhase; 6] = [
+        WritePhase::Lock,
+        WritePhase::Copy,
+        WritePhase::Insert,
+        WritePhase::State,
+        WritePhase::Rules,
+        WritePhase::Commit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WritePhase::Lock => "lock",
+            WritePhase::Copy => "copy",
+            WritePhase::Insert => "insert",
+            WritePhase::State => "state",
+            WritePhase::Rules => "rules",
+            WritePhase::Commit => "commit",
+        }
+    }
+}
+
+/// Times the phases of one batch: each `lap` books the time since the previous one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseTimes {
+    last: std::time::Instant,
+    pub micros: [u64; WritePhase::ALL.len()],
+}
+
+impl Default for PhaseTimes {
+    fn default() -> Self {
+        PhaseTimes {
+            last: std::time::Instant::now(),
+            micros: [0; WritePhase::ALL.len()],
+        }
+    }
+}
+
+impl PhaseTimes {
+    pub fn lap(&mut self, phase: WritePhase) {
+        let now = std::time::Instant::now();
+        self.micros[phase as usize] += (now - self.last).as_micros() as u64;
+        self.last = now;
+    }
 }
 
 impl Default for Metrics {
@@ -99,6 +163,7 @@ impl Default for Metrics {
             mqtt_connected: AtomicI64::new(0),
             mqtt_reconnects: AtomicU64::new(0),
             alert_events: AtomicU64::new(0),
+            write_phase_micros: Default::default(),
         }
     }
 }
@@ -110,6 +175,12 @@ impl Metrics {
 
     pub fn rejects(&self, reason: RejectReason) -> u64 {
         self.rejects[reason.index()].load(Relaxed)
+    }
+
+    pub fn add_phases(&self, t: &PhaseTimes) {
+        for (total, v) in self.write_phase_micros.iter().zip(t.micros) {
+            total.fetch_add(v, Relaxed);
+        }
     }
 
     pub fn render(&self) -> String {
@@ -175,6 +246,18 @@ impl Metrics {
             "hyfleet_commit_seconds",
             "Time to write and commit one batch.",
         );
+        let _ = writeln!(
+            out,
+            "# HELP hyfleet_write_phase_seconds_total Time in each step of the batch transactions.\n# TYPE hyfleet_write_phase_seconds_total counter"
+        );
+        for p in WritePhase::ALL {
+            let _ = writeln!(
+                out,
+                "hyfleet_write_phase_seconds_total{{phase=\"{}\"}} {}",
+                p.as_str(),
+                self.write_phase_micros[p as usize].load(Relaxed) as f64 / 1e6
+            );
+        }
         counter(
             &mut out,
             "hyfleet_write_errors_total",

@@ -107,6 +107,7 @@ impl Writer {
         };
         let m = &self.deps.metrics;
         m.commit_seconds.observe(started.elapsed().as_secs_f64());
+        m.add_phases(&outcome.phases);
         m.batch_rows.observe(job.decoded.readings.len() as f64);
         m.readings_stored.fetch_add(outcome.stored as u64, Relaxed);
         m.readings_duplicate

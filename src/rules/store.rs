@@ -59,6 +59,35 @@ pub async fn apply_batch(
     events: &[Event],
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<AlertEvent>> {
+    let ids: Vec<i32> = vehicles.iter().map(|v| v.id).collect();
+    let loaded = load_states(tx, &ids).await?;
+    let (emitted, saved) =
+        apply_batch_loaded(tx, engine, vehicles, &loaded, readings, events, now).await?;
+    save_states(tx, &saved).await?;
+    Ok(emitted)
+}
+
+/// What the rules remember of a vehicle after a batch, for the caller to save with the rest of
+/// the vehicle's row.
+#[derive(Debug)]
+pub struct SavedState {
+    pub id: i32,
+    pub state: Value,
+    /// The consumption learned so far, once there is enough to learn from.
+    pub km_per_g: Option<f32>,
+}
+
+/// [`apply_batch`] for a caller that has read the vehicles' rule state itself (with their row
+/// lock) and saves it itself: the states come back instead of being written.
+pub async fn apply_batch_loaded(
+    tx: &Transaction<'_>,
+    engine: &Engine,
+    vehicles: &[VehicleRow],
+    loaded: &Loaded,
+    readings: &[&Reading],
+    events: &[Event],
+    now: DateTime<Utc>,
+) -> anyhow::Result<(Vec<AlertEvent>, Vec<SavedState>)> {
     let mut items: HashMap<&VehicleId, Vec<Item<'_>>> = HashMap::new();
     for &r in readings {
         items.entry(&r.vehicle).or_default().push(Item::Reading(r));
@@ -66,19 +95,12 @@ pub async fn apply_batch(
     for e in events {
         items.entry(&e.vehicle).or_default().push(Item::Event(e));
     }
-    let rows: Vec<&VehicleRow> = vehicles
-        .iter()
-        .filter(|v| items.contains_key(&v.code))
-        .collect();
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<i32> = rows.iter().map(|v| v.id).collect();
-    let loaded = load_states(tx, &ids).await?;
-
     let mut emitted = Vec::new();
-    let (mut out_ids, mut out_states, mut out_kpg) = (Vec::new(), Vec::new(), Vec::new());
-    for v in rows {
+    let mut saved = Vec::new();
+    for v in vehicles {
+        let Some(mut list) = items.remove(&v.code) else {
+            continue;
+        };
         let Some((mut state, info)) = loaded.get(&v.id).cloned().map(|(s, t, k)| {
             let info = VehicleInfo {
                 kind: v.kind,
@@ -89,7 +111,6 @@ pub async fn apply_batch(
         }) else {
             continue;
         };
-        let mut list = items.remove(&v.code).unwrap_or_default();
         // Stable: readings keep their order, an event lands among them by its time.
         list.sort_by_key(Item::ts);
         let mut outputs = engine.on_seen(&mut state, now);
@@ -100,15 +121,26 @@ pub async fn apply_batch(
             });
         }
         emitted.extend(persist_outputs(tx, v, outputs).await?);
-        out_ids.push(v.id);
-        out_kpg.push(state.learned_km_per_g());
-        out_states.push(serde_json::to_value(&state).context("serializing rule state")?);
+        saved.push(SavedState {
+            id: v.id,
+            km_per_g: state.learned_km_per_g(),
+            state: serde_json::to_value(&state).context("serializing rule state")?,
+        });
     }
-    save_states(tx, &out_ids, &out_states, &out_kpg).await?;
-    Ok(emitted)
+    Ok((emitted, saved))
 }
 
-type Loaded = HashMap<i32, (VehicleRuleState, Option<f32>, Option<f32>)>;
+/// A rule state as stored; one this version cannot read starts afresh rather than stop
+/// ingest: the cost is at most one hold time of delay on open alerts.
+pub fn parse_rule_state(id: i32, raw: Value) -> VehicleRuleState {
+    serde_json::from_value(raw).unwrap_or_else(|e| {
+        tracing::warn!(vehicle = id, error = %e, "unreadable rule state, starting afresh");
+        VehicleRuleState::default()
+    })
+}
+
+/// Per vehicle id: its rule state, tank size and consumption as stored.
+pub type Loaded = HashMap<i32, (VehicleRuleState, Option<f32>, Option<f32>)>;
 
 async fn load_states(tx: &Transaction<'_>, ids: &[i32]) -> anyhow::Result<Loaded> {
     let rows = tx
@@ -122,27 +154,21 @@ async fn load_states(tx: &Transaction<'_>, ids: &[i32]) -> anyhow::Result<Loaded
         .into_iter()
         .map(|row| {
             let id: i32 = row.get(0);
-            let raw: Value = row.get(1);
-            let state = serde_json::from_value(raw).unwrap_or_else(|e| {
-                // A state this version cannot read starts afresh rather than stop ingest:
-                // the cost is at most one hold time of delay on open alerts.
-                tracing::warn!(vehicle = id, error = %e, "unreadable rule state, starting afresh");
-                VehicleRuleState::default()
-            });
-            (id, (state, row.get(2), row.get(3)))
+            (
+                id,
+                (parse_rule_state(id, row.get(1)), row.get(2), row.get(3)),
+            )
         })
         .collect())
 }
 
-async fn save_states(
-    tx: &Transaction<'_>,
-    ids: &[i32],
-    states: &[Value],
-    km_per_g: &[Option<f32>],
-) -> anyhow::Result<()> {
-    if ids.is_empty() {
+async fn save_states(tx: &Transaction<'_>, saved: &[SavedState]) -> anyhow::Result<()> {
+    if saved.is_empty() {
         return Ok(());
     }
+    let ids: Vec<i32> = saved.iter().map(|s| s.id).collect();
+    let states: Vec<&Value> = saved.iter().map(|s| &s.state).collect();
+    let km_per_g: Vec<Option<f32>> = saved.iter().map(|s| s.km_per_g).collect();
     tx.execute(
         "UPDATE vehicles v SET rule_state = u.s, km_per_g = COALESCE(u.k, v.km_per_g) \
          FROM unnest($1::int4[], $2::jsonb[], $3::float4[]) AS u(id, s, k) WHERE v.id = u.id",
@@ -527,7 +553,7 @@ pub async fn sweep_offline(
         .await
         .context("finding quiet vehicles")?;
     let mut emitted = Vec::new();
-    let (mut ids, mut states, mut kpg) = (Vec::new(), Vec::new(), Vec::new());
+    let mut saved = Vec::new();
     for row in rows {
         let code: String = row.get(1);
         let kind: String = row.get(2);
@@ -554,11 +580,13 @@ pub async fn sweep_offline(
             continue;
         }
         emitted.extend(persist_outputs(tx, &v, outputs).await?);
-        ids.push(v.id);
-        kpg.push(state.learned_km_per_g());
-        states.push(serde_json::to_value(&state).context("serializing rule state")?);
+        saved.push(SavedState {
+            id: v.id,
+            km_per_g: state.learned_km_per_g(),
+            state: serde_json::to_value(&state).context("serializing rule state")?,
+        });
     }
-    save_states(tx, &ids, &states, &kpg).await?;
+    save_states(tx, &saved).await?;
     Ok(emitted)
 }
 

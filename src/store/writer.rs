@@ -16,6 +16,7 @@ use crate::config::Profiles;
 use crate::decode::Decoded;
 use crate::domain::{AlertEvent, Event, Reading, Reject, RejectReason, VehicleId, VehicleKind};
 use crate::live::{Hub, LiveEvent, Position};
+use crate::metrics::{PhaseTimes, WritePhase};
 use crate::rules::Engine;
 use crate::rules::store::VehicleRow;
 
@@ -32,13 +33,6 @@ const MOVE_IN: &str = "INSERT INTO telemetry SELECT * FROM telemetry_in
     ON CONFLICT ON CONSTRAINT telemetry_reading DO NOTHING
     RETURNING vehicle, ts, seq";
 
-const LATEST: &str = "UPDATE vehicles v SET
-        last_ts = s.ts, lat = s.lat, lon = s.lon, speed_kmh = s.speed_kmh,
-        heading_deg = s.heading_deg, h2_g = s.h2_g, range_km = s.h2_g * v.km_per_g,
-        locked = coalesce(s.locked, v.locked), odo_km = coalesce(s.odo_km, v.odo_km)
-    FROM (SELECT DISTINCT ON (vehicle) * FROM telemetry_in ORDER BY vehicle, ts DESC) s
-    WHERE v.id = s.vehicle AND (v.last_ts IS NULL OR v.last_ts <= s.ts)";
-
 /// What a committed batch did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct WriteOutcome {
@@ -49,6 +43,8 @@ pub struct WriteOutcome {
     pub rejects: usize,
     /// Readings newly stored, newest `ts` first per vehicle is not guaranteed.
     pub newest_ts: Option<DateTime<Utc>>,
+    /// Where the batch's time went.
+    pub phases: PhaseTimes,
 }
 
 /// What else happens inside a batch's transaction: rules turn the new readings into alert
@@ -126,6 +122,7 @@ impl BatchWriter {
         batch: &mut Decoded,
         now: DateTime<Utc>,
     ) -> anyhow::Result<WriteOutcome> {
+        let mut clock = PhaseTimes::default();
         let refs = self.resolve(batch).await?;
         refuse_unknown(batch, &refs, now);
 
@@ -136,27 +133,36 @@ impl BatchWriter {
         let tx = self.client.transaction().await?;
         // Lock the batch's vehicles in id order: another writer (or instance) with readings of
         // the same vehicles waits here instead of deadlocking later.
-        // Their newest readings so far are where the rollups' first steps start from.
-        let prior: HashMap<i32, rollup::Prior> = tx
+        // With the lock: each vehicle's newest reading so far (where the rollups' first steps
+        // start from and what a fresh reading must not be older than to become the latest
+        // state) and what the rules remember of it.
+        let locked = tx
             .query(
-                "SELECT id, last_ts, lat, lon, h2_g, odo_km FROM vehicles
-                 WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                "SELECT id, last_ts, lat, lon, h2_g, odo_km, rule_state, tank_g, km_per_g
+                 FROM vehicles WHERE id = ANY($1) ORDER BY id FOR UPDATE",
                 &[&ids],
             )
-            .await?
-            .iter()
-            .filter_map(|r| {
-                let prior = rollup::Prior {
+            .await?;
+        let mut prior: HashMap<i32, rollup::Prior> = HashMap::with_capacity(locked.len());
+        let mut rule_states = crate::rules::store::Loaded::with_capacity(locked.len());
+        for r in locked {
+            let id: i32 = r.get(0);
+            let p = (|| {
+                Some(rollup::Prior {
                     ts: r.get::<_, Option<DateTime<Utc>>>(1)?,
                     lat: r.get::<_, Option<f64>>(2)?,
                     lon: r.get::<_, Option<f64>>(3)?,
                     h2_g: r.get::<_, Option<f32>>(4)?,
                     odo_km: r.get(5),
-                };
-                Some((r.get(0), prior))
-            })
-            .collect();
-
+                })
+            })();
+            if let Some(p) = p {
+                prior.insert(id, p);
+            }
+            let state = crate::rules::store::parse_rule_state(id, r.get(6));
+            rule_states.insert(id, (state, r.get(7), r.get(8)));
+        }
+        clock.lap(WritePhase::Lock);
         let mut outcome = WriteOutcome::default();
         let mut fresh: Vec<&Reading> = Vec::new();
         if !batch.readings.is_empty() {
@@ -165,11 +171,12 @@ impl BatchWriter {
             futures_util::pin_mut!(sink);
             sink.send(data).await?;
             sink.finish().await?;
+            clock.lap(WritePhase::Copy);
             let inserted = tx.query(MOVE_IN, &[]).await?;
+            clock.lap(WritePhase::Insert);
             outcome.stored = inserted.len();
             outcome.duplicates = batch.readings.len() - inserted.len();
             outcome.newest_ts = inserted.iter().map(|r| r.get::<_, DateTime<Utc>>(1)).max();
-            tx.execute(LATEST, &[]).await?;
             // Rules see each reading once: a redelivered or resent one was inserted before.
             let new: HashSet<(i32, DateTime<Utc>, Option<i64>)> = inserted
                 .iter()
@@ -185,11 +192,6 @@ impl BatchWriter {
             rollup::upsert(&tx, rollup::Table::Minute, &minutes).await?;
             rollup::upsert(&tx, rollup::Table::Day, &days).await?;
         }
-        tx.execute(
-            "UPDATE vehicles SET last_seen = $2 WHERE id = ANY($1)",
-            &[&ids, &now],
-        )
-        .await?;
         let new_events = write_events(&tx, batch, &refs).await?;
         outcome.events = new_events.len();
         write_statuses(&tx, batch, &refs).await?;
@@ -203,15 +205,27 @@ impl BatchWriter {
                 kind: r.kind,
             })
             .collect();
+        clock.lap(WritePhase::State);
         let engine = self.hooks.engine();
-        let alerts: Vec<AlertEvent> =
-            crate::rules::store::apply_batch(&tx, &engine, &rows, &fresh, &new_events, now)
-                .await
-                .context("rules")?;
+        let (alerts, saved) = crate::rules::store::apply_batch_loaded(
+            &tx,
+            &engine,
+            &rows,
+            &rule_states,
+            &fresh,
+            &new_events,
+            now,
+        )
+        .await
+        .context("rules")?;
+        save_vehicles(&tx, &ids, now, &latest(&fresh, &refs, &prior), &saved).await?;
         crate::notify::enqueue(&tx, &alerts)
             .await
             .context("webhook outbox")?;
+        clock.lap(WritePhase::Rules);
         tx.commit().await?;
+        clock.lap(WritePhase::Commit);
+        outcome.phases = clock;
 
         outcome.alert_events = alerts.len();
         if !alerts.is_empty() {
@@ -267,6 +281,93 @@ impl BatchWriter {
             .await
             .context("cannot resolve vehicle ids")
     }
+}
+
+/// Each vehicle's newest fresh reading, when it is not older than what the store has: the
+/// vehicle's latest state. `fresh` is sorted by vehicle then time.
+fn latest<'a>(
+    fresh: &[&'a Reading],
+    refs: &HashMap<VehicleId, VehicleRef>,
+    prior: &HashMap<i32, rollup::Prior>,
+) -> HashMap<i32, &'a Reading> {
+    let mut out = HashMap::new();
+    for (i, r) in fresh.iter().enumerate() {
+        if fresh.get(i + 1).is_some_and(|n| n.vehicle == r.vehicle) {
+            continue;
+        }
+        let id = refs[&r.vehicle].id;
+        if prior.get(&id).is_none_or(|p| p.ts <= r.ts) {
+            out.insert(id, *r);
+        }
+    }
+    out
+}
+
+/// One update of every vehicle in the batch: when it was last heard from, its latest state
+/// where a fresh reading is newer, and what the rules remember. One row version per vehicle
+/// and batch, however many readings it sent.
+async fn save_vehicles(
+    tx: &tokio_postgres::Transaction<'_>,
+    ids: &[i32],
+    now: DateTime<Utc>,
+    latest: &HashMap<i32, &Reading>,
+    saved: &[crate::rules::store::SavedState],
+) -> Result<(), tokio_postgres::Error> {
+    let rules: HashMap<i32, &crate::rules::store::SavedState> =
+        saved.iter().map(|s| (s.id, s)).collect();
+    let n = ids.len();
+    let (mut ts, mut lat, mut lon) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut speed, mut heading, mut h2) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut locked, mut odo) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut state, mut kpg) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for id in ids {
+        let r = latest.get(id);
+        ts.push(r.map(|r| r.ts));
+        lat.push(r.map(|r| r.lat));
+        lon.push(r.map(|r| r.lon));
+        speed.push(r.map(|r| r.speed_kmh));
+        heading.push(r.and_then(|r| r.heading_deg));
+        h2.push(r.map(|r| r.h2_g));
+        locked.push(r.and_then(|r| r.locked));
+        odo.push(r.and_then(|r| r.odo_km));
+        let s = rules.get(id);
+        state.push(s.map(|s| &s.state));
+        kpg.push(s.and_then(|s| s.km_per_g));
+    }
+    tx.execute(
+        "UPDATE vehicles v SET
+            last_seen = $2,
+            last_ts = coalesce(u.ts, v.last_ts),
+            lat = CASE WHEN u.ts IS NULL THEN v.lat ELSE u.lat END,
+            lon = CASE WHEN u.ts IS NULL THEN v.lon ELSE u.lon END,
+            speed_kmh = CASE WHEN u.ts IS NULL THEN v.speed_kmh ELSE u.speed END,
+            heading_deg = CASE WHEN u.ts IS NULL THEN v.heading_deg ELSE u.heading END,
+            h2_g = CASE WHEN u.ts IS NULL THEN v.h2_g ELSE u.h2 END,
+            range_km = CASE WHEN u.ts IS NULL THEN v.range_km
+                       ELSE u.h2 * coalesce(u.kpg, v.km_per_g) END,
+            locked = coalesce(u.locked, v.locked),
+            odo_km = coalesce(u.odo, v.odo_km),
+            rule_state = coalesce(u.state, v.rule_state),
+            km_per_g = coalesce(u.kpg, v.km_per_g)
+         FROM unnest($1::int4[], $3::timestamptz[], $4::float8[], $5::float8[], $6::float4[],
+                     $7::float4[], $8::float4[], $9::bool[], $10::float8[], $11::jsonb[],
+                     $12::float4[])
+              AS u(id, ts, lat, lon, speed, heading, h2, locked, odo, state, kpg)
+         WHERE v.id = u.id",
+        &[
+            &ids, &now, &ts, &lat, &lon, &speed, &heading, &h2, &locked, &odo, &state, &kpg,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Records of vehicles that are not registered (with `auto_register` off) become rejects.
