@@ -151,7 +151,7 @@ rate_per_minute = 100000
 
 
 def start_system(system, args, broker, db, root, hook_url):
-    """Starts one consumer; returns (process, pid to measure)."""
+    """Starts one consumer; returns (process, pid to measure, its /metrics URL or None)."""
     log = open(Path(tempfile.gettempdir()) / f"hyfleet-bench-{system}.log", "w")
     if system == "hyfleet":
         cfg, http_port = hyfleet_config(args, broker, db, root, hook_url)
@@ -167,7 +167,7 @@ def start_system(system, args, broker, db, root, hook_url):
                     break
             except OSError:
                 time.sleep(0.1)
-        return p, p.pid
+        return p, p.pid, f"http://127.0.0.1:{http_port}/metrics"
     if system == "python":
         p = subprocess.Popen(
             [sys.executable, str(ROOT / "bench/peers/python/consumer.py"), "--mqtt-port", str(broker.port),
@@ -176,7 +176,7 @@ def start_system(system, args, broker, db, root, hook_url):
             stdout=log, stderr=log,
         )
         time.sleep(2)
-        return p, p.pid
+        return p, p.pid, None
     if system == "nodered":
         nr = ROOT / "bench/peers/node-red"
         user_dir = tempfile.mkdtemp(prefix="hyfleet-bench-nr-")
@@ -192,8 +192,23 @@ def start_system(system, args, broker, db, root, hook_url):
         )
         lib.wait_port(port, 60)
         time.sleep(3)  # the flow connects and subscribes after the editor is up
-        return p, p.pid
+        return p, p.pid, None
     raise ValueError(system)
+
+
+def write_phases(url):
+    """hyfleet's time per step of its batch transactions, from its own /metrics."""
+    import urllib.request
+    out = {}
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("hyfleet_write_phase_seconds_total{"):
+            name = line.split('"')[1]
+            out[name] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def run_consumer(system, args, broker, rate, hook):
@@ -203,7 +218,7 @@ def run_consumer(system, args, broker, rate, hook):
     root = f"bench/{uuid.uuid4().hex[:8]}"
     proc = None
     try:
-        proc, pid = start_system(system, args, broker, db, root, hook.url)
+        proc, pid, metrics_url = start_system(system, args, broker, db, root, hook.url)
         lib.wait_consuming(db, broker.port, root)
         hook.hits.clear()
         probe = lib.Probe(broker.port, root)
@@ -245,6 +260,8 @@ def run_consumer(system, args, broker, rate, hook):
             "bytes_per_reading": lib.bytes_per_reading(db),
             "load_avg": os.getloadavg()[0],
         }
+        if metrics_url:
+            res["write_phase_secs"] = write_phases(metrics_url)
         res["sustained"] = bool(res["zero_loss"] and not growing and drain is not None and drain <= args.max_drain)
         return res, db
     except BaseException:

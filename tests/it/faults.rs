@@ -79,6 +79,76 @@ async fn a_killed_service_loses_nothing_and_stores_nothing_twice() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// One value of the service's `/metrics`.
+async fn metric(svc: &InProcess, name: &str) -> f64 {
+    let text = reqwest::get(svc.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        .parse()
+        .unwrap()
+}
+
+/// The broker restarts while hyfleet holds messages it has taken and not yet acknowledged
+/// (the database is cut so that none can commit): the broker redelivers them from the
+/// persistent session, the batch hyfleet still holds is written too, and each reading is
+/// stored once.
+#[tokio::test]
+async fn a_broker_restart_mid_stream_loses_nothing_and_stores_nothing_twice() {
+    let mut broker = PrivateBroker::start(BROKER_LIMITS).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], 5432).into()).await;
+    let db = TestDb::new().await;
+    let mut config = config(&db, &broker.url());
+    config.database.url = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, db.name);
+    config.ingest.batch_max_rows = 200;
+    let root = config.mqtt.topic_root.clone();
+    let svc = InProcess::start(config).await;
+    let client = db.client().await;
+    let now = chrono::Utc::now();
+    let (url, topic) = (broker.url(), format!("{root}/bike/XY-B0001/telemetry"));
+    let publish = |from: u32, to: u32| {
+        let (url, topic) = (url.clone(), topic.clone());
+        async move {
+            let mut fw = Publisher::connect(&url).await;
+            for seq in from..=to {
+                fw.publish(&topic, msg(1, seq, now)).await;
+            }
+            fw.flush().await;
+        }
+    };
+    publish(1, 500).await;
+    eventually(20, "the first readings", || async {
+        (count(&client, "SELECT count(*) FROM telemetry").await == 500).then_some(())
+    })
+    .await;
+
+    proxy.cut();
+    publish(501, 2000).await;
+    eventually(20, "hyfleet holding unacknowledged messages", || async {
+        (metric(&svc, "hyfleet_unacked_messages").await > 0.0).then_some(())
+    })
+    .await;
+    broker.restart().await;
+    proxy.restore();
+    publish(2001, 3000).await;
+    eventually(60, "every reading stored after the restart", || async {
+        (count(&client, "SELECT count(DISTINCT seq) FROM telemetry").await == 3000).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM telemetry").await,
+        3000,
+        "no reading twice"
+    );
+    assert!(metric(&svc, "hyfleet_mqtt_reconnects_total").await >= 1.0);
+    svc.stop().await;
+}
+
 #[tokio::test]
 async fn database_cut_off_pauses_ingest_and_loses_nothing() {
     let broker = PrivateBroker::start(BROKER_LIMITS).await;

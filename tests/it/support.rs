@@ -345,6 +345,7 @@ impl Proxy {
 pub struct PrivateBroker {
     pub port: u16,
     child: Child,
+    conf: std::path::PathBuf,
     _dir: tempdir::Dir,
 }
 
@@ -367,6 +368,10 @@ impl PrivateBroker {
     /// Start `mosquitto` with `extra` configuration lines and persistence in a temp dir.
     pub async fn start(extra: &str) -> PrivateBroker {
         let dir = temp_dir();
+        // Started as root, mosquitto drops to its own user: it must be able to write its
+        // persistence file here, or a restart silently forgets every session.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -381,30 +386,45 @@ impl PrivateBroker {
             ),
         )
         .unwrap();
-        let child = Command::new("mosquitto")
-            .args(["-c", conf.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn_mosquitto(&conf, port);
         PrivateBroker {
             port,
             child,
+            conf,
             _dir: tempdir::Dir(dir),
         }
+    }
+
+    /// Stop it as an operator would (SIGTERM: it saves its persistence file), then start it
+    /// again on the same port with the same files.
+    pub async fn restart(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = self.child.wait();
+        self.child = spawn_mosquitto(&self.conf, self.port);
     }
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+}
+
+fn spawn_mosquitto(conf: &std::path::Path, port: u16) -> Child {
+    let child = Command::new("mosquitto")
+        .args(["-c", conf.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 impl Drop for PrivateBroker {
