@@ -216,3 +216,116 @@ async fn database_cut_off_pauses_ingest_and_loses_nothing() {
     );
     svc.stop().await;
 }
+
+/// A slow database (every packet held back 100 ms each way): ingest slows down and holds no
+/// more than its window, stays ready (slow is not down), loses nothing and stores nothing
+/// twice, and catches up once the database is fast again.
+#[tokio::test]
+async fn a_slow_database_slows_ingest_without_loss() {
+    let broker = PrivateBroker::start(BROKER_LIMITS).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], 5432).into()).await;
+    let db = TestDb::new().await;
+    let mut config = config(&db, &broker.url());
+    config.database.url = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, db.name);
+    config.ingest.batch_max_rows = 200;
+    let root = config.mqtt.topic_root.clone();
+    let svc = InProcess::start(config).await;
+    let client = db.client().await;
+    let now = chrono::Utc::now();
+    proxy.set_delay(Duration::from_millis(100));
+    let mut fw = Publisher::connect(&broker.url()).await;
+    for seq in 1..=3000 {
+        fw.publish(&format!("{root}/bike/XY-B0001/telemetry"), msg(1, seq, now))
+            .await;
+    }
+    fw.flush().await;
+    eventually(30, "the first slow commits", || async {
+        (count(&client, "SELECT count(*) FROM telemetry").await > 0).then_some(())
+    })
+    .await;
+    let stored = count(&client, "SELECT count(*) FROM telemetry").await;
+    assert!(
+        stored < 3000,
+        "the delay must slow ingest down ({stored} stored)"
+    );
+    // Bounded: the channel, the batcher and the writers' batches (as in the cut test).
+    assert!(metric(&svc, "hyfleet_unacked_messages").await <= 1201.0);
+    let r = reqwest::get(svc.url("/readyz")).await.unwrap();
+    assert_eq!(r.status(), 200, "slow is not down");
+
+    proxy.set_delay(Duration::ZERO);
+    eventually(
+        60,
+        "everything stored once the database is fast again",
+        || async {
+            (count(&client, "SELECT count(DISTINCT seq) FROM telemetry").await == 3000)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(count(&client, "SELECT count(*) FROM telemetry").await, 3000);
+    assert_eq!(metric(&svc, "hyfleet_write_errors_total").await, 0.0);
+    svc.stop().await;
+}
+
+/// PostgreSQL refuses writes as it does when its disk is full (SQLSTATE 53100, raised here by
+/// a trigger): the error is counted, logged and shown by /readyz, nothing is acknowledged, and
+/// once space is back every reading is stored once.
+#[tokio::test]
+async fn disk_full_errors_are_surfaced_and_nothing_is_lost() {
+    let broker = PrivateBroker::start(BROKER_LIMITS).await;
+    let db = TestDb::new().await;
+    let mut config = config(&db, &broker.url());
+    config.ingest.batch_max_rows = 200;
+    let root = config.mqtt.topic_root.clone();
+    let svc = InProcess::start(config).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'
+                   USING ERRCODE = 'disk_full'; END $$;
+             CREATE TRIGGER disk_full BEFORE INSERT ON telemetry
+                 FOR EACH ROW EXECUTE FUNCTION disk_full();",
+        )
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    let mut fw = Publisher::connect(&broker.url()).await;
+    for seq in 1..=1000 {
+        fw.publish(&format!("{root}/bike/XY-B0001/telemetry"), msg(1, seq, now))
+            .await;
+    }
+    fw.flush().await;
+    eventually(
+        20,
+        "the write errors counted and /readyz failing",
+        || async {
+            let errors = metric(&svc, "hyfleet_write_errors_total").await;
+            let ready = reqwest::get(svc.url("/readyz")).await.ok()?.status();
+            (errors >= 1.0 && ready == 503).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(count(&client, "SELECT count(*) FROM telemetry").await, 0);
+    assert!(
+        metric(&svc, "hyfleet_unacked_messages").await > 0.0,
+        "nothing acknowledged"
+    );
+
+    client
+        .batch_execute("DROP TRIGGER disk_full ON telemetry")
+        .await
+        .unwrap();
+    eventually(60, "everything stored once space is back", || async {
+        (count(&client, "SELECT count(DISTINCT seq) FROM telemetry").await == 1000).then_some(())
+    })
+    .await;
+    assert_eq!(count(&client, "SELECT count(*) FROM telemetry").await, 1000);
+    eventually(10, "ready again", || async {
+        let ready = reqwest::get(svc.url("/readyz")).await.ok()?.status();
+        (ready == 200).then_some(())
+    })
+    .await;
+    svc.stop().await;
+}

@@ -291,6 +291,30 @@ pub struct Proxy {
     pub port: u16,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
     generation: tokio::sync::watch::Sender<u64>,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Copy one direction, holding each chunk back by the proxy's current delay.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let d = delay_ms.load(Ordering::SeqCst);
+        if d > 0 {
+            tokio::time::sleep(Duration::from_millis(d)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -301,9 +325,11 @@ impl Proxy {
         let open = std::sync::Arc::new(AtomicBool::new(true));
         let (generation, gen_rx) = tokio::sync::watch::channel(0u64);
         let open2 = open.clone();
+        let delay_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let delay = delay_ms.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 if !open2.load(Ordering::SeqCst) {
@@ -313,12 +339,16 @@ impl Proxy {
                 let mut cut = gen_rx.clone();
                 // Only cuts after this connection was made concern it.
                 cut.borrow_and_update();
+                let delay = delay.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
+                    let (in_r, in_w) = inbound.into_split();
+                    let (out_r, out_w) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = pump(in_r, out_w, delay.clone()) => {}
+                        _ = pump(out_r, in_w, delay) => {}
                         _ = cut.changed() => {}
                     }
                 });
@@ -328,7 +358,13 @@ impl Proxy {
             port,
             open,
             generation,
+            delay_ms,
         }
+    }
+
+    /// Hold every chunk in each direction back by `d`: a slow database or a long link.
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn cut(&self) {
