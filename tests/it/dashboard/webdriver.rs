@@ -203,6 +203,10 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // Chromium outlives a killed chromedriver: end every process of this test's profile.
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", &self.profile.display().to_string()])
+            .status();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
