@@ -96,15 +96,15 @@ async fn maintain_partitions(
     config: &Config,
 ) -> anyhow::Result<()> {
     let client = pool.get().await.context("no database connection")?;
-    let (created, dropped) = store::partitions::maintain(
+    let upkeep = store::partitions::maintain(
         &client,
         config.store.raw_retention_days,
         config.store.partitions_ahead_days,
         chrono::Utc::now(),
     )
     .await?;
-    if created + dropped > 0 {
-        tracing::info!(created, dropped, "telemetry partitions maintained");
+    if upkeep != Default::default() {
+        tracing::info!(?upkeep, "telemetry partitions maintained");
     }
     let expired = store::rollup::expire(
         &client,

@@ -254,3 +254,67 @@ async fn redelivered_messages_and_resent_backlogs_are_stored_once() {
     );
     svc.stop().await;
 }
+
+/// Yesterday's partition, filled as a fleet fills it (every vehicle's readings interleaved),
+/// gets its unique index rebuilt by the upkeep, once: smaller, every reading still there and
+/// still unique.
+#[tokio::test]
+async fn closed_partitions_have_their_index_compacted_once() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let now = chrono::Utc::now();
+    let first = hyfleet::store::partitions::maintain(&client, 3, 1, now)
+        .await
+        .unwrap();
+    assert_eq!(first.compacted, 0, "nothing in the past to compact yet");
+    let yesterday = (now - chrono::Duration::days(1)).date_naive();
+    client
+        .execute(
+            "INSERT INTO telemetry (ts, seq, lat, lon, vehicle, speed_kmh, h2_g)
+             SELECT $1::date + make_interval(secs => s), s, 37.14, 111.78, v, 10, 20
+             FROM generate_series(1, 300) s, generate_series(1, 300) v ORDER BY s, v",
+            &[&yesterday],
+        )
+        .await
+        .unwrap();
+    let partition = format!("telemetry_{}", yesterday.format("%Y%m%d"));
+    let index_size = || {
+        let sql = format!(
+            "SELECT sum(pg_relation_size(indexrelid))::int8 FROM pg_index \
+             WHERE indrelid = '{partition}'::regclass"
+        );
+        let client = &client;
+        async move { count(client, &sql).await }
+    };
+    let before = index_size().await;
+
+    let upkeep = hyfleet::store::partitions::maintain(&client, 3, 1, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        upkeep.compacted, 1,
+        "yesterday's; the empty ones have nothing to pack"
+    );
+    let after = index_size().await;
+    assert!(
+        (after as f64) < before as f64 * 0.8,
+        "index {before} → {after} bytes"
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM telemetry").await,
+        90_000
+    );
+    let again = hyfleet::store::partitions::maintain(&client, 3, 1, now)
+        .await
+        .unwrap();
+    assert_eq!(again.compacted, 0, "compacted once");
+    // The rebuilt index still refuses a reading stored twice.
+    let dup = client
+        .execute(
+            "INSERT INTO telemetry (ts, seq, lat, lon, vehicle, speed_kmh, h2_g)
+             VALUES ($1::date + interval '1 second', 1, 37.14, 111.78, 1, 10, 20)",
+            &[&yesterday],
+        )
+        .await;
+    assert!(dup.is_err(), "duplicate accepted");
+}
