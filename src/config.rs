@@ -128,8 +128,8 @@ pub struct IngestConfig {
     pub batch_max_rows: usize,
     /// ...or when its oldest message has waited this long, whichever comes first.
     pub batch_max_age_ms: u64,
-    /// Batches being written at once, each on its own connection: commits overlap so that the
-    /// broker's inflight window never waits on one commit.
+    /// Writers, each on its own connection with its own share of the vehicles: commits overlap
+    /// so that the broker's inflight window never waits on one commit.
     pub writers: usize,
     /// A reading more than this far in the future is rejected as `clock_skew`.
     pub max_future_secs: i64,

@@ -1,5 +1,7 @@
-//! Decode messages as they arrive and cut them into batches: by size or by age, whichever
-//! comes first.
+//! Decode messages as they arrive and cut them into batches, one open batch per writer: each
+//! vehicle's messages always go to the same writer, so writers never wait on each other's
+//! vehicle locks and commit side by side. A batch closes by size or by age, whichever comes
+//! first.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,12 +15,23 @@ use crate::decode::{Decoded, Decoder};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
-/// A batch on its way to a writer, numbered so that acknowledgements keep arrival order.
+/// A batch on its way to a writer. Each acknowledgement carries its message's arrival
+/// number, so that the acker can send them in arrival order.
 pub struct Job {
-    pub seq: u64,
     pub decoded: Decoded,
-    pub acks: Vec<rumqttc::Publish>,
+    pub acks: Vec<(u64, rumqttc::Publish)>,
     pub first_received: chrono::DateTime<chrono::Utc>,
+}
+
+/// The writer a message belongs to: by the vehicle id in its topic
+/// (`{root}/{kind}/{id}/{channel}`), so that one vehicle's messages keep one writer.
+fn shard(topic: &str, shards: usize) -> usize {
+    let id = topic.rsplit('/').nth(1).unwrap_or("");
+    // FNV-1a: stable, fast, and spreads fleet ids that differ in their last digits.
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % shards as u64) as usize
 }
 
 pub async fn run(
@@ -26,33 +39,41 @@ pub async fn run(
     config: IngestConfig,
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Incoming>,
-    tx: mpsc::Sender<Job>,
+    writers: Vec<mpsc::Sender<Job>>,
     _shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let max_age = config.batch_max_age();
     // A batch also closes on message count, so a stream of rejects or statuses cannot grow
     // one without bound.
     let max_messages = config.batch_max_rows;
-    let mut seq = 0u64;
-    let mut current: Option<(Job, Instant)> = None;
+    let mut arrival = 0u64;
+    let mut open: Vec<Option<(Job, Instant)>> = writers.iter().map(|_| None).collect();
     loop {
-        let deadline = current.as_ref().map(|(_, opened)| *opened + max_age);
+        let oldest = open
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.as_ref().map(|(_, opened)| (*opened + max_age, i)))
+            .min();
         let msg = tokio::select! {
             m = rx.recv() => m,
-            _ = sleep_until_opt(deadline) => {
-                flush(&mut current, &tx, &metrics).await?;
+            _ = sleep_until_opt(oldest.map(|(d, _)| d)) => {
+                if let Some((_, i)) = oldest {
+                    flush(&mut open[i], &writers[i], &metrics).await?;
+                }
                 continue;
             }
         };
         let Some(msg) = msg else {
-            flush(&mut current, &tx, &metrics).await?;
+            for (batch, tx) in open.iter_mut().zip(&writers) {
+                flush(batch, tx, &metrics).await?;
+            }
             return Ok(());
         };
-        let (job, _) = current.get_or_insert_with(|| {
-            seq += 1;
+        arrival += 1;
+        let i = shard(&msg.topic, writers.len());
+        let (job, _) = open[i].get_or_insert_with(|| {
             (
                 Job {
-                    seq,
                     decoded: Decoded::default(),
                     acks: Vec::new(),
                     first_received: msg.received,
@@ -65,19 +86,19 @@ pub async fn run(
         metrics
             .readings_received
             .fetch_add((job.decoded.readings.len() - before) as u64, Relaxed);
-        job.acks.push(msg.ack);
+        job.acks.push((arrival, msg.ack));
         if job.decoded.readings.len() >= config.batch_max_rows || job.acks.len() >= max_messages {
-            flush(&mut current, &tx, &metrics).await?;
+            flush(&mut open[i], &writers[i], &metrics).await?;
         }
     }
 }
 
 async fn flush(
-    current: &mut Option<(Job, Instant)>,
+    batch: &mut Option<(Job, Instant)>,
     tx: &mpsc::Sender<Job>,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
-    if let Some((job, _)) = current.take() {
+    if let Some((job, _)) = batch.take() {
         for r in &job.decoded.rejects {
             metrics.reject(r.reason);
             tracing::debug!(topic = %r.topic, reason = %r.reason, detail = %r.detail, "rejected");
@@ -93,5 +114,25 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard;
+
+    #[test]
+    fn a_vehicle_keeps_its_writer_and_a_fleet_spreads_over_them() {
+        let t = |id: &str, ch: &str| format!("hyfleet/v1/bike/{id}/{ch}");
+        assert_eq!(
+            shard(&t("XY-B0042", "telemetry"), 4),
+            shard(&t("XY-B0042", "event"), 4)
+        );
+        let mut per = [0usize; 4];
+        for n in 1..=500 {
+            per[shard(&t(&format!("XY-B{n:04}"), "telemetry"), 4)] += 1;
+        }
+        assert!(per.iter().all(|&c| (90..=160).contains(&c)), "{per:?}");
+        assert!(shard("", 3) < 3 && shard("no-slashes", 3) < 3);
     }
 }

@@ -1,13 +1,16 @@
 //! MQTT in, committed batches out, acknowledgements after commit.
 //!
 //! ```text
-//! broker ─▶ poller ─▶ batcher (decode) ─▶ writers ×N (one transaction each) ─▶ acker ─▶ broker
+//! broker ─▶ poller ─▶ batcher (decode, by vehicle) ─▶ writers ×N (one transaction per batch)
+//!                                                    ─▶ acker ─▶ broker
 //! ```
 //! Every stage is joined to the next by a bounded channel, so when PostgreSQL is slow or down
 //! the writers stop taking batches, the batcher stops taking messages, the poller stops reading
-//! the socket and the broker keeps what it has not delivered: memory stays bounded and
-//! nothing is lost. Acknowledgements go out in the order messages arrived, only for batches
-//! that committed; a crash therefore leaves every unacknowledged message with the broker,
+//! the socket and the broker keeps what it has not delivered: memory stays bounded (at most
+//! `batch_max_rows × (3 × writers + 1)` messages: per writer the batch it writes, one queued
+//! and one filling, plus the channel in front of the batcher) and nothing is lost. Each
+//! vehicle's messages go to one writer, so writers do not wait on each other's row locks.
+//! Acknowledgements go out in the order messages arrived, only once they committed; a crash therefore leaves every unacknowledged message with the broker,
 //! which delivers it again to the persistent session, and the store skips what it already has.
 
 mod acker;
@@ -45,20 +48,19 @@ struct Incoming {
 /// disconnect.
 pub async fn run(config: &Config, deps: IngestDeps, shutdown: Shutdown) -> anyhow::Result<()> {
     let decoder = Decoder::new(config);
-    let window = config.ingest.batch_max_rows * (config.ingest.writers + 2);
+    let window = config.ingest.batch_max_rows * (3 * config.ingest.writers + 2);
     let (client, eventloop) = mqtt::client(config, window)?;
     let (msg_tx, msg_rx) = tokio::sync::mpsc::channel(config.ingest.batch_max_rows.min(10_000));
-    let (job_tx, job_rx) = tokio::sync::mpsc::channel(config.ingest.writers);
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
 
-    let writers = writers::spawn(config, &deps, job_rx, done_tx).await?;
+    let (writers, jobs) = writers::spawn(config, &deps, done_tx).await?;
     let batcher = tokio::spawn(batcher::run(
         decoder.clone(),
         config.ingest.clone(),
         deps.metrics.clone(),
         msg_rx,
-        job_tx,
+        jobs,
         shutdown.clone(),
     ));
     let acker = tokio::spawn(acker::run(

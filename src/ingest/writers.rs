@@ -1,11 +1,10 @@
 //! Writer tasks: each owns a database connection and commits whole batches, retrying a batch
 //! until it commits (or the service stops) so that nothing taken from the broker is dropped.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::IngestDeps;
@@ -13,17 +12,20 @@ use super::batcher::Job;
 use crate::config::Config;
 use crate::store::BatchWriter;
 
-pub type Done = mpsc::UnboundedSender<(u64, Vec<rumqttc::Publish>)>;
+pub type Done = mpsc::UnboundedSender<Vec<(u64, rumqttc::Publish)>>;
 
+/// One task per writer, each taking the batches of its own share of the fleet; returns their
+/// handles and the senders the batcher feeds them through (one batch queued per writer).
 pub async fn spawn(
     config: &Config,
     deps: &IngestDeps,
-    jobs: mpsc::Receiver<Job>,
     done: Done,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    let jobs = Arc::new(Mutex::new(jobs));
+) -> anyhow::Result<(Vec<JoinHandle<()>>, Vec<mpsc::Sender<Job>>)> {
     let mut handles = Vec::new();
+    let mut senders = Vec::new();
     for n in 0..config.ingest.writers {
+        let (tx, jobs) = mpsc::channel(1);
+        senders.push(tx);
         let w = Writer {
             n,
             url: config.database.url.clone(),
@@ -31,9 +33,9 @@ pub async fn spawn(
             deps: deps.clone(),
             conn: None,
         };
-        handles.push(tokio::spawn(w.run(jobs.clone(), done.clone())));
+        handles.push(tokio::spawn(w.run(jobs, done.clone())));
     }
-    Ok(handles)
+    Ok((handles, senders))
 }
 
 struct Writer {
@@ -45,12 +47,10 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, done: Done) {
-        loop {
-            let job = jobs.lock().await.recv().await;
-            let Some(mut job) = job else { return };
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>, done: Done) {
+        while let Some(mut job) = jobs.recv().await {
             self.commit(&mut job).await;
-            let _ = done.send((job.seq, std::mem::take(&mut job.acks)));
+            let _ = done.send(std::mem::take(&mut job.acks));
         }
     }
 
