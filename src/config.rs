@@ -182,13 +182,26 @@ impl Default for StoreConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub addr: String,
+    /// A request body larger than this is refused with 413 before it is parsed, on every route.
+    pub max_body_bytes: usize,
+    /// A connection that has not sent a request's complete headers this long after it opened
+    /// (or after its previous response) is closed: a slow client cannot hold it forever.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout_secs: 10,
         }
+    }
+}
+
+impl HttpConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
     }
 }
 
@@ -350,6 +363,15 @@ impl Config {
             return Err(invalid(
                 "http.addr",
                 format!("`{}` is not host:port", self.http.addr),
+            ));
+        }
+        if self.http.max_body_bytes < 1024 {
+            return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+        }
+        if self.http.header_read_timeout_secs == 0 {
+            return Err(invalid(
+                "http.header_read_timeout_secs",
+                "must be at least 1",
             ));
         }
         let i = &self.ingest;
@@ -561,5 +583,10 @@ mod example_file {
         assert_eq!(c.profiles.bus, d.profiles.bus);
         assert_eq!(c.rules.bike, d.rules.bike);
         assert_eq!(c.notify.max_retry_hours, d.notify.max_retry_hours);
+        assert_eq!(c.http.max_body_bytes, d.http.max_body_bytes);
+        assert_eq!(
+            c.http.header_read_timeout_secs,
+            d.http.header_read_timeout_secs
+        );
     }
 }

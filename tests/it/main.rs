@@ -8,6 +8,7 @@ mod deploy;
 mod faults;
 mod gbfs;
 mod ingest;
+mod limits;
 mod scale;
 #[allow(dead_code)] // each test file uses its own part of the support
 mod support;
