@@ -87,7 +87,8 @@ pub fn parse_mqtt_url(url: &str) -> Result<MqttEndpoint, String> {
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("`{url}` is not an mqtt:// URL"))?;
+        // Not echoed: the URL may carry a password.
+        .ok_or_else(|| "is not an mqtt:// URL (mqtt://[user[:password]@]host[:port])".to_owned())?;
     let rest = rest.trim_end_matches('/');
     let (credentials, hostport) = match rest.rsplit_once('@') {
         Some((userinfo, hostport)) => {
@@ -502,6 +503,20 @@ mod tests {
         assert_eq!(c.mqtt.topic_root, "hyfleet/v1");
         assert_eq!(c.ingest.max_batch, 1000);
         assert_eq!(c.profiles.bike.tank_g, 50.0);
+    }
+
+    #[test]
+    fn a_refused_url_is_not_echoed_with_its_password() {
+        for (key, value) in [
+            ("MQTT_URL", "mqtts://dev:hunter2@broker:8883"),
+            ("MQTT_URL", "mqtt://dev:hunter2@:1883"),
+            ("DATABASE_URL", "mysql://app:hunter2@db/fleet"),
+        ] {
+            let e = Config::from_toml_and_env("", "test", env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]
