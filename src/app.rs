@@ -78,11 +78,13 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     });
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
-    let mut stop = shutdown.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.wait().await })
-        .await
-        .context("HTTP server failed")?;
+    crate::http::serve(
+        listener,
+        router,
+        config.http.header_read_timeout(),
+        shutdown.clone(),
+    )
+    .await;
     ingest.await.context("ingest panicked")??;
     let _ = notifier.await;
     upkeep.abort();

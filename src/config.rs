@@ -88,7 +88,8 @@ pub fn parse_mqtt_url(url: &str) -> Result<MqttEndpoint, String> {
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("`{url}` is not an mqtt:// URL"))?;
+        // Not echoed: the URL may carry a password.
+        .ok_or_else(|| "is not an mqtt:// URL (mqtt://[user[:password]@]host[:port])".to_owned())?;
     let rest = rest.trim_end_matches('/');
     let (credentials, hostport) = match rest.rsplit_once('@') {
         Some((userinfo, hostport)) => {
@@ -183,13 +184,26 @@ impl Default for StoreConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub addr: String,
+    /// A request body larger than this is refused with 413 before it is parsed, on every route.
+    pub max_body_bytes: usize,
+    /// A connection that has not sent a request's complete headers this long after it opened
+    /// (or after its previous response) is closed: a slow client cannot hold it forever.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout_secs: 10,
         }
+    }
+}
+
+impl HttpConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
     }
 }
 
@@ -353,6 +367,15 @@ impl Config {
                 format!("`{}` is not host:port", self.http.addr),
             ));
         }
+        if self.http.max_body_bytes < 1024 {
+            return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+        }
+        if self.http.header_read_timeout_secs == 0 {
+            return Err(invalid(
+                "http.header_read_timeout_secs",
+                "must be at least 1",
+            ));
+        }
         let i = &self.ingest;
         if i.max_payload_bytes < 256 {
             return Err(invalid("ingest.max_payload_bytes", "must be at least 256"));
@@ -485,6 +508,20 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_url_is_not_echoed_with_its_password() {
+        for (key, value) in [
+            ("MQTT_URL", "mqtts://dev:hunter2@broker:8883"),
+            ("MQTT_URL", "mqtt://dev:hunter2@:1883"),
+            ("DATABASE_URL", "mysql://app:hunter2@db/fleet"),
+        ] {
+            let e = Config::from_toml_and_env("", "test", env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
     fn environment_overrides_file() {
         let text = "[mqtt]\ntopic_root = \"from/file\"\n[ingest]\nmax_batch = 10\n";
         let c = Config::from_toml_and_env(
@@ -572,5 +609,10 @@ mod example_file {
             d.store.day_rollup_retention_days
         );
         assert_eq!(c.gbfs, d.gbfs);
+        assert_eq!(c.http.max_body_bytes, d.http.max_body_bytes);
+        assert_eq!(
+            c.http.header_read_timeout_secs,
+            d.http.header_read_timeout_secs
+        );
     }
 }

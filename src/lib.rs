@@ -13,6 +13,7 @@ pub mod domain;
 pub mod gbfs;
 pub mod geo;
 pub mod health;
+pub mod http;
 pub mod ingest;
 pub mod live;
 pub mod metrics;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
 use super::auth::Caller;
-use super::extract::{P, Q};
+use super::extract::{B, P, Q};
 use super::vehicles::{Page, page_limit};
 use super::{AppState, Problem};
 use crate::domain::{Alert, AlertState, Severity, VehicleKind};
@@ -222,7 +222,7 @@ pub(super) async fn ack(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
     P(raw): P<String>,
-    body: Bytes,
+    B(body): B,
 ) -> Result<impl IntoResponse, Problem> {
     act(s, caller, raw, body, Action::Acknowledge).await
 }
@@ -231,7 +231,7 @@ pub(super) async fn close(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
     P(raw): P<String>,
-    body: Bytes,
+    B(body): B,
 ) -> Result<impl IntoResponse, Problem> {
     act(s, caller, raw, body, Action::Resolve).await
 }

@@ -149,8 +149,8 @@ fn parse_hex32(h: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// A fresh random token: 32 bytes from the OS generator (through v4 UUIDs), prefixed so that
-/// secret scanners recognise it.
+/// A fresh random token: two v4 UUIDs, 244 random bits from a CSPRNG seeded by the OS,
+/// prefixed so that secret scanners recognise it.
 pub fn new_token() -> String {
     let a = uuid::Uuid::new_v4();
     let b = uuid::Uuid::new_v4();

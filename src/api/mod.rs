@@ -20,7 +20,7 @@ mod zones;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRef, State};
+use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
@@ -61,6 +61,7 @@ impl FromRef<Api> for AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let body_limit = DefaultBodyLimit::max(state.config.http.max_body_bytes);
     let public = crate::gbfs::routes()
         .merge(crate::web::routes())
         .with_state(state.clone());
@@ -95,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         })
         .with_state(api)
         .merge(public)
+        .layer(body_limit)
 }
 
 async fn openapi_json() -> impl IntoResponse {

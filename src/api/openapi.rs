@@ -112,6 +112,12 @@ fn operation(op: &Op) -> Value {
     if op.path.starts_with("/api/") {
         responses.insert("503".into(), problem("the database is not reachable"));
     }
+    if op.body.is_some() {
+        responses.insert(
+            "413".into(),
+            problem("the body is larger than http.max_body_bytes"),
+        );
+    }
     o["responses"] = Value::Object(responses);
     if let Some(body) = op.body {
         o["requestBody"] = json!({

@@ -32,6 +32,11 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "Not Found", detail)
     }
 
+    /// A body over `http.max_body_bytes`.
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "Content Too Large", detail)
+    }
+
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "Conflict", detail)
     }

@@ -8,6 +8,8 @@ mod deploy;
 mod faults;
 mod gbfs;
 mod ingest;
+mod limits;
 mod scale;
+mod schemathesis;
 #[allow(dead_code)] // each test file uses its own part of the support
 mod support;
