@@ -4,7 +4,9 @@
 //!   (with each vehicle's last seq, which the zero-loss check needs) and the wall-clock times
 //!   publishing started and ended;
 //! - `count`: the broker ceiling probe, a QoS 1 subscriber with manual acks that does nothing
-//!   but count (`mosquitto_sub` prints every message and caps far below the broker).
+//!   but count (`mosquitto_sub` prints every message and caps far below the broker);
+//! - `rules`: the rules engine alone on one core, over the Xiaoyi zones: what each reading
+//!   costs before any database work.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -28,6 +30,20 @@ enum Command {
     Sim(Box<sim::SimArgs>),
     /// Count telemetry messages under a topic root until none arrives for `--idle-secs`.
     Count(CountArgs),
+    /// Time the rules engine alone (every built-in rule, the sample zones) and print JSON.
+    Rules(RulesArgs),
+}
+
+#[derive(clap::Args)]
+struct RulesArgs {
+    #[arg(long, default_value_t = 1000)]
+    vehicles: usize,
+    /// Readings per vehicle: bikes riding at 1 Hz through the city, a ride ending every 300.
+    #[arg(long, default_value_t = 300)]
+    readings: usize,
+    /// Runs; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
 }
 
 #[derive(clap::Args)]
@@ -66,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Sim(args) => run_sim(*args).await,
             Command::Count(args) => count(args).await,
+            Command::Rules(args) => rules(args),
         }
     })
 }
@@ -173,5 +190,90 @@ async fn count(args: CountArgs) -> anyhow::Result<()> {
         "last_unix_ms": last.load(Ordering::Relaxed),
     });
     println!("{out}");
+    Ok(())
+}
+
+/// Readings of `vehicles` bikes riding through the sample city, one second apart, each ride
+/// ending (locked) every 300 readings: every rule runs, parking checks included.
+fn rules(args: RulesArgs) -> anyhow::Result<()> {
+    use chrono::{Duration as Span, TimeZone as _, Utc};
+    use hyfleet::domain::{Reading, VehicleId, VehicleKind};
+    use hyfleet::rules::{Engine, VehicleInfo, VehicleRuleState};
+
+    let config = hyfleet::config::Config::default();
+    let zones = hyfleet::geo::parse_zones(sim::data::ZONES_GEOJSON, hyfleet::geo::Crs::Wgs84)?;
+    let engine = Engine::new(&config, Arc::new(hyfleet::geo::ZoneIndex::new(zones)))?;
+    let info = VehicleInfo {
+        kind: VehicleKind::Bike,
+        tank_g: 50.0,
+        km_per_g: None,
+    };
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 29, 8, 0, 0).unwrap();
+    let mut rng = 0x6879_666c_6565_7421u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let fleet: Vec<Vec<Reading>> = (0..args.vehicles)
+        .map(|v| {
+            let (mut lat, mut lon) = (37.12 + 0.05 * next(), 111.75 + 0.06 * next());
+            let mut h2 = 50.0f32;
+            (0..args.readings)
+                .map(|i| {
+                    lat += (next() - 0.5) * 1e-4;
+                    lon += (next() - 0.5) * 1e-4;
+                    h2 = (h2 - 0.01).max(0.0);
+                    Reading {
+                        vehicle: VehicleId::parse(&format!("XY-B{v:05}")).expect("a valid id"),
+                        kind: VehicleKind::Bike,
+                        ts: t0 + Span::seconds(i as i64),
+                        seq: Some(i as u32),
+                        lat,
+                        lon,
+                        hdop: Some(0.9),
+                        speed_kmh: 15.0 + 10.0 * next() as f32,
+                        heading_deg: Some(90.0),
+                        h2_g: h2,
+                        h2_pressure_bar: None,
+                        tank_temp_c: Some(20.0),
+                        fc_power_w: Some(180.0),
+                        fc_temp_c: Some(45.0),
+                        batt_v: Some(12.6),
+                        odo_km: Some(i as f64 * 0.005),
+                        locked: Some(i % 300 == 299),
+                        faults: Vec::new(),
+                        extra: None,
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let total = args.vehicles * args.readings;
+    let mut per_reading_ns = Vec::new();
+    let mut outputs = 0usize;
+    for _ in 0..args.repeats.max(1) {
+        let mut states: Vec<VehicleRuleState> = vec![VehicleRuleState::default(); args.vehicles];
+        let started = std::time::Instant::now();
+        for (readings, state) in fleet.iter().zip(&mut states) {
+            for r in readings {
+                outputs += engine.on_reading(state, r, &info).len();
+            }
+            // What the batch writer stores per vehicle and batch.
+            std::hint::black_box(serde_json::to_value(&*state)?);
+        }
+        per_reading_ns.push(started.elapsed().as_nanos() as f64 / total as f64);
+    }
+    per_reading_ns.sort_by(f64::total_cmp);
+    let median = per_reading_ns[per_reading_ns.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "vehicles": args.vehicles, "readings": total, "repeats": args.repeats,
+            "ns_per_reading_median": median, "readings_per_core_sec": 1e9 / median,
+            "ns_per_reading_all": per_reading_ns, "outputs": outputs,
+        })
+    );
     Ok(())
 }
