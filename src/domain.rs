@@ -99,6 +99,34 @@ pub struct Reading {
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+#[cfg(test)]
+impl Reading {
+    /// A bike's reading with the required fields only (speed 10 km/h), for tests to adjust.
+    pub(crate) fn bare(vehicle: &str, ts: DateTime<Utc>, lat: f64, lon: f64, h2_g: f32) -> Self {
+        Reading {
+            vehicle: VehicleId::parse(vehicle).expect("a valid vehicle id"),
+            kind: VehicleKind::Bike,
+            ts,
+            seq: None,
+            lat,
+            lon,
+            hdop: None,
+            speed_kmh: 10.0,
+            heading_deg: None,
+            h2_g,
+            h2_pressure_bar: None,
+            tank_temp_c: None,
+            fc_power_w: None,
+            fc_temp_c: None,
+            batt_v: None,
+            odo_km: None,
+            locked: None,
+            faults: Vec::new(),
+            extra: None,
+        }
+    }
+}
+
 /// Event types of the MQTT contract (DESIGN §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

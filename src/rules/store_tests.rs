@@ -113,25 +113,8 @@ fn t(secs: i64) -> DateTime<Utc> {
 fn rd(v: &VehicleRow, secs: i64, h2: f32) -> Reading {
     let (lat, lon) = at(50.0, 50.0);
     Reading {
-        vehicle: v.code.clone(),
-        kind: VehicleKind::Bike,
-        ts: t(secs),
-        seq: None,
-        lat,
-        lon,
-        hdop: None,
-        speed_kmh: 10.0,
-        heading_deg: None,
-        h2_g: h2,
-        h2_pressure_bar: None,
-        tank_temp_c: None,
-        fc_power_w: None,
-        fc_temp_c: None,
-        batt_v: None,
-        odo_km: None,
         locked: Some(false),
-        faults: vec![],
-        extra: None,
+        ..Reading::bare(v.code.as_str(), t(secs), lat, lon, h2)
     }
 }
 

@@ -78,25 +78,11 @@ fn bike() -> VehicleInfo {
 fn rd(secs: i64) -> Reading {
     let (lat, lon) = at(50.0, 50.0);
     Reading {
-        vehicle: VehicleId::parse("XY-B0001").unwrap(),
-        kind: VehicleKind::Bike,
-        ts: t(secs),
-        seq: None,
-        lat,
-        lon,
-        hdop: None,
         speed_kmh: 12.0,
-        heading_deg: None,
-        h2_g: 40.0,
         h2_pressure_bar: Some(15.0),
         tank_temp_c: Some(20.0),
-        fc_power_w: None,
-        fc_temp_c: None,
-        batt_v: None,
-        odo_km: None,
         locked: Some(false),
-        faults: vec![],
-        extra: None,
+        ..Reading::bare("XY-B0001", t(secs), lat, lon, 40.0)
     }
 }
 

@@ -272,29 +272,13 @@ pub async fn expire(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{VehicleId, VehicleKind};
 
     fn reading(secs: i64, lat: f64, h2: f32, odo: Option<f64>) -> Reading {
+        let ts = Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap();
         Reading {
-            vehicle: VehicleId::parse("XY-B0001").unwrap(),
-            kind: VehicleKind::Bike,
-            ts: Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap(),
-            seq: None,
-            lat,
-            lon: 111.78,
-            hdop: None,
             speed_kmh: secs as f32,
-            heading_deg: None,
-            h2_g: h2,
-            h2_pressure_bar: None,
-            tank_temp_c: None,
-            fc_power_w: None,
-            fc_temp_c: None,
-            batt_v: None,
             odo_km: odo,
-            locked: None,
-            faults: Vec::new(),
-            extra: None,
+            ..Reading::bare("XY-B0001", ts, lat, 111.78, h2)
         }
     }
 

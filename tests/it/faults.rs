@@ -94,127 +94,135 @@ async fn metric(svc: &InProcess, name: &str) -> f64 {
         .unwrap()
 }
 
+/// The service between a private broker and a proxy in front of PostgreSQL (to cut or slow
+/// down), writing batches of 200, and one bike publishing numbered readings.
+struct Rig {
+    broker: PrivateBroker,
+    proxy: Proxy,
+    client: tokio_postgres::Client,
+    svc: InProcess,
+    topic: String,
+    now: chrono::DateTime<chrono::Utc>,
+    _db: TestDb,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let broker = PrivateBroker::start(BROKER_LIMITS).await;
+        let proxy = Proxy::start(([127, 0, 0, 1], 5432).into()).await;
+        let db = TestDb::new().await;
+        let mut config = config(&db, &broker.url());
+        config.database.url = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, db.name);
+        config.ingest.batch_max_rows = 200;
+        let topic = format!("{}/bike/XY-B0001/telemetry", config.mqtt.topic_root);
+        let svc = InProcess::start(config).await;
+        Rig {
+            client: db.client().await,
+            broker,
+            proxy,
+            svc,
+            topic,
+            now: chrono::Utc::now(),
+            _db: db,
+        }
+    }
+
+    /// Readings `from..=to`, each acknowledged by the broker when this returns.
+    async fn publish(&self, from: u32, to: u32) {
+        let mut fw = Publisher::connect(&self.broker.url()).await;
+        for seq in from..=to {
+            fw.publish(&self.topic, msg(1, seq, self.now)).await;
+        }
+        fw.flush().await;
+    }
+
+    async fn stored(&self) -> i64 {
+        count(&self.client, "SELECT count(*) FROM telemetry").await
+    }
+
+    async fn wait_stored(&self, secs: u64, what: &str, n: i64) {
+        eventually(secs, what, || async {
+            (self.stored().await == n).then_some(())
+        })
+        .await;
+    }
+
+    /// Every reading `1..=n` stored, none twice.
+    async fn assert_exactly_once(&self, n: i64) {
+        let distinct = count(&self.client, "SELECT count(DISTINCT seq) FROM telemetry").await;
+        assert_eq!(
+            (distinct, self.stored().await),
+            (n, n),
+            "(distinct, stored)"
+        );
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        metric(&self.svc, name).await
+    }
+
+    async fn ready(&self) -> Option<u16> {
+        let r = reqwest::get(self.svc.url("/readyz")).await.ok()?;
+        Some(r.status().as_u16())
+    }
+}
+
+/// What ingest may hold unacknowledged with batches of 200 and two writers: the channel (200),
+/// per writer the batch being written, one queued and one filling (2 × 3 × 200), and the one
+/// message the poller holds while it waits.
+const WINDOW: f64 = 1401.0;
+
 /// The broker restarts while hyfleet holds messages it has taken and not yet acknowledged
 /// (the database is cut so that none can commit): the broker redelivers them from the
 /// persistent session, the batch hyfleet still holds is written too, and each reading is
 /// stored once.
 #[tokio::test]
 async fn a_broker_restart_mid_stream_loses_nothing_and_stores_nothing_twice() {
-    let mut broker = PrivateBroker::start(BROKER_LIMITS).await;
-    let proxy = Proxy::start(([127, 0, 0, 1], 5432).into()).await;
-    let db = TestDb::new().await;
-    let mut config = config(&db, &broker.url());
-    config.database.url = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, db.name);
-    config.ingest.batch_max_rows = 200;
-    let root = config.mqtt.topic_root.clone();
-    let svc = InProcess::start(config).await;
-    let client = db.client().await;
-    let now = chrono::Utc::now();
-    let (url, topic) = (broker.url(), format!("{root}/bike/XY-B0001/telemetry"));
-    let publish = |from: u32, to: u32| {
-        let (url, topic) = (url.clone(), topic.clone());
-        async move {
-            let mut fw = Publisher::connect(&url).await;
-            for seq in from..=to {
-                fw.publish(&topic, msg(1, seq, now)).await;
-            }
-            fw.flush().await;
-        }
-    };
-    publish(1, 500).await;
-    eventually(20, "the first readings", || async {
-        (count(&client, "SELECT count(*) FROM telemetry").await == 500).then_some(())
-    })
-    .await;
+    let mut rig = Rig::start().await;
+    rig.publish(1, 500).await;
+    rig.wait_stored(20, "the first readings", 500).await;
 
-    proxy.cut();
-    publish(501, 2000).await;
+    rig.proxy.cut();
+    rig.publish(501, 2000).await;
     eventually(20, "hyfleet holding unacknowledged messages", || async {
-        (metric(&svc, "hyfleet_unacked_messages").await > 0.0).then_some(())
+        (rig.metric("hyfleet_unacked_messages").await > 0.0).then_some(())
     })
     .await;
-    broker.restart().await;
-    proxy.restore();
-    publish(2001, 3000).await;
-    eventually(60, "every reading stored after the restart", || async {
-        (count(&client, "SELECT count(DISTINCT seq) FROM telemetry").await == 3000).then_some(())
-    })
-    .await;
-    assert_eq!(
-        count(&client, "SELECT count(*) FROM telemetry").await,
-        3000,
-        "no reading twice"
-    );
-    assert!(metric(&svc, "hyfleet_mqtt_reconnects_total").await >= 1.0);
-    svc.stop().await;
+    rig.broker.restart().await;
+    rig.proxy.restore();
+    rig.publish(2001, 3000).await;
+    rig.wait_stored(60, "every reading stored after the restart", 3000)
+        .await;
+    rig.assert_exactly_once(3000).await;
+    assert!(rig.metric("hyfleet_mqtt_reconnects_total").await >= 1.0);
+    rig.svc.stop().await;
 }
 
 #[tokio::test]
 async fn database_cut_off_pauses_ingest_and_loses_nothing() {
-    let broker = PrivateBroker::start(BROKER_LIMITS).await;
-    let proxy = Proxy::start(([127, 0, 0, 1], 5432).into()).await;
-    let db = TestDb::new().await;
-    let mut config = config(&db, &broker.url());
-    config.database.url = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, db.name);
-    config.ingest.batch_max_rows = 200;
-    let root = config.mqtt.topic_root.clone();
-    let svc = InProcess::start(config).await;
-    let mut fw = Publisher::connect(&broker.url()).await;
-    let now = chrono::Utc::now();
-    let client = db.client().await;
-    for seq in 1..=100 {
-        fw.publish(&format!("{root}/bike/XY-B0001/telemetry"), msg(1, seq, now))
-            .await;
-    }
-    fw.flush().await;
-    eventually(20, "first readings", || async {
-        (count(&client, "SELECT count(*) FROM telemetry").await == 100).then_some(())
-    })
-    .await;
+    let rig = Rig::start().await;
+    rig.publish(1, 100).await;
+    rig.wait_stored(20, "first readings", 100).await;
 
-    proxy.cut();
-    for seq in 101..=2000 {
-        fw.publish(&format!("{root}/bike/XY-B0001/telemetry"), msg(1, seq, now))
-            .await;
-    }
-    fw.flush().await;
+    rig.proxy.cut();
+    rig.publish(101, 2000).await;
     // /readyz tells the truth while the database is away, and what ingest has taken from the
     // broker stays bounded by its window rather than by what was published.
-    let status = eventually(20, "readyz to report the outage", || async {
-        let r = reqwest::get(svc.url("/readyz")).await.ok()?;
-        (r.status() == 503).then_some(r.status())
+    eventually(20, "readyz to report the outage", || async {
+        (rig.ready().await == Some(503)).then_some(())
     })
     .await;
-    assert_eq!(status, 503);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(count(&client, "SELECT count(*) FROM telemetry").await, 100);
-    let metrics = reqwest::get(svc.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let unacked: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("hyfleet_unacked_messages "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    // The channel (200) + per writer the batch being written, one queued and one filling
-    // (2 × 3 × 200) + the one message the poller holds while it waits.
-    assert!(unacked <= 1401.0, "unacked {unacked}");
+    assert_eq!(rig.stored().await, 100);
+    let unacked = rig.metric("hyfleet_unacked_messages").await;
+    assert!(unacked <= WINDOW, "unacked {unacked}");
 
-    proxy.restore();
-    eventually(60, "everything stored after the outage", || async {
-        (count(&client, "SELECT count(*) FROM telemetry").await == 2000).then_some(())
-    })
-    .await;
-    svc.wait_ready().await;
-    assert_eq!(
-        count(&client, "SELECT count(DISTINCT seq) FROM telemetry").await,
-        2000
-    );
-    svc.stop().await;
+    rig.proxy.restore();
+    rig.wait_stored(60, "everything stored after the outage", 2000)
+        .await;
+    rig.svc.wait_ready().await;
+    rig.assert_exactly_once(2000).await;
+    rig.svc.stop().await;
 }
 
 /// A slow database (every packet held back 100 ms each way): ingest slows down and holds no
@@ -222,50 +230,31 @@ async fn database_cut_off_pauses_ingest_and_loses_nothing() {
 /// twice, and catches up once the database is fast again.
 #[tokio::test]
 async fn a_slow_database_slows_ingest_without_loss() {
-    let broker = PrivateBroker::start(BROKER_LIMITS).await;
-    let proxy = Proxy::start(([127, 0, 0, 1], 5432).into()).await;
-    let db = TestDb::new().await;
-    let mut config = config(&db, &broker.url());
-    config.database.url = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, db.name);
-    config.ingest.batch_max_rows = 200;
-    let root = config.mqtt.topic_root.clone();
-    let svc = InProcess::start(config).await;
-    let client = db.client().await;
-    let now = chrono::Utc::now();
-    proxy.set_delay(Duration::from_millis(100));
-    let mut fw = Publisher::connect(&broker.url()).await;
-    for seq in 1..=3000 {
-        fw.publish(&format!("{root}/bike/XY-B0001/telemetry"), msg(1, seq, now))
-            .await;
-    }
-    fw.flush().await;
+    let rig = Rig::start().await;
+    rig.proxy.set_delay(Duration::from_millis(100));
+    rig.publish(1, 3000).await;
     eventually(30, "the first slow commits", || async {
-        (count(&client, "SELECT count(*) FROM telemetry").await > 0).then_some(())
+        (rig.stored().await > 0).then_some(())
     })
     .await;
-    let stored = count(&client, "SELECT count(*) FROM telemetry").await;
+    let stored = rig.stored().await;
     assert!(
         stored < 3000,
         "the delay must slow ingest down ({stored} stored)"
     );
-    // Bounded: the channel, the batcher and the writers' batches (as in the cut test).
-    assert!(metric(&svc, "hyfleet_unacked_messages").await <= 1401.0);
-    let r = reqwest::get(svc.url("/readyz")).await.unwrap();
-    assert_eq!(r.status(), 200, "slow is not down");
+    assert!(rig.metric("hyfleet_unacked_messages").await <= WINDOW);
+    assert_eq!(rig.ready().await, Some(200), "slow is not down");
 
-    proxy.set_delay(Duration::ZERO);
-    eventually(
+    rig.proxy.set_delay(Duration::ZERO);
+    rig.wait_stored(
         60,
         "everything stored once the database is fast again",
-        || async {
-            (count(&client, "SELECT count(DISTINCT seq) FROM telemetry").await == 3000)
-                .then_some(())
-        },
+        3000,
     )
     .await;
-    assert_eq!(count(&client, "SELECT count(*) FROM telemetry").await, 3000);
-    assert_eq!(metric(&svc, "hyfleet_write_errors_total").await, 0.0);
-    svc.stop().await;
+    rig.assert_exactly_once(3000).await;
+    assert_eq!(rig.metric("hyfleet_write_errors_total").await, 0.0);
+    rig.svc.stop().await;
 }
 
 /// PostgreSQL refuses writes as it does when its disk is full (SQLSTATE 53100, raised here by
@@ -273,14 +262,8 @@ async fn a_slow_database_slows_ingest_without_loss() {
 /// once space is back every reading is stored once.
 #[tokio::test]
 async fn disk_full_errors_are_surfaced_and_nothing_is_lost() {
-    let broker = PrivateBroker::start(BROKER_LIMITS).await;
-    let db = TestDb::new().await;
-    let mut config = config(&db, &broker.url());
-    config.ingest.batch_max_rows = 200;
-    let root = config.mqtt.topic_root.clone();
-    let svc = InProcess::start(config).await;
-    let client = db.client().await;
-    client
+    let rig = Rig::start().await;
+    rig.client
         .batch_execute(
             "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'
@@ -290,42 +273,32 @@ async fn disk_full_errors_are_surfaced_and_nothing_is_lost() {
         )
         .await
         .unwrap();
-    let now = chrono::Utc::now();
-    let mut fw = Publisher::connect(&broker.url()).await;
-    for seq in 1..=1000 {
-        fw.publish(&format!("{root}/bike/XY-B0001/telemetry"), msg(1, seq, now))
-            .await;
-    }
-    fw.flush().await;
+    rig.publish(1, 1000).await;
     eventually(
         20,
         "the write errors counted and /readyz failing",
         || async {
-            let errors = metric(&svc, "hyfleet_write_errors_total").await;
-            let ready = reqwest::get(svc.url("/readyz")).await.ok()?.status();
-            (errors >= 1.0 && ready == 503).then_some(())
+            let errors = rig.metric("hyfleet_write_errors_total").await;
+            (errors >= 1.0 && rig.ready().await == Some(503)).then_some(())
         },
     )
     .await;
-    assert_eq!(count(&client, "SELECT count(*) FROM telemetry").await, 0);
+    assert_eq!(rig.stored().await, 0);
     assert!(
-        metric(&svc, "hyfleet_unacked_messages").await > 0.0,
+        rig.metric("hyfleet_unacked_messages").await > 0.0,
         "nothing acknowledged"
     );
 
-    client
+    rig.client
         .batch_execute("DROP TRIGGER disk_full ON telemetry")
         .await
         .unwrap();
-    eventually(60, "everything stored once space is back", || async {
-        (count(&client, "SELECT count(DISTINCT seq) FROM telemetry").await == 1000).then_some(())
-    })
-    .await;
-    assert_eq!(count(&client, "SELECT count(*) FROM telemetry").await, 1000);
+    rig.wait_stored(60, "everything stored once space is back", 1000)
+        .await;
+    rig.assert_exactly_once(1000).await;
     eventually(10, "ready again", || async {
-        let ready = reqwest::get(svc.url("/readyz")).await.ok()?.status();
-        (ready == 200).then_some(())
+        (rig.ready().await == Some(200)).then_some(())
     })
     .await;
-    svc.stop().await;
+    rig.svc.stop().await;
 }
