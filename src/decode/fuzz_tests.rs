@@ -106,16 +106,7 @@ fn hundred_thousand_hostile_payloads() {
         let topic = topics[rng.below(topics.len())];
         let mut out = Decoded::default();
         d.decode(topic, &payload, now, &mut out);
-        for r in &out.readings {
-            assert!((-90.0..=90.0).contains(&r.lat) && (-180.0..=180.0).contains(&r.lon));
-            assert!(r.speed_kmh.is_finite() && (0.0..=250.0).contains(&r.speed_kmh));
-            assert!(r.h2_g.is_finite() && r.h2_g >= 0.0);
-            assert!(r.ts <= now + Duration::minutes(5));
-        }
-        for rej in &out.rejects {
-            assert!(!rej.detail.is_empty());
-            assert!(rej.payload.len() <= Reject::PAYLOAD_KEPT);
-        }
+        super::assert_within_contract(&out, now);
         accepted += out.readings.len() + out.events.len() + out.statuses.len();
         rejected += out.rejects.len();
     }

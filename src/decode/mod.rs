@@ -52,6 +52,23 @@ pub struct Decoder {
 }
 
 /// A record refused with a reason and an explanation.
+/// Panics unless `out` keeps the contract: every accepted reading within the ranges of
+/// DESIGN §3 and not from the future, every refusal saying why and keeping no more of the
+/// payload than it may. The decoder's fuzz test and `fuzz/` targets check each output with it.
+#[doc(hidden)]
+pub fn assert_within_contract(out: &Decoded, now: DateTime<Utc>) {
+    for r in &out.readings {
+        assert!((-90.0..=90.0).contains(&r.lat) && (-180.0..=180.0).contains(&r.lon));
+        assert!(r.speed_kmh.is_finite() && (0.0..=MAX_SPEED_KMH).contains(&r.speed_kmh));
+        assert!(r.h2_g.is_finite() && r.h2_g >= 0.0);
+        assert!(r.ts <= now + Duration::minutes(5));
+    }
+    for rej in &out.rejects {
+        assert!(!rej.detail.is_empty());
+        assert!(rej.payload.len() <= crate::domain::Reject::PAYLOAD_KEPT);
+    }
+}
+
 struct Refusal(RejectReason, String);
 
 fn refuse<T>(reason: RejectReason, detail: impl Into<String>) -> Result<T, Refusal> {
