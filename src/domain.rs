@@ -234,6 +234,32 @@ pub struct Reject {
 
 impl Reject {
     pub const PAYLOAD_KEPT: usize = 4096;
+
+    /// A refusal of `payload` (of which [`Reject::PAYLOAD_KEPT`] bytes are kept). Its text is
+    /// made storable: PostgreSQL refuses U+0000 in text, and an error message may quote the
+    /// very input that carried one.
+    pub fn new(
+        received_at: DateTime<Utc>,
+        topic: &str,
+        vehicle: Option<&str>,
+        reason: RejectReason,
+        detail: &str,
+        payload: &[u8],
+    ) -> Reject {
+        Reject {
+            received_at,
+            topic: storable(topic),
+            vehicle: vehicle.map(storable),
+            reason,
+            detail: storable(detail),
+            payload: payload[..payload.len().min(Reject::PAYLOAD_KEPT)].to_vec(),
+        }
+    }
+}
+
+/// `s` with every U+0000 written as the visible `\u0000`.
+fn storable(s: &str) -> String {
+    s.replace('\0', "\\u0000")
 }
 
 /// Where an alert is in its lifecycle (DESIGN §7). `Resolved` is final.

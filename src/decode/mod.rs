@@ -103,14 +103,8 @@ impl Decoder {
     /// Decode one MQTT message received at `now`, appending what it held to `out`.
     pub fn decode(&self, topic: &str, payload: &[u8], now: DateTime<Utc>, out: &mut Decoded) {
         let reject = |out: &mut Decoded, vehicle: Option<&str>, r: RejectReason, detail: String| {
-            out.rejects.push(Reject {
-                received_at: now,
-                topic: topic.to_owned(),
-                vehicle: vehicle.map(str::to_owned),
-                reason: r,
-                detail,
-                payload: payload[..payload.len().min(Reject::PAYLOAD_KEPT)].to_vec(),
-            })
+            out.rejects
+                .push(Reject::new(now, topic, vehicle, r, &detail, payload))
         };
         let t = match topic::parse(&self.root, topic) {
             Ok(t) => t,
@@ -157,31 +151,21 @@ impl Decoder {
         out: &mut Decoded,
     ) {
         let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+        let vehicle = Some(t.vehicle.as_str());
+        // A backlog's record is refused alone, keeping only its own bytes.
+        let reject = |out: &mut Decoded, reason, detail: String, bytes: &[u8]| {
+            out.rejects
+                .push(Reject::new(now, topic, vehicle, reason, &detail, bytes))
+        };
         if first != Some(&b'[') {
             match self.reading(t, payload, now) {
                 Ok(r) => out.readings.push(r),
-                Err(Refusal(reason, detail)) => out.rejects.push(Reject {
-                    received_at: now,
-                    topic: topic.to_owned(),
-                    vehicle: Some(t.vehicle.to_string()),
-                    reason,
-                    detail,
-                    payload: payload[..payload.len().min(Reject::PAYLOAD_KEPT)].to_vec(),
-                }),
+                Err(Refusal(reason, detail)) => reject(out, reason, detail, payload),
             }
             return;
         }
         // A backlog: each record stands or falls alone.
-        let reject_whole = |out: &mut Decoded, reason, detail| {
-            out.rejects.push(Reject {
-                received_at: now,
-                topic: topic.to_owned(),
-                vehicle: Some(t.vehicle.to_string()),
-                reason,
-                detail,
-                payload: payload[..payload.len().min(Reject::PAYLOAD_KEPT)].to_vec(),
-            })
-        };
+        let reject_whole = |out: &mut Decoded, reason, detail| reject(out, reason, detail, payload);
         let items: Vec<&RawValue> = match serde_json::from_slice(payload) {
             Ok(items) => items,
             Err(e) => {
@@ -204,14 +188,9 @@ impl Decoder {
             let bytes = item.get().as_bytes();
             match self.reading(t, bytes, now) {
                 Ok(r) => out.readings.push(r),
-                Err(Refusal(reason, detail)) => out.rejects.push(Reject {
-                    received_at: now,
-                    topic: topic.to_owned(),
-                    vehicle: Some(t.vehicle.to_string()),
-                    reason,
-                    detail: format!("backlog record {i}: {detail}"),
-                    payload: bytes[..bytes.len().min(Reject::PAYLOAD_KEPT)].to_vec(),
-                }),
+                Err(Refusal(reason, detail)) => {
+                    reject(out, reason, format!("backlog record {i}: {detail}"), bytes)
+                }
             }
         }
     }
@@ -307,6 +286,18 @@ impl Decoder {
                 );
             }
         }
+        let faults = w.faults.unwrap_or_default();
+        if faults.iter().any(|f| f.contains('\0')) {
+            return refuse(RejectReason::Schema, NUL_TEXT.replace("{}", "faults"));
+        }
+        if let Some(extra) = &w.extra
+            && extra.iter().any(|(k, v)| k.contains('\0') || holds_nul(v))
+        {
+            return refuse(
+                RejectReason::Schema,
+                NUL_TEXT.replace("{}", "a field the contract does not name"),
+            );
+        }
         self.check_clock(ts, now)?;
         let (lat, lon) = self.crs.to_wgs84(lat, lon);
         Ok(Reading {
@@ -327,7 +318,7 @@ impl Decoder {
             batt_v: w.batt_v,
             odo_km: w.odo_km,
             locked: w.locked,
-            faults: w.faults.unwrap_or_default(),
+            faults,
             extra: w.extra,
         })
     }
@@ -360,6 +351,9 @@ impl Decoder {
         let body: serde_json::Value = serde_json::from_slice(payload).map_err(json_refusal)?;
         if !body.is_object() {
             return refuse(RejectReason::Schema, "an event must be a JSON object");
+        }
+        if holds_nul(&body) {
+            return refuse(RejectReason::Schema, NUL_TEXT.replace("{}", "the event"));
         }
         let w = WireEvent::deserialize_value(&body)?;
         if let Some(id) = &w.vehicle_id
@@ -446,6 +440,19 @@ impl WireEvent {
 }
 
 use serde::Deserialize as _;
+
+/// PostgreSQL stores no U+0000 in text or jsonb: such a message is refused here, or it would
+/// fail its batch on every retry.
+const NUL_TEXT: &str = "text in {} contains U+0000, which the store cannot hold";
+
+fn holds_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
 
 fn require<T>(v: Option<T>, name: &str) -> Result<T, Refusal> {
     v.ok_or_else(|| {

@@ -235,3 +235,22 @@ fn telemetry_schema_matches_the_decoder() {
         Config::default().ingest.max_batch
     );
 }
+
+#[test]
+fn no_refusal_carries_a_nul_the_store_would_refuse() {
+    let cases: [(&str, &[u8]); 3] = [
+        ("hyfleet/v1/bike/XY-B0001/status", "on\u{0}line".as_bytes()),
+        (
+            "hyfleet/v1/bike/XY-B0001/event",
+            br#"{"ts":"2026-11-29T09:59:58Z","type":"ri\u0000de"}"#,
+        ),
+        (T, &with("faults", serde_json::json!(["E\u{0}"]))),
+    ];
+    for (topic, payload) in cases {
+        let out = run(topic, payload);
+        assert_eq!(out.rejects.len(), 1, "{topic}");
+        let r = &out.rejects[0];
+        assert_eq!(r.reason, RejectReason::Schema, "{topic}: {}", r.detail);
+        assert!(!r.detail.contains('\0') && !r.topic.contains('\0'), "{r:?}");
+    }
+}

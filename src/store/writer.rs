@@ -373,13 +373,15 @@ async fn save_vehicles(
 /// Records of vehicles that are not registered (with `auto_register` off) become rejects.
 fn refuse_unknown(batch: &mut Decoded, refs: &HashMap<VehicleId, VehicleRef>, now: DateTime<Utc>) {
     let unknown = |v: &VehicleId| !refs.contains_key(v);
-    let reject = |v: &VehicleId, kind: VehicleKind, channel: &str, payload: Vec<u8>| Reject {
-        received_at: now,
-        topic: format!("{}/{}/{}", kind, v, channel),
-        vehicle: Some(v.to_string()),
-        reason: RejectReason::UnknownVehicle,
-        detail: format!("vehicle `{v}` is not registered and ingest.auto_register is off"),
-        payload,
+    let reject = |v: &VehicleId, kind: VehicleKind, channel: &str, payload: Vec<u8>| {
+        Reject::new(
+            now,
+            &format!("{kind}/{v}/{channel}"),
+            Some(v.as_str()),
+            RejectReason::UnknownVehicle,
+            &format!("vehicle `{v}` is not registered and ingest.auto_register is off"),
+            &payload,
+        )
     };
     let mut rejects = Vec::new();
     batch.readings.retain(|r| {

@@ -318,3 +318,52 @@ async fn closed_partitions_have_their_index_compacted_once() {
         .await;
     assert!(dup.is_err(), "duplicate accepted");
 }
+
+/// Text PostgreSQL cannot store (U+0000 in a fault code, in an unknown field, in an event) is
+/// refused at the door as `schema`: it never reaches a batch, where it would fail every retry
+/// and stall ingest behind it.
+#[tokio::test]
+async fn text_the_store_cannot_hold_is_rejected_and_ingest_goes_on() {
+    let db = TestDb::new().await;
+    let config = config(&db, BROKER);
+    let root = config.mqtt.topic_root.clone();
+    let svc = InProcess::start(config).await;
+    let mut fw = Publisher::connect(BROKER).await;
+    let now = chrono::Utc::now();
+    let t = format!("{root}/bike/XY-B0003/telemetry");
+    let at = |s: u32| now - chrono::Duration::seconds(100 - i64::from(s));
+    let mut nul_fault = reading(2, at(2));
+    nul_fault["faults"] = json!(["E\u{0}1"]);
+    let mut nul_extra = reading(3, at(3));
+    nul_extra["firmware"] = json!({"build": "2.1\u{0}"});
+    fw.publish(&t, reading(1, at(1)).to_string()).await;
+    fw.publish(&t, nul_fault.to_string()).await;
+    fw.publish(&t, nul_extra.to_string()).await;
+    fw.publish(
+        &format!("{root}/bike/XY-B0003/event"),
+        json!({"ts": at(4).to_rfc3339(), "type": "fault", "code": "E\u{0}"}).to_string(),
+    )
+    .await;
+    fw.publish(&t, reading(5, at(5)).to_string()).await;
+    fw.flush().await;
+    let client = db.client().await;
+    eventually(20, "the good readings stored and three rejects", || async {
+        let stored = count(&client, "SELECT count(*) FROM telemetry").await;
+        let rejects = count(
+            &client,
+            "SELECT count(*) FROM rejects WHERE reason = 'schema'",
+        )
+        .await;
+        (stored == 2 && rejects == 3).then_some(())
+    })
+    .await;
+    let details: Vec<String> = client
+        .query("SELECT detail FROM rejects", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(details.iter().all(|d| d.contains("U+0000")), "{details:?}");
+    svc.stop().await;
+}
