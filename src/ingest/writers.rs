@@ -10,6 +10,8 @@ use tokio::task::JoinHandle;
 use super::IngestDeps;
 use super::batcher::Job;
 use crate::config::Config;
+use crate::decode::Decoded;
+use crate::domain::{Reject, RejectReason};
 use crate::store::BatchWriter;
 
 pub type Done = mpsc::UnboundedSender<Vec<(u64, rumqttc::Publish)>>;
@@ -59,9 +61,21 @@ impl Writer {
     async fn commit(&mut self, job: &mut Job) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.try_commit(job).await {
+            match self.try_commit(&mut job.decoded, job.first_received).await {
                 Ok(()) => {
                     self.deps.health.set_store(true);
+                    return;
+                }
+                Err(e) if refused_as_data(&e) => {
+                    // Retrying would fail the same way and stall ingest: find what the store
+                    // refuses, record it as a reject, and store everything else.
+                    tracing::warn!(
+                        writer = self.n,
+                        error = format!("{e:#}"),
+                        "the store refused part of a batch; isolating it"
+                    );
+                    let batch = std::mem::take(&mut job.decoded);
+                    self.isolate(batch, job.first_received).await;
                     return;
                 }
                 Err(e) => {
@@ -78,7 +92,44 @@ impl Writer {
         }
     }
 
-    async fn try_commit(&mut self, job: &mut Job) -> anyhow::Result<()> {
+    /// Commit `batch` in halves, and halves of halves, until what the store refuses stands
+    /// alone; that becomes a reject (`schema`, with the database's reason). Other failures
+    /// are retried as in [`Writer::commit`].
+    async fn isolate(&mut self, batch: Decoded, first_received: chrono::DateTime<chrono::Utc>) {
+        let mut todo = vec![batch];
+        while let Some(mut part) = todo.pop() {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.try_commit(&mut part, first_received).await {
+                    Ok(()) => break,
+                    Err(e) if refused_as_data(&e) => {
+                        match split(part) {
+                            Ok((a, b)) => todo.extend([b, a]),
+                            Err(alone) => todo.extend(refusal(alone, &e)),
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        self.deps.metrics.write_errors.fetch_add(1, Relaxed);
+                        self.deps.health.set_store(false);
+                        tracing::error!(writer = self.n, error = format!("{e:#}"), retry_in = ?backoff, "batch write failed; retrying");
+                        if self.conn.as_ref().is_some_and(BatchWriter::is_closed) {
+                            self.conn = None;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        self.deps.health.set_store(true);
+    }
+
+    async fn try_commit(
+        &mut self,
+        batch: &mut Decoded,
+        first_received: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
         if self.conn.is_none() {
             self.conn = Some(
                 BatchWriter::connect(
@@ -94,8 +145,8 @@ impl Writer {
         let conn = self.conn.as_mut().expect("connected above");
         let started = std::time::Instant::now();
         let now = chrono::Utc::now();
-        let unknown_before = job.decoded.rejects.len();
-        let outcome = match conn.write(&mut job.decoded, now).await {
+        let unknown_before = batch.rejects.len();
+        let outcome = match conn.write(batch, now).await {
             Ok(o) => o,
             Err(e) => {
                 // A broken connection is not retried in place.
@@ -108,23 +159,122 @@ impl Writer {
         let m = &self.deps.metrics;
         m.commit_seconds.observe(started.elapsed().as_secs_f64());
         m.add_phases(&outcome.phases);
-        m.batch_rows.observe(job.decoded.readings.len() as f64);
+        m.batch_rows.observe(batch.readings.len() as f64);
         m.readings_stored.fetch_add(outcome.stored as u64, Relaxed);
         m.readings_duplicate
             .fetch_add(outcome.duplicates as u64, Relaxed);
         m.events_stored.fetch_add(outcome.events as u64, Relaxed);
         m.alert_events
             .fetch_add(outcome.alert_events as u64, Relaxed);
-        for r in &job.decoded.rejects[unknown_before.min(job.decoded.rejects.len())..] {
+        for r in &batch.rejects[unknown_before.min(batch.rejects.len())..] {
             m.reject(r.reason);
         }
         let committed = chrono::Utc::now();
         m.lag_ms
-            .store((committed - job.first_received).num_milliseconds(), Relaxed);
+            .store((committed - first_received).num_milliseconds(), Relaxed);
         if let Some(ts) = outcome.newest_ts {
             m.reading_age_ms
                 .store((committed - ts).num_milliseconds(), Relaxed);
         }
         Ok(())
     }
+}
+
+/// A database error that the same data would meet again: a data exception (class 22) or an
+/// integrity violation (class 23). Anything else (connection lost, disk full, a timeout)
+/// passes and the batch is tried again whole.
+fn refused_as_data(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .filter_map(tokio_postgres::Error::code)
+        .any(|code| matches!(&code.code()[..2], "22" | "23"))
+}
+
+/// Halves of a batch (each list cut in two), or the batch itself when it holds one record.
+fn split(mut d: Decoded) -> Result<(Decoded, Decoded), Decoded> {
+    let n = d.readings.len() + d.events.len() + d.statuses.len() + d.rejects.len();
+    if n <= 1 {
+        return Err(d);
+    }
+    let half = |len: usize| len - len / 2;
+    let b = Decoded {
+        readings: d.readings.split_off(half(d.readings.len())),
+        events: d.events.split_off(half(d.events.len())),
+        statuses: d.statuses.split_off(half(d.statuses.len())),
+        rejects: d.rejects.split_off(half(d.rejects.len())),
+    };
+    // A list of one stays on one side: make sure both sides hold something.
+    if b.readings.len() + b.events.len() + b.statuses.len() + b.rejects.len() == 0 {
+        let mut a = d;
+        let mut b = Decoded::default();
+        if let Some(r) = a.readings.pop() {
+            b.readings.push(r);
+        } else if let Some(e) = a.events.pop() {
+            b.events.push(e);
+        } else if let Some(s) = a.statuses.pop() {
+            b.statuses.push(s);
+        } else if let Some(r) = a.rejects.pop() {
+            b.rejects.push(r);
+        }
+        return Ok((a, b));
+    }
+    Ok((d, b))
+}
+
+/// The reject that stands for one record the store refused; nothing when the record was
+/// itself a reject (its text is storable by construction, so this does not happen).
+fn refusal(alone: Decoded, e: &anyhow::Error) -> Option<Decoded> {
+    let now = chrono::Utc::now();
+    let detail = format!("the store refused it: {}", error_text(e));
+    let reject = if let Some(r) = alone.readings.first() {
+        let topic = format!("{}/{}/telemetry", r.kind, r.vehicle);
+        let body = serde_json::to_vec(r).unwrap_or_default();
+        Reject::new(
+            now,
+            &topic,
+            Some(r.vehicle.as_str()),
+            RejectReason::Schema,
+            &detail,
+            &body,
+        )
+    } else if let Some(ev) = alone.events.first() {
+        let topic = format!("{}/{}/event", ev.kind, ev.vehicle);
+        let body = serde_json::to_vec(&ev.body).unwrap_or_default();
+        Reject::new(
+            now,
+            &topic,
+            Some(ev.vehicle.as_str()),
+            RejectReason::Schema,
+            &detail,
+            &body,
+        )
+    } else if let Some(s) = alone.statuses.first() {
+        let topic = format!("{}/{}/status", s.kind, s.vehicle);
+        Reject::new(
+            now,
+            &topic,
+            Some(s.vehicle.as_str()),
+            RejectReason::Schema,
+            &detail,
+            b"",
+        )
+    } else {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "the store refused a reject; dropped"
+        );
+        return None;
+    };
+    tracing::warn!(topic = %reject.topic, %detail, "record refused by the store; recorded as a reject");
+    Some(Decoded {
+        rejects: vec![reject],
+        ..Decoded::default()
+    })
+}
+
+fn error_text(e: &anyhow::Error) -> String {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .find_map(|pg| pg.as_db_error().map(|d| d.message().to_owned()))
+        .unwrap_or_else(|| format!("{e:#}"))
 }

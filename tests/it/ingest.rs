@@ -367,3 +367,54 @@ async fn text_the_store_cannot_hold_is_rejected_and_ingest_goes_on() {
     assert!(details.iter().all(|d| d.contains("U+0000")), "{details:?}");
     svc.stop().await;
 }
+
+/// A reading the database itself refuses (a check the decoder does not know, here a trigger
+/// raising a data exception for one seq) does not stall ingest: the batch is split until that
+/// reading stands alone, it becomes a `schema` reject with the database's reason, and every
+/// other reading of the batch and after it is stored.
+#[tokio::test]
+async fn a_reading_the_store_refuses_is_isolated_and_the_rest_stored() {
+    let db = TestDb::new().await;
+    let mut config = config(&db, BROKER);
+    config.ingest.batch_max_age_ms = 500;
+    let root = config.mqtt.topic_root.clone();
+    let svc = InProcess::start(config).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse_13() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.seq = 13 THEN
+                 RAISE EXCEPTION 'seq 13 is cursed' USING ERRCODE = 'invalid_parameter_value';
+             END IF; RETURN NEW; END $$;
+             CREATE TRIGGER refuse_13 BEFORE INSERT ON telemetry
+                 FOR EACH ROW EXECUTE FUNCTION refuse_13();",
+        )
+        .await
+        .unwrap();
+    let mut fw = Publisher::connect(BROKER).await;
+    let now = chrono::Utc::now();
+    let t = format!("{root}/bike/XY-B0004/telemetry");
+    for seq in 1..=60u32 {
+        let ts = now - chrono::Duration::seconds(100 - i64::from(seq));
+        fw.publish(&t, reading(seq, ts).to_string()).await;
+    }
+    fw.flush().await;
+    eventually(30, "59 readings stored and one refused", || async {
+        let stored = count(&client, "SELECT count(*) FROM telemetry").await;
+        let refused = count(&client, "SELECT count(*) FROM rejects").await;
+        (stored == 59 && refused == 1).then_some(())
+    })
+    .await;
+    let row = client
+        .query_one("SELECT reason, detail, topic FROM rejects", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "schema");
+    assert!(row.get::<_, String>(1).contains("seq 13 is cursed"));
+    assert!(row.get::<_, String>(2).ends_with("XY-B0004/telemetry"));
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM telemetry WHERE seq = 13").await,
+        0
+    );
+    svc.stop().await;
+}
