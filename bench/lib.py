@@ -30,7 +30,10 @@ max_queued_bytes 0
 allow_anonymous true
 """
 # Lines of the project's configuration that the harness replaces with its own.
-_OWN = ("listener", "port", "persistence_location", "log_dest", "pid_file", "include_dir", "bind_address")
+_OWN = ("listener", "port", "persistence_location", "log_dest", "pid_file", "include_dir", "bind_address",
+        # The simulated devices connect anonymously: no passwords, no ACL (the ACL's cost aside,
+        # the broker's work per message is the same).
+        "allow_anonymous", "password_file", "acl_file")
 
 
 def free_port():
@@ -49,6 +52,8 @@ class Broker:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="hyfleet-bench-mosq-")
+        # Started as root, Mosquitto drops to its own user, which must write here.
+        os.chmod(self.dir, 0o777)
         self.port = free_port()
         project = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
         if project.exists():
@@ -61,7 +66,7 @@ class Broker:
             base, self.source = ESSENTIAL_BROKER_CONF, "essentials in bench/lib.py"
         self.conf = (
             f"listener {self.port} 127.0.0.1\npersistence_location {self.dir}/\n"
-            f"log_dest file {self.dir}/mosquitto.log\n" + base
+            f"log_dest file {self.dir}/mosquitto.log\nallow_anonymous true\n" + base.rstrip("\n") + "\n"
         )
         Path(self.dir, "mosquitto.conf").write_text(self.conf)
         self.proc = subprocess.Popen(
@@ -324,6 +329,36 @@ def proc_usage(pid):
             if line.startswith("VmHWM:"):
                 hwm = int(line.split()[1]) / 1024
     return cpu, hwm
+
+
+def scrape(url):
+    """hyfleet's /metrics as {name or name{labels}: value}; None when it does not answer."""
+    import urllib.request
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def rss_mib(pid):
+    """Resident set size (VmRSS) of a process in MiB, None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def percentile(xs, p):

@@ -150,23 +150,29 @@ rate_per_minute = 100000
     return path, http_port
 
 
+def start_hyfleet(args, cfg, http_port, log):
+    """`hyfleet serve` with the configuration `cfg`; returns once it is ready (subscribed:
+    readings published from then on are its to store)."""
+    p = subprocess.Popen([str(args.hyfleet_bin), "--config", str(cfg), "serve"], stdout=log, stderr=log,
+                         env={**os.environ, "RUST_LOG": "warn"})
+    lib.wait_port(http_port, 30)
+    deadline = time.time() + 30
+    import urllib.request
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    return p
+
+
 def start_system(system, args, broker, db, root, hook_url):
     """Starts one consumer; returns (process, pid to measure, its /metrics URL or None)."""
     log = open(Path(tempfile.gettempdir()) / f"hyfleet-bench-{system}.log", "w")
     if system == "hyfleet":
         cfg, http_port = hyfleet_config(args, broker, db, root, hook_url)
-        p = subprocess.Popen([str(args.hyfleet_bin), "--config", str(cfg), "serve"], stdout=log, stderr=log,
-                             env={**os.environ, "RUST_LOG": "warn"})
-        lib.wait_port(http_port, 30)
-        # Ready means subscribed: readings published from now on are its to store.
-        deadline = time.time() + 30
-        import urllib.request
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
+        p = start_hyfleet(args, cfg, http_port, log)
         return p, p.pid, f"http://127.0.0.1:{http_port}/metrics"
     if system == "python":
         p = subprocess.Popen(
