@@ -61,13 +61,12 @@ class Broker:
                 line for line in project.read_text().splitlines(keepends=True)
                 if not line.strip().startswith(_OWN)
             )
-            base += "allow_anonymous true\n"
             self.source = str(project.relative_to(ROOT)) + " (without its password and ACL files)"
         else:
             base, self.source = ESSENTIAL_BROKER_CONF, "essentials in bench/lib.py"
         self.conf = (
             f"listener {self.port} 127.0.0.1\npersistence_location {self.dir}/\n"
-            f"log_dest file {self.dir}/mosquitto.log\n" + base
+            f"log_dest file {self.dir}/mosquitto.log\nallow_anonymous true\n" + base.rstrip("\n") + "\n"
         )
         Path(self.dir, "mosquitto.conf").write_text(self.conf)
         self.proc = subprocess.Popen(
@@ -330,6 +329,36 @@ def proc_usage(pid):
             if line.startswith("VmHWM:"):
                 hwm = int(line.split()[1]) / 1024
     return cpu, hwm
+
+
+def scrape(url):
+    """hyfleet's /metrics as {name or name{labels}: value}; None when it does not answer."""
+    import urllib.request
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def rss_mib(pid):
+    """Resident set size (VmRSS) of a process in MiB, None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def percentile(xs, p):

@@ -9,6 +9,9 @@ readings at a set rate and fleet size), every phase:
             publish-to-webhook, CPU s / 1,000 readings, peak RSS, bytes per stored reading
   python    the Python peer (bench/peers/python) on the same workload
   nodered   the Node-RED peer (bench/peers/node-red) on the same workload
+  api       the operator API's queries (fleet snapshot, a vehicle's day in 1-minute buckets, open
+            alerts) on a store seeded with `--api-hours` of 1 Hz data for 505 vehicles, under
+            ingest load; only when asked for (`--phases api`), once
 
 Writes bench/results/<UTC date-time>.json and prints a table of medians with the ratios to the
 ceilings and to each peer. See BENCHMARKS.md. Never run by CI: nothing here is a test.
@@ -122,7 +125,215 @@ def phase_copy(args, source_db, hyfleet_bin):
         dest.drop()
 
 
-def hyfleet_config(args, broker, db, root, hook_url):
+# --- api: the operator API's queries over a day of data, under ingest load -------------------
+
+API_TOKEN = "bench-api-viewer-token-0123456789abcdef"
+# Profiles of data/xiaoyi/profiles.toml: tank, speed cap, nominal km per g (range ÷ tank).
+API_FLEET = (("bike", "XY-B", 500, 50.0, 23.0, 60.0 / 50.0), ("bus", "XY-H", 5, 25000.0, 80.0, 350.0 / 25000.0))
+
+
+def seed_api_store(db, hours, log=print):
+    """`hours` of 1 Hz readings up to now for the simulator's 505 vehicles (its codes, so that the
+    ingest load lands on them), written directly in SQL: `telemetry`, the minute and day rollups
+    derived from those rows with the meaning the batch writer gives them (src/store/rollup.rs),
+    each vehicle's latest state, and alerts (open ones and a day's resolved ones). Returns the
+    first and the end instant of the seeded readings."""
+    end = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    start = end - dt.timedelta(hours=hours)
+    with db.connect() as c:
+        for kind, prefix, n, tank, cap, kpg in API_FLEET:
+            c.execute(
+                "INSERT INTO vehicles (code, kind, registered_at, tank_g, speed_cap_kmh, km_per_g) "
+                "SELECT %s || lpad(i::text, 4, '0'), %s, %s, %s, %s, %s FROM generate_series(1, %s) i",
+                (prefix, kind, start, tank, cap, kpg, n),
+            )
+        # Readings: every vehicle every second; a loop around its own point, hydrogen from full
+        # to 10 % and refuelled every hour, the odometer at a steady 14.4 km/h (bikes) or 36 (buses).
+        total = round(hours * 3600)
+        for h, lo in enumerate(range(0, total, 3600)):
+            t0 = time.perf_counter()
+            c.execute(
+                "INSERT INTO telemetry (ts, seq, lat, lon, odo_km, vehicle, speed_kmh, h2_g, hdop, heading_deg, "
+                "tank_temp_c, fc_power_w, batt_v, locked) "
+                "SELECT %(start)s + k * interval '1 second', k + 1, "
+                "37.146 + 0.01 * sin(k / 600.0 + v.id), 111.78 + 0.01 * cos(k / 600.0 + v.id), "
+                "k * CASE v.kind WHEN 'bus' THEN 0.01 ELSE 0.004 END, v.id, "
+                "(CASE v.kind WHEN 'bus' THEN 36 ELSE 14.4 END) * (1 + 0.3 * sin(k / 60.0 + v.id)), "
+                "v.tank_g * (1 - 0.9 * (k %% 3600) / 3600.0), 0.8, (k + 7 * v.id) %% 360, 20, 300, 39, false "
+                "FROM generate_series(%(lo)s::int, %(hi)s::int) k CROSS JOIN vehicles v",
+                {"start": start, "lo": lo, "hi": min(lo + 3600, total) - 1},
+            )
+            log(f"  seeded hour {h + 1}/{-(-total // 3600)} in {time.perf_counter() - t0:.1f} s")
+        # Minute rollups: each reading's step from its vehicle's previous one (odometer when both
+        # carry one and it did not go back, else the straight line; hydrogen drops only), booked
+        # to the later reading's minute; the bucket ends where its newest reading was.
+        t0 = time.perf_counter()
+        ids = [r[0] for r in c.execute("SELECT id FROM vehicles ORDER BY id").fetchall()]
+        for i in range(0, len(ids), 50):
+            c.execute(
+                "INSERT INTO telemetry_1m (vehicle, bucket, readings, distance_km, h2_used_g, speed_min, speed_max, "
+                "speed_sum, h2_min, h2_max, h2_sum, last_ts, lat, lon, odo_km) "
+                "SELECT vehicle, to_timestamp(floor(extract(epoch FROM ts) / 60) * 60), count(*), sum(km), sum(h2), "
+                "min(speed_kmh), max(speed_kmh), sum(speed_kmh), min(h2_g), max(h2_g), sum(h2_g), max(ts), "
+                "(array_agg(lat ORDER BY ts DESC))[1], (array_agg(lon ORDER BY ts DESC))[1], max(odo_km) "
+                "FROM (SELECT vehicle, ts, lat, lon, speed_kmh, h2_g, odo_km, "
+                "  CASE WHEN p_ts IS NULL OR p_ts >= ts THEN 0 "
+                "       WHEN p_odo IS NOT NULL AND odo_km IS NOT NULL AND odo_km >= p_odo THEN odo_km - p_odo "
+                "       ELSE 2 * 6371.0088 * asin(sqrt(sin(radians(lat - p_lat) / 2) ^ 2 "
+                "            + cos(radians(p_lat)) * cos(radians(lat)) * sin(radians(lon - p_lon) / 2) ^ 2)) END AS km, "
+                "  CASE WHEN p_ts IS NULL OR p_ts >= ts THEN 0 ELSE greatest(p_h2 - h2_g, 0) END AS h2 "
+                "  FROM (SELECT vehicle, ts, lat, lon, speed_kmh, h2_g, odo_km, lag(ts) OVER w AS p_ts, "
+                "        lag(lat) OVER w AS p_lat, lag(lon) OVER w AS p_lon, lag(h2_g) OVER w AS p_h2, "
+                "        lag(odo_km) OVER w AS p_odo FROM telemetry WHERE vehicle = ANY(%s) "
+                "        WINDOW w AS (PARTITION BY vehicle ORDER BY ts, seq)) s) r "
+                "GROUP BY 1, 2",
+                (ids[i:i + 50],),
+            )
+        # Day rollups (operator's day: Asia/Shanghai midnight to midnight) from the minutes.
+        c.execute(
+            "INSERT INTO telemetry_1d (vehicle, bucket, readings, distance_km, h2_used_g, speed_min, speed_max, "
+            "speed_sum, h2_min, h2_max, h2_sum, last_ts, lat, lon, odo_km) "
+            "SELECT vehicle, to_timestamp(e - ((e + 28800) % 86400)), sum(readings), sum(distance_km), "
+            "sum(h2_used_g), min(speed_min), max(speed_max), sum(speed_sum), min(h2_min), max(h2_max), sum(h2_sum), "
+            "max(last_ts), (array_agg(lat ORDER BY last_ts DESC))[1], (array_agg(lon ORDER BY last_ts DESC))[1], "
+            "max(odo_km) FROM (SELECT *, extract(epoch FROM bucket)::bigint AS e FROM telemetry_1m) m GROUP BY 1, 2"
+        )
+        log(f"  rollups in {time.perf_counter() - t0:.1f} s")
+        # Latest state: each vehicle's newest reading.
+        c.execute(
+            "UPDATE vehicles v SET last_ts = t.ts, last_seen = t.ts, lat = t.lat, lon = t.lon, "
+            "speed_kmh = t.speed_kmh, heading_deg = t.heading_deg, h2_g = t.h2_g, range_km = t.h2_g * v.km_per_g, "
+            "locked = t.locked, odo_km = t.odo_km, online = true, status_at = t.ts "
+            "FROM vehicles w CROSS JOIN LATERAL (SELECT * FROM telemetry x WHERE x.vehicle = w.id "
+            "ORDER BY x.ts DESC, x.seq DESC LIMIT 1) t WHERE v.id = w.id"
+        )
+        # Alerts: 40 open (low hydrogen on 25 bikes, parking violations on 15), and over the day
+        # 4 resolved ones per vehicle.
+        c.execute(
+            "INSERT INTO alerts (vehicle_id, rule, state, severity, opened_at, lat, lon, details) "
+            "SELECT v.id, CASE WHEN v.id <= 25 THEN 'low_hydrogen' ELSE 'parking_violation' END, 'open', "
+            "CASE WHEN v.id <= 10 THEN 'critical' ELSE 'warning' END, %s - v.id * interval '1 minute', "
+            "v.lat, v.lon, '{}' FROM vehicles v WHERE v.kind = 'bike' AND v.id <= 40",
+            (end,),
+        )
+        c.execute(
+            "INSERT INTO alerts (vehicle_id, rule, state, severity, opened_at, acknowledged_at, resolved_at, "
+            "lat, lon, details) "
+            "SELECT v.id, CASE WHEN k %% 2 = 0 THEN 'low_hydrogen' ELSE 'parking_violation' END, 'resolved', "
+            "'warning', o, o + interval '2 minutes', o + interval '10 minutes', v.lat, v.lon, '{}' "
+            "FROM vehicles v CROSS JOIN generate_series(1, 4) k "
+            "CROSS JOIN LATERAL (SELECT %s + (%s * k / 5) * interval '1 second' AS o) t",
+            (start, total),
+        )
+        c.execute("ANALYZE")
+    return start, end
+
+
+def phase_api(args, broker, hook):
+    """Operator-API latencies: a store seeded with `--api-hours` of 1 Hz data for 505 vehicles,
+    hyfleet serving it while the simulator publishes `--api-rate` readings/s to it, and
+    `--api-requests` timed requests of each query, one at a time, round robin."""
+    import http.client
+    import random
+    import urllib.parse
+
+    db = lib.Database(args.hyfleet_bin)
+    proc = simp = None
+    try:
+        t0 = time.perf_counter()
+        start, end = seed_api_store(db, args.api_hours, log=lambda m: print(m, flush=True))
+        seed_secs = time.perf_counter() - t0
+        with db.connect() as c:
+            rows, size = c.execute(
+                "SELECT (SELECT count(*) FROM telemetry), pg_database_size(current_database())"
+            ).fetchone()
+        print(f"  seeded {rows:,} readings in {seed_secs:.0f} s, database {size / 2**30:.2f} GiB", flush=True)
+        root = f"bench/{uuid.uuid4().hex[:8]}"
+        extra = f'[[api.tokens]]\nname = "bench"\nrole = "viewer"\ntoken = "{API_TOKEN}"\n'
+        cfg, http_port = hyfleet_config(args, broker, db, root, hook.url, extra)
+        log = open(Path(tempfile.gettempdir()) / "hyfleet-bench-api.log", "w")
+        # At start hyfleet rebuilds the index of each past day's partition (src/store/partitions.rs,
+        # once a day in service) before it serves: done before the queries are timed.
+        t0 = time.perf_counter()
+        proc = start_hyfleet(args, cfg, http_port, log, ready_secs=3600)
+        start_secs = time.perf_counter() - t0
+        simp = subprocess.Popen(
+            [str(args.bench_bin), "sim", "--mqtt-url", broker.url, "--topic-root", root, "--rate-per-sec",
+             str(args.api_rate), "--vehicles", "505", "--duration-secs", "3600", "--seed", str(args.seed),
+             "--qos", "1", "--connections", str(args.connections)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+        time.sleep(5)  # ingest settles at the asked rate
+        conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
+        auth = {"Authorization": f"Bearer {API_TOKEN}"}
+        since = urllib.parse.quote(start.isoformat().replace("+00:00", "Z"))
+        rng = random.Random(args.seed)
+        codes = [f"XY-B{i:04d}" for i in range(1, 501)] + [f"XY-H{i:04d}" for i in range(1, 6)]
+        queries = {
+            "fleet_snapshot": lambda: "/api/v1/vehicles?limit=1000",
+            "vehicle_series_1m": lambda: f"/api/v1/vehicles/{rng.choice(codes)}/telemetry?from={since}"
+                                         "&every=1m&limit=1000",
+            "open_alerts": lambda: "/api/v1/alerts?state=open",
+        }
+        times = {q: [] for q in queries}
+        sizes = {q: 0 for q in queries}
+        m0 = lib.scrape(metrics_url) or {}
+        w0 = time.time()
+        for _ in range(args.api_requests):
+            for q, path in queries.items():
+                p = path()
+                t = time.perf_counter()
+                conn.request("GET", p, headers=auth)
+                r = conn.getresponse()
+                body = r.read()
+                times[q].append((time.perf_counter() - t) * 1000)
+                if r.status != 200:
+                    raise RuntimeError(f"GET {p}: {r.status} {body[:300]!r}")
+                sizes[q] = len(body)
+        window = time.time() - w0
+        m1 = lib.scrape(metrics_url) or {}
+        stored = m1.get("hyfleet_readings_stored_total", 0) - m0.get("hyfleet_readings_stored_total", 0)
+        res = {
+            "hours": args.api_hours, "vehicles": 505, "seeded_readings": rows, "seed_secs": seed_secs,
+            "database_gib": size / 2**30, "hyfleet_start_secs": start_secs, "ingest_rate_asked": args.api_rate,
+            "ingest_stored_per_sec_while_timed": stored / window if window else None,
+            "requests_per_query": args.api_requests, "timed_secs": window, "load_avg": os.getloadavg()[0],
+        }
+        for q, ts in times.items():
+            res[q] = {"p50_ms": lib.percentile(ts, 50), "p99_ms": lib.percentile(ts, 99), "max_ms": max(ts),
+                      "response_bytes": sizes[q]}
+        return res
+    finally:
+        if simp and simp.poll() is None:
+            simp.send_signal(signal.SIGINT)
+            try:
+                simp.wait(30)
+            except subprocess.TimeoutExpired:
+                simp.kill()
+                simp.wait()
+        if proc:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        db.drop()
+
+
+def print_api(r):
+    print(f"\noperator API: {r['hours']} h of 1 Hz data for {r['vehicles']} vehicles ({r['seeded_readings']:,} "
+          f"readings), ingest {fmt(r['ingest_stored_per_sec_while_timed'])}/s stored while timed "
+          f"({fmt(r['ingest_rate_asked'])}/s asked), {r['requests_per_query']} requests of each")
+    print("query | p50 ms | p99 ms | max ms | response bytes")
+    for q in ("fleet_snapshot", "vehicle_series_1m", "open_alerts"):
+        x = r[q]
+        print(f"{q} | {fmt(x['p50_ms'], 1)} | {fmt(x['p99_ms'], 1)} | {fmt(x['max_ms'], 1)} | {fmt(x['response_bytes'])}")
+
+
+def hyfleet_config(args, broker, db, root, hook_url, extra=""):
+    """hyfleet's configuration for a run; `extra` is TOML appended to it."""
     http_port = lib.free_port()
     text = f"""
 [database]
@@ -144,10 +355,27 @@ url = "{hook_url}"
 secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 events = ["alert.opened"]
 rate_per_minute = 100000
-"""
+""" + extra
     path = Path(tempfile.mkdtemp(prefix="hyfleet-bench-")) / "hyfleet.toml"
     path.write_text(text)
     return path, http_port
+
+
+def start_hyfleet(args, cfg, http_port, log, ready_secs=30):
+    """`hyfleet serve` with the configuration `cfg`; returns once it is ready (subscribed:
+    readings published from then on are its to store)."""
+    p = subprocess.Popen([str(args.hyfleet_bin), "--config", str(cfg), "serve"], stdout=log, stderr=log,
+                         env={**os.environ, "RUST_LOG": "warn"})
+    lib.wait_port(http_port, ready_secs)
+    deadline = time.time() + 30
+    import urllib.request
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    return p
 
 
 def start_system(system, args, broker, db, root, hook_url):
@@ -155,18 +383,7 @@ def start_system(system, args, broker, db, root, hook_url):
     log = open(Path(tempfile.gettempdir()) / f"hyfleet-bench-{system}.log", "w")
     if system == "hyfleet":
         cfg, http_port = hyfleet_config(args, broker, db, root, hook_url)
-        p = subprocess.Popen([str(args.hyfleet_bin), "--config", str(cfg), "serve"], stdout=log, stderr=log,
-                             env={**os.environ, "RUST_LOG": "warn"})
-        lib.wait_port(http_port, 30)
-        # Ready means subscribed: readings published from now on are its to store.
-        deadline = time.time() + 30
-        import urllib.request
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
+        p = start_hyfleet(args, cfg, http_port, log)
         return p, p.pid, f"http://127.0.0.1:{http_port}/metrics"
     if system == "python":
         p = subprocess.Popen(
@@ -362,6 +579,9 @@ def main():
     ap.add_argument("--broker-secs", type=float, default=10)
     ap.add_argument("--copy-batch", type=int, default=5000)
     ap.add_argument("--copy-connections", type=int, default=2)
+    ap.add_argument("--api-hours", type=float, default=24, help="hours of 1 Hz data seeded for the api phase")
+    ap.add_argument("--api-rate", type=float, default=5000, help="readings/s published while the API is timed")
+    ap.add_argument("--api-requests", type=int, default=200, help="timed requests of each API query")
     ap.add_argument("--hyfleet-bin", type=Path, default=TARGET / "release/hyfleet")
     ap.add_argument("--bench-bin", type=Path, default=TARGET / "release/hyfleet-bench")
     ap.add_argument("--out", type=Path)
@@ -386,7 +606,7 @@ def main():
         out.write_text(json.dumps(results, indent=2))
 
     try:
-        for rep in range(args.repeats):
+        for rep in range(args.repeats if set(phases) - {"api"} else 0):
             if "broker" in phases:
                 r = phase_broker(args, broker)
                 print(f"[{rep}] broker ceiling: {r}", flush=True)
@@ -410,12 +630,18 @@ def main():
                     if not r["sustained"]:
                         break
                 save()
+        if "api" in phases:
+            results["api"] = phase_api(args, broker, hook)
+            save()
     finally:
         hook.stop()
         broker.stop()
         results["machine"]["load_at_end"] = os.getloadavg()
         save()
-        print_table(results["summary"])
+        if results["runs"] or results["broker"] or results["copy"]:
+            print_table(results["summary"])
+        if results.get("api"):
+            print_api(results["api"])
         print(f"\nwritten to {out}")
 
 
