@@ -98,15 +98,15 @@ async fn maintain_partitions(
     config: &Config,
 ) -> anyhow::Result<()> {
     let client = pool.get().await.context("no database connection")?;
-    let upkeep = store::partitions::maintain(
+    let (created, dropped) = store::partitions::maintain(
         &client,
         config.store.raw_retention_days,
         config.store.partitions_ahead_days,
         chrono::Utc::now(),
     )
     .await?;
-    if upkeep != Default::default() {
-        tracing::info!(?upkeep, "telemetry partitions maintained");
+    if created + dropped > 0 {
+        tracing::info!(created, dropped, "telemetry partitions maintained");
     }
     let expired = store::rollup::expire(
         &client,
@@ -121,17 +121,33 @@ async fn maintain_partitions(
     Ok(())
 }
 
+/// Hourly: partitions and rollup retention (done once already before serving), and the
+/// index rebuild of closed days, which may take minutes and so never delays the start.
 async fn partition_upkeep(pool: deadpool_postgres::Pool, config: Config, mut shutdown: Shutdown) {
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = shutdown.wait() => return,
+        if !first {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                _ = shutdown.wait() => return,
+            }
+            if let Err(e) = maintain_partitions(&pool, &config).await {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "partition upkeep failed; will retry in an hour"
+                );
+            }
         }
-        if let Err(e) = maintain_partitions(&pool, &config).await {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "partition upkeep failed; will retry in an hour"
-            );
+        first = false;
+        let compacted = async {
+            let client = pool.get().await.context("no database connection")?;
+            store::partitions::compact(&client, chrono::Utc::now()).await
+        };
+        tokio::select! {
+            r = compacted => if let Err(e) = r {
+                tracing::error!(error = format!("{e:#}"), "index rebuild failed; will retry in an hour");
+            },
+            _ = shutdown.wait() => return,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Daily partitions of `telemetry`: made ahead of time, dropped past the retention, and their
-//! unique index rebuilt once the day is over. The decoder refuses readings outside
+//! unique index rebuilt once the day is over (in the background: see [`compact`]). The decoder refuses readings outside
 //! `[now - retention, now + skew]`, and partitions always cover one day more than that on each
 //! side, so an accepted reading always has a partition to land in.
 
@@ -7,41 +7,28 @@ use anyhow::Context as _;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 
 const LOCK_KEY: i64 = 0x6879_666c_6565_7402;
+/// Held while one instance rebuilds indexes, which may take minutes on a full day.
+const COMPACT_LOCK_KEY: i64 = 0x6879_666c_6565_7403;
 
 fn name(day: NaiveDate) -> String {
     format!("telemetry_{}", day.format("%Y%m%d"))
 }
 
-/// What one round of upkeep did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Upkeep {
-    pub created: usize,
-    pub dropped: usize,
-    pub compacted: usize,
-}
-
-/// Create the missing partitions of `[today - retention - 1, today + ahead]`, drop the ones
-/// wholly older than that, and compact the closed ones not compacted yet.
+/// Create the missing partitions of `[today - retention - 1, today + ahead]` and drop the ones
+/// wholly older than that. Returns (created, dropped).
 pub async fn maintain(
     client: &tokio_postgres::Client,
     retention_days: u32,
     ahead_days: u32,
     now: DateTime<Utc>,
-) -> anyhow::Result<Upkeep> {
+) -> anyhow::Result<(usize, usize)> {
     let today = now.date_naive();
     let first = today - Duration::days(i64::from(retention_days) + 1);
     let last = today + Duration::days(i64::from(ahead_days.max(1)));
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await?;
-    let result = match maintain_locked(client, first, last).await {
-        Ok((created, dropped)) => compact(client, today).await.map(|compacted| Upkeep {
-            created,
-            dropped,
-            compacted,
-        }),
-        Err(e) => Err(e),
-    };
+    let result = maintain_locked(client, first, last).await;
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await?;
@@ -103,11 +90,30 @@ async fn maintain_locked(
     Ok((created, dropped))
 }
 
-/// Rebuild the unique index of every partition of a day before `today` that was not rebuilt
-/// yet. Readings of many vehicles arrive interleaved, so each vehicle's part of the index
-/// grows in the middle and its leaf pages split half-full; rebuilt, they are packed to 90 %
-/// (about 40 bytes a reading instead of 58). `CONCURRENTLY`: late readings still go in.
-async fn compact(client: &tokio_postgres::Client, today: NaiveDate) -> anyhow::Result<usize> {
+/// Rebuild the unique index of every partition of a day before today that was not rebuilt
+/// yet; returns how many. Readings of many vehicles arrive interleaved, so each vehicle's part
+/// of the index grows in the middle and its leaf pages split half-full; rebuilt, they are
+/// packed to 90 % (about 40 bytes a reading instead of 58). `CONCURRENTLY`: late readings still
+/// go in. One instance at a time; the others skip the round.
+pub async fn compact(client: &tokio_postgres::Client, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&COMPACT_LOCK_KEY])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(0);
+    }
+    let result = compact_locked(client, now.date_naive()).await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&COMPACT_LOCK_KEY])
+        .await?;
+    result
+}
+
+async fn compact_locked(
+    client: &tokio_postgres::Client,
+    today: NaiveDate,
+) -> anyhow::Result<usize> {
     let rows = client
         .query(
             "SELECT c.relname::text, i.relname::text, pg_relation_size(i.oid)

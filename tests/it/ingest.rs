@@ -263,10 +263,13 @@ async fn closed_partitions_have_their_index_compacted_once() {
     let db = TestDb::new().await;
     let client = db.client().await;
     let now = chrono::Utc::now();
-    let first = hyfleet::store::partitions::maintain(&client, 3, 1, now)
+    hyfleet::store::partitions::maintain(&client, 3, 1, now)
         .await
         .unwrap();
-    assert_eq!(first.compacted, 0, "nothing in the past to compact yet");
+    let first = hyfleet::store::partitions::compact(&client, now)
+        .await
+        .unwrap();
+    assert_eq!(first, 0, "nothing in the past to compact yet");
     let yesterday = (now - chrono::Duration::days(1)).date_naive();
     client
         .execute(
@@ -288,11 +291,11 @@ async fn closed_partitions_have_their_index_compacted_once() {
     };
     let before = index_size().await;
 
-    let upkeep = hyfleet::store::partitions::maintain(&client, 3, 1, now)
+    let compacted = hyfleet::store::partitions::compact(&client, now)
         .await
         .unwrap();
     assert_eq!(
-        upkeep.compacted, 1,
+        compacted, 1,
         "yesterday's; the empty ones have nothing to pack"
     );
     let after = index_size().await;
@@ -304,10 +307,10 @@ async fn closed_partitions_have_their_index_compacted_once() {
         count(&client, "SELECT count(*) FROM telemetry").await,
         90_000
     );
-    let again = hyfleet::store::partitions::maintain(&client, 3, 1, now)
+    let again = hyfleet::store::partitions::compact(&client, now)
         .await
         .unwrap();
-    assert_eq!(again.compacted, 0, "compacted once");
+    assert_eq!(again, 0, "compacted once");
     // The rebuilt index still refuses a reading stored twice.
     let dup = client
         .execute(
