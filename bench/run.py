@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -423,6 +424,24 @@ def start_system(system, args, broker, db, root, hook_url):
     raise ValueError(system)
 
 
+def pg_cpu(db, since=None):
+    """CPU seconds of the PostgreSQL backends connected to `db`: a {pid: secs} snapshot, or, with
+    `since`, the seconds spent since that snapshot (by backends alive at both ends, plus those
+    started since)."""
+    with psycopg.connect(lib.PG_ADMIN, autocommit=True) as c:
+        pids = [r[0] for r in c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (db.name,)).fetchall()]
+    now = {}
+    for p in pids:
+        try:
+            now[p] = lib.proc_usage(p)[0]
+        except OSError:
+            pass
+    if since is None:
+        return now
+    return sum(v - since.get(p, 0.0) for p, v in now.items())
+
+
 def write_phases(url):
     """hyfleet's time per step of its batch transactions, from its own /metrics."""
     import urllib.request
@@ -452,13 +471,17 @@ def run_consumer(system, args, broker, rate, hook):
         probe.start(db)
         cpu0, _ = lib.proc_usage(pid)
         bcpu0, _ = lib.proc_usage(broker.proc.pid)
+        pg0 = pg_cpu(db)
+        sim0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         rep = sim(args, broker, root, rate, args.duration)
+        sim1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         probe.finish()
         expected = rep["counts"]["readings"] + len(probe.sent)
         stored, done_ms = lib.wait_stored(db, expected)
         time.sleep(0.5)
         cpu1, rss = lib.proc_usage(pid)
         bcpu1, _ = lib.proc_usage(broker.proc.pid)
+        pg_secs = pg_cpu(db, pg0)
         loss = lib.loss_check(db, rep["last_seq"])
         lat = probe.latencies()
         third = max(1, len(lat) // 3)
@@ -484,6 +507,11 @@ def run_consumer(system, args, broker, rate, hook):
             "peak_rss_mib": rss,
             # The broker's share: a subscriber that falls behind makes Mosquitto work harder.
             "broker_cpu_secs_per_1000": (bcpu1 - bcpu0) / stored * 1000 if stored else None,
+            # Where the machine's two cores went: PostgreSQL's backends serving this database
+            # and the simulator publishing the load.
+            "postgres_cpu_secs_per_1000": pg_secs / stored * 1000 if stored else None,
+            "simulator_cpu_secs_per_1000": (sim1.ru_utime + sim1.ru_stime - sim0.ru_utime - sim0.ru_stime)
+            / stored * 1000 if stored else None,
             "bytes_per_reading": lib.bytes_per_reading(db),
             "load_avg": os.getloadavg()[0],
         }
