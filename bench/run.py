@@ -517,7 +517,10 @@ def run_consumer(system, args, broker, rate, hook):
         }
         if metrics_url:
             res["write_phase_secs"] = write_phases(metrics_url)
-        res["sustained"] = bool(res["zero_loss"] and not growing and drain is not None and drain <= args.max_drain)
+        # The asked rate must also have been published: a broker slowing its publishers down
+        # for a subscriber that falls behind would otherwise pass for a sustained load.
+        res["sustained"] = bool(res["zero_loss"] and not growing and drain is not None and drain <= args.max_drain
+                                and rep["readings_per_sec"] >= 0.95 * rate)
         return res, db
     except BaseException:
         db.drop()
