@@ -4,6 +4,7 @@ webhook receiver and the measurements taken from PostgreSQL and /proc."""
 import datetime as dt
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -79,6 +80,7 @@ class Broker:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def wait_port(port, secs):

@@ -646,10 +646,19 @@ def main():
         results["summary"] = summarise(results)
         out.write_text(json.dumps(results, indent=2))
 
+    def fresh_broker():
+        # Each measurement gets a broker of its own: sessions, queues and the persistence file
+        # left by earlier runs (a peer killed with messages in flight, a gigabyte saved every
+        # `autosave_interval`) must not weigh on the next one.
+        nonlocal broker
+        broker.stop()
+        broker = lib.Broker()
+        return broker
+
     try:
         for rep in range(args.repeats if set(phases) - {"api"} else 0):
             if "broker" in phases:
-                r = phase_broker(args, broker)
+                r = phase_broker(args, fresh_broker())
                 print(f"[{rep}] broker ceiling: {r}", flush=True)
                 results["broker"].append(r)
                 save()
@@ -657,7 +666,7 @@ def main():
                 if system not in phases:
                     continue
                 for rate in rates:
-                    r, db = run_consumer(system, args, broker, rate, hook)
+                    r, db = run_consumer(system, args, fresh_broker(), rate, hook)
                     print(f"[{rep}] {system} @ {rate:.0f}/s: {json.dumps(r)}", flush=True)
                     results["runs"].append(r)
                     save()
