@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::extract::{P, Q};
 use super::vehicles::{MAX_PAGE, Page, page_limit, vehicle_key};
 use super::{AppState, Problem};
-use crate::store::queries::TelemetryPoint;
+use crate::store::queries::{TELEMETRY_COLUMNS, TelemetryPoint, telemetry_point};
 
 fn time_param(
     name: &str,
@@ -177,39 +177,16 @@ async fn raw(
     limit: i64,
 ) -> Result<Vec<TelemetryPoint>, tokio_postgres::Error> {
     let (after_ts, after_seq) = (after.map(|a| a.0), after.map(|a| a.1));
+    let sql = format!(
+        "SELECT {TELEMETRY_COLUMNS} FROM telemetry
+         WHERE vehicle = $1 AND ts >= $2 AND ts < $3
+           AND ($4::timestamptz IS NULL OR (ts, COALESCE(seq, -1)) > ($4, $5::int8))
+         ORDER BY ts, COALESCE(seq, -1) LIMIT $6"
+    );
     let rows = client
-        .query(
-            "SELECT ts, seq, lat, lon, speed_kmh, h2_g, hdop, heading_deg, h2_pressure_bar,
-                    tank_temp_c, fc_power_w, fc_temp_c, batt_v, odo_km, locked, faults, extra
-             FROM telemetry
-             WHERE vehicle = $1 AND ts >= $2 AND ts < $3
-               AND ($4::timestamptz IS NULL OR (ts, COALESCE(seq, -1)) > ($4, $5::int8))
-             ORDER BY ts, COALESCE(seq, -1) LIMIT $6",
-            &[&vehicle, &from, &to, &after_ts, &after_seq, &limit],
-        )
+        .query(&sql, &[&vehicle, &from, &to, &after_ts, &after_seq, &limit])
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| TelemetryPoint {
-            ts: r.get(0),
-            seq: r.get(1),
-            lat: r.get(2),
-            lon: r.get(3),
-            speed_kmh: r.get(4),
-            h2_g: r.get(5),
-            hdop: r.get(6),
-            heading_deg: r.get(7),
-            h2_pressure_bar: r.get(8),
-            tank_temp_c: r.get(9),
-            fc_power_w: r.get(10),
-            fc_temp_c: r.get(11),
-            batt_v: r.get(12),
-            odo_km: r.get(13),
-            locked: r.get(14),
-            faults: r.get::<_, Option<Vec<String>>>(15).unwrap_or_default(),
-            extra: r.get(16),
-        })
-        .collect())
+    Ok(rows.iter().map(telemetry_point).collect())
 }
 
 /// Buckets start at multiples of `every` from a local (Asia/Shanghai) midnight, so that daily

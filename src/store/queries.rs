@@ -99,6 +99,33 @@ pub struct TelemetryPoint {
     pub extra: Option<serde_json::Value>,
 }
 
+/// The columns [`telemetry_point`] reads, in its order.
+pub const TELEMETRY_COLUMNS: &str = "ts, seq, lat, lon, speed_kmh, h2_g, hdop, heading_deg, \
+     h2_pressure_bar, tank_temp_c, fc_power_w, fc_temp_c, batt_v, odo_km, locked, faults, extra";
+
+/// A row of `SELECT {TELEMETRY_COLUMNS} FROM telemetry`.
+pub fn telemetry_point(r: &Row) -> TelemetryPoint {
+    TelemetryPoint {
+        ts: r.get(0),
+        seq: r.get(1),
+        lat: r.get(2),
+        lon: r.get(3),
+        speed_kmh: r.get(4),
+        h2_g: r.get(5),
+        hdop: r.get(6),
+        heading_deg: r.get(7),
+        h2_pressure_bar: r.get(8),
+        tank_temp_c: r.get(9),
+        fc_power_w: r.get(10),
+        fc_temp_c: r.get(11),
+        batt_v: r.get(12),
+        odo_km: r.get(13),
+        locked: r.get(14),
+        faults: r.get::<_, Option<Vec<String>>>(15).unwrap_or_default(),
+        extra: r.get(16),
+    }
+}
+
 /// A stored reject as the API lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RejectView {
