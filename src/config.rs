@@ -127,7 +127,7 @@ pub struct IngestConfig {
     pub auto_register: bool,
     /// A write batch is committed when it holds this many readings...
     pub batch_max_rows: usize,
-    /// ...or when its oldest message has waited this long, whichever comes first.
+    /// ...or once its oldest message has waited this long and its writer is free to take it.
     pub batch_max_age_ms: u64,
     /// Writers, each on its own connection with its own share of the vehicles: commits overlap
     /// so that the broker's inflight window never waits on one commit.

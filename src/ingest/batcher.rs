@@ -1,7 +1,7 @@
 //! Decode messages as they arrive and cut them into batches, one open batch per writer: each
 //! vehicle's messages always go to the same writer, so writers never wait on each other's
-//! vehicle locks and commit side by side. A batch closes by size or by age, whichever comes
-//! first.
+//! vehicle locks and commit side by side. A batch closes at its size limit, or once it is old
+//! enough and its writer is free to take it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -49,22 +49,42 @@ pub async fn run(
     let mut arrival = 0u64;
     let mut open: Vec<Option<(Job, Instant)>> = writers.iter().map(|_| None).collect();
     loop {
-        let oldest = open
+        // A batch past its age goes as soon as its writer can take it, and keeps growing until
+        // then: an idle writer gets each batch at once (latency), a busy one gets bigger
+        // batches, and so fewer statements per reading (throughput).
+        let now = Instant::now();
+        let due: Vec<usize> = (0..open.len())
+            .filter(|&i| open[i].as_ref().is_some_and(|(_, at)| *at + max_age <= now))
+            .collect();
+        let next_due = open
             .iter()
-            .enumerate()
-            .filter_map(|(i, b)| b.as_ref().map(|(_, opened)| (*opened + max_age, i)))
+            .filter_map(|b| b.as_ref().map(|(_, at)| *at + max_age))
+            .filter(|d| *d > now)
             .min();
+        let writers = &writers;
+        let slot = async {
+            if due.is_empty() {
+                return std::future::pending().await;
+            }
+            let waits = due
+                .iter()
+                .map(|&i| Box::pin(async move { (i, writers[i].reserve().await) }));
+            futures_util::future::select_all(waits).await.0
+        };
         let msg = tokio::select! {
-            m = rx.recv() => m,
-            _ = sleep_until_opt(oldest.map(|(d, _)| d)) => {
-                if let Some((_, i)) = oldest {
-                    flush(&mut open[i], &writers[i], &metrics).await?;
+            biased;
+            (i, permit) = slot => {
+                let permit = permit.map_err(|_| anyhow::anyhow!("the writers stopped"))?;
+                if let Some((job, _)) = open[i].take() {
+                    permit.send(handed_over(job, &metrics));
                 }
                 continue;
             }
+            m = rx.recv() => m,
+            _ = sleep_until_opt(next_due) => continue,
         };
         let Some(msg) = msg else {
-            for (batch, tx) in open.iter_mut().zip(&writers) {
+            for (batch, tx) in open.iter_mut().zip(writers) {
                 flush(batch, tx, &metrics).await?;
             }
             return Ok(());
@@ -93,21 +113,27 @@ pub async fn run(
     }
 }
 
+/// Send the open batch to its writer now, waiting for room (a full batch: backpressure).
 async fn flush(
     batch: &mut Option<(Job, Instant)>,
     tx: &mpsc::Sender<Job>,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     if let Some((job, _)) = batch.take() {
-        for r in &job.decoded.rejects {
-            metrics.reject(r.reason);
-            tracing::debug!(topic = %r.topic, reason = %r.reason, detail = %r.detail, "rejected");
-        }
-        tx.send(job)
+        tx.send(handed_over(job, metrics))
             .await
             .map_err(|_| anyhow::anyhow!("the writers stopped"))?;
     }
     Ok(())
+}
+
+/// Count and log a batch's rejects as it leaves the batcher.
+fn handed_over(job: Job, metrics: &Metrics) -> Job {
+    for r in &job.decoded.rejects {
+        metrics.reject(r.reason);
+        tracing::debug!(topic = %r.topic, reason = %r.reason, detail = %r.detail, "rejected");
+    }
+    job
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
