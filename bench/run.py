@@ -316,20 +316,8 @@ def phase_api(args, broker, hook):
                       "response_bytes": sizes[q]}
         return res
     finally:
-        if simp and simp.poll() is None:
-            simp.send_signal(signal.SIGINT)
-            try:
-                simp.wait(30)
-            except subprocess.TimeoutExpired:
-                simp.kill()
-                simp.wait()
-        if proc:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        lib.stop(simp, signal.SIGINT, 30)
+        lib.stop(proc)
         db.drop()
 
 
@@ -526,13 +514,7 @@ def run_consumer(system, args, broker, rate, hook):
         db.drop()
         raise
     finally:
-        if proc:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        lib.stop(proc)
 
 
 def median(rs, key):

@@ -325,16 +325,8 @@ def main():
               f"errors only at faults {f['errors_only_at_faults']}), "
               f"{'ZERO LOSS' if e['zero_loss'] else 'LOSS'}")
     finally:
-        if simp and simp.poll() is None:
-            simp.terminate()
-            simp.wait(30)
-        if proc and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        lib.stop(simp, signal.SIGTERM, 30)
+        lib.stop(proc, signal.SIGTERM, 30)
         hook.stop()
         broker.stop()
         save()

@@ -57,52 +57,26 @@ impl Writer {
     }
 
     /// Write until committed. Backpressure comes from here: while this loops, the batch
-    /// channel fills and ingest stops taking from the broker.
+    /// channel fills and ingest stops taking from the broker. A batch the store refuses for
+    /// its data would fail the same way on every retry and stall ingest: it is committed in
+    /// halves, and halves of halves, until what the store refuses stands alone; that becomes
+    /// a reject (`schema`, with the database's reason) and everything else is stored.
     async fn commit(&mut self, job: &mut Job) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.try_commit(&mut job.decoded, job.first_received).await {
-                Ok(()) => {
-                    self.deps.health.set_store(true);
-                    return;
-                }
-                Err(e) if refused_as_data(&e) => {
-                    // Retrying would fail the same way and stall ingest: find what the store
-                    // refuses, record it as a reject, and store everything else.
-                    tracing::warn!(
-                        writer = self.n,
-                        error = format!("{e:#}"),
-                        "the store refused part of a batch; isolating it"
-                    );
-                    let batch = std::mem::take(&mut job.decoded);
-                    self.isolate(batch, job.first_received).await;
-                    return;
-                }
-                Err(e) => {
-                    self.deps.metrics.write_errors.fetch_add(1, Relaxed);
-                    self.deps.health.set_store(false);
-                    tracing::error!(writer = self.n, error = format!("{e:#}"), retry_in = ?backoff, "batch write failed; retrying");
-                    if self.conn.as_ref().is_some_and(BatchWriter::is_closed) {
-                        self.conn = None;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    /// Commit `batch` in halves, and halves of halves, until what the store refuses stands
-    /// alone; that becomes a reject (`schema`, with the database's reason). Other failures
-    /// are retried as in [`Writer::commit`].
-    async fn isolate(&mut self, batch: Decoded, first_received: chrono::DateTime<chrono::Utc>) {
-        let mut todo = vec![batch];
+        let mut todo = vec![std::mem::take(&mut job.decoded)];
         while let Some(mut part) = todo.pop() {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match self.try_commit(&mut part, first_received).await {
-                    Ok(()) => break,
+                match self.try_commit(&mut part, job.first_received).await {
+                    Ok(()) => {
+                        self.deps.health.set_store(true);
+                        break;
+                    }
                     Err(e) if refused_as_data(&e) => {
+                        tracing::warn!(
+                            writer = self.n,
+                            error = format!("{e:#}"),
+                            "the store refused part of a batch; isolating it"
+                        );
                         match split(part) {
                             Ok((a, b)) => todo.extend([b, a]),
                             Err(alone) => todo.extend(refusal(alone, &e)),
@@ -122,7 +96,6 @@ impl Writer {
                 }
             }
         }
-        self.deps.health.set_store(true);
     }
 
     async fn try_commit(
@@ -190,33 +163,29 @@ fn refused_as_data(e: &anyhow::Error) -> bool {
         .any(|code| matches!(&code.code()[..2], "22" | "23"))
 }
 
-/// Halves of a batch (each list cut in two), or the batch itself when it holds one record.
+/// Two non-empty parts of a batch, or the batch itself when it holds one record: its longest
+/// list is cut in half (a list of one goes whole, leaving the others behind).
 fn split(mut d: Decoded) -> Result<(Decoded, Decoded), Decoded> {
-    let n = d.readings.len() + d.events.len() + d.statuses.len() + d.rejects.len();
-    if n <= 1 {
+    let lens = [
+        d.readings.len(),
+        d.events.len(),
+        d.statuses.len(),
+        d.rejects.len(),
+    ];
+    if lens.iter().sum::<usize>() <= 1 {
         return Err(d);
     }
-    let half = |len: usize| len - len / 2;
-    let b = Decoded {
-        readings: d.readings.split_off(half(d.readings.len())),
-        events: d.events.split_off(half(d.events.len())),
-        statuses: d.statuses.split_off(half(d.statuses.len())),
-        rejects: d.rejects.split_off(half(d.rejects.len())),
-    };
-    // A list of one stays on one side: make sure both sides hold something.
-    if b.readings.len() + b.events.len() + b.statuses.len() + b.rejects.len() == 0 {
-        let mut a = d;
-        let mut b = Decoded::default();
-        if let Some(r) = a.readings.pop() {
-            b.readings.push(r);
-        } else if let Some(e) = a.events.pop() {
-            b.events.push(e);
-        } else if let Some(s) = a.statuses.pop() {
-            b.statuses.push(s);
-        } else if let Some(r) = a.rejects.pop() {
-            b.rejects.push(r);
-        }
-        return Ok((a, b));
+    let (longest, len) = (0..4)
+        .map(|i| (i, lens[i]))
+        .max_by_key(|&(_, n)| n)
+        .unwrap_or((0, 0));
+    let mut b = Decoded::default();
+    let at = len / 2;
+    match longest {
+        0 => b.readings = d.readings.split_off(at),
+        1 => b.events = d.events.split_off(at),
+        2 => b.statuses = d.statuses.split_off(at),
+        _ => b.rejects = d.rejects.split_off(at),
     }
     Ok((d, b))
 }
@@ -277,4 +246,51 @@ fn error_text(e: &anyhow::Error) -> String {
         .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
         .find_map(|pg| pg.as_db_error().map(|d| d.message().to_owned()))
         .unwrap_or_else(|| format!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Reading;
+
+    fn readings(n: usize) -> Vec<Reading> {
+        let ts = chrono::Utc::now();
+        (0..n)
+            .map(|_| Reading::bare("XY-B0001", ts, 37.1, 111.7, 20.0))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_splits_into_two_non_empty_parts_down_to_one_record() {
+        let count = |d: &Decoded| d.readings.len() + d.rejects.len();
+        let (a, b) = split(Decoded {
+            readings: readings(5),
+            ..Decoded::default()
+        })
+        .unwrap();
+        assert_eq!((count(&a), count(&b)), (2, 3));
+        // Two lists of one each: one goes whole.
+        let reject = Reject::new(
+            chrono::Utc::now(),
+            "t",
+            None,
+            RejectReason::Schema,
+            "x",
+            b"",
+        );
+        let (a, b) = split(Decoded {
+            readings: readings(1),
+            rejects: vec![reject],
+            ..Decoded::default()
+        })
+        .unwrap();
+        assert_eq!((count(&a), count(&b)), (1, 1));
+        assert!(
+            split(Decoded {
+                readings: readings(1),
+                ..Decoded::default()
+            })
+            .is_err()
+        );
+    }
 }
