@@ -249,6 +249,23 @@ def phase_api(args, broker, hook):
                 "SELECT (SELECT count(*) FROM telemetry), pg_database_size(current_database())"
             ).fetchone()
         print(f"  seeded {rows:,} readings in {seed_secs:.0f} s, database {size / 2**30:.2f} GiB", flush=True)
+        raw_bytes = lib.bytes_per_reading(db)
+        pack_secs = packed_bytes = None
+        if args.api_pack:
+            # As the hourly upkeep does once a day is old enough: every partition packed.
+            t0 = time.perf_counter()
+            with db.connect() as c:
+                parts = [r[0] for r in c.execute(
+                    "SELECT inhrelid::regclass::text FROM pg_inherits "
+                    "WHERE inhparent = 'telemetry'::regclass AND pg_relation_size(inhrelid) > 0").fetchall()]
+                for part in parts:
+                    c.execute("SELECT telemetry_pack(%s::regclass)", (part,))
+                c.execute("VACUUM ANALYZE telemetry_packed")
+                packed_bytes = c.execute(
+                    "SELECT pg_total_relation_size('telemetry_packed')::float8 / sum(readings) "
+                    "FROM telemetry_packed").fetchone()[0]
+            pack_secs = time.perf_counter() - t0
+            print(f"  packed in {pack_secs:.0f} s: {raw_bytes:.0f} → {packed_bytes:.0f} bytes a reading", flush=True)
         root = f"bench/{uuid.uuid4().hex[:8]}"
         extra = f'[[api.tokens]]\nname = "bench"\nrole = "viewer"\ntoken = "{API_TOKEN}"\n'
         cfg, http_port = hyfleet_config(args, broker, db, root, hook.url, extra)
@@ -286,6 +303,9 @@ def phase_api(args, broker, hook):
             "vehicle_series_1m": lambda: f"/api/v1/vehicles/{rng.choice(codes)}/telemetry?from={since}"
                                          "&every=1m&limit=1000",
             "open_alerts": lambda: "/api/v1/alerts?state=open",
+            # A page of one vehicle's raw readings from a random minute of the seeded range.
+            "vehicle_raw_page": lambda: f"/api/v1/vehicles/{rng.choice(codes)}/telemetry?from="
+                                        + urllib.parse.quote(random_minute(rng, start, end)) + "&limit=1000",
         }
         times = {q: [] for q in queries}
         sizes = {q: 0 for q in queries}
@@ -308,6 +328,8 @@ def phase_api(args, broker, hook):
         res = {
             "hours": args.api_hours, "vehicles": 505, "seeded_readings": rows, "seed_secs": seed_secs,
             "database_gib": size / 2**30, "hyfleet_start_secs": start_secs, "ingest_rate_asked": args.api_rate,
+            "packed": args.api_pack, "pack_secs": pack_secs, "bytes_per_reading": raw_bytes,
+            "packed_bytes_per_reading": packed_bytes,
             "ingest_stored_per_sec_while_timed": stored / window if window else None,
             "requests_per_query": args.api_requests, "timed_secs": window, "load_avg": os.getloadavg()[0],
         }
@@ -321,12 +343,22 @@ def phase_api(args, broker, hook):
         db.drop()
 
 
+def random_minute(rng, start, end):
+    """An RFC 3339 time at a whole minute in [start, end - 1 h)."""
+    span = max(60, int((end - start).total_seconds()) - 3600)
+    t = start + dt.timedelta(seconds=rng.randrange(0, span, 60))
+    return t.isoformat().replace("+00:00", "Z")
+
+
 def print_api(r):
     print(f"\noperator API: {r['hours']} h of 1 Hz data for {r['vehicles']} vehicles ({r['seeded_readings']:,} "
           f"readings), ingest {fmt(r['ingest_stored_per_sec_while_timed'])}/s stored while timed "
           f"({fmt(r['ingest_rate_asked'])}/s asked), {r['requests_per_query']} requests of each")
     print("query | p50 ms | p99 ms | max ms | response bytes")
-    for q in ("fleet_snapshot", "vehicle_series_1m", "open_alerts"):
+    if r.get("packed"):
+        print(f"store packed first ({fmt(r['pack_secs'])} s): {fmt(r['bytes_per_reading'])} → "
+              f"{fmt(r['packed_bytes_per_reading'])} bytes a reading")
+    for q in ("fleet_snapshot", "vehicle_series_1m", "open_alerts", "vehicle_raw_page"):
         x = r[q]
         print(f"{q} | {fmt(x['p50_ms'], 1)} | {fmt(x['p99_ms'], 1)} | {fmt(x['max_ms'], 1)} | {fmt(x['response_bytes'])}")
 
@@ -501,6 +533,7 @@ def run_consumer(system, args, broker, rate, hook):
             "simulator_cpu_secs_per_1000": (sim1.ru_utime + sim1.ru_stime - sim0.ru_utime - sim0.ru_stime)
             / stored * 1000 if stored else None,
             "bytes_per_reading": lib.bytes_per_reading(db),
+            "packed_bytes_per_reading": lib.packed_bytes_per_reading(db) if system == "hyfleet" else None,
             "load_avg": os.getloadavg()[0],
         }
         if metrics_url:
@@ -538,7 +571,7 @@ def summarise(results):
                 best = rate
         at = [r for r in runs if r["rate"] == best] if best else []
         keys = ("stored_per_sec", "queryable_p50_ms", "queryable_p99_ms", "webhook_p50_ms", "webhook_p99_ms",
-                "cpu_secs_per_1000", "peak_rss_mib", "bytes_per_reading")
+                "cpu_secs_per_1000", "peak_rss_mib", "bytes_per_reading", "packed_bytes_per_reading")
         out[system] = {"sustained_rate": best, "runs_at_that_rate": len(at),
                        **{k: median(at, k) for k in keys}}
         # Also the most each one stored per second when pushed past its limit.
@@ -563,7 +596,7 @@ def print_table(s):
     print(f"\nbroker ceiling (counting subscriber): {fmt(bc)} readings/s")
     print(f"COPY ceiling (same rows, same table): {fmt(cc)} rows/s\n")
     hdr = ("system", "sustained/s", "max stored/s", "÷broker", "÷COPY", "q p50 ms", "q p99 ms",
-           "hook p50", "hook p99", "CPU s/1k", "RSS MiB", "B/reading")
+           "hook p50", "hook p99", "CPU s/1k", "RSS MiB", "B/reading", "packed B/reading")
     print(" | ".join(hdr))
     for system in ("hyfleet", "python", "nodered"):
         r = s.get(system)
@@ -573,7 +606,7 @@ def print_table(s):
             system, fmt(r["sustained_rate"]), fmt(r["max_stored_per_sec"]), ratio(r["sustained_rate"], bc),
             ratio(r["sustained_rate"], cc), fmt(r["queryable_p50_ms"]), fmt(r["queryable_p99_ms"]),
             fmt(r["webhook_p50_ms"]), fmt(r["webhook_p99_ms"]), fmt(r["cpu_secs_per_1000"], 3),
-            fmt(r["peak_rss_mib"]), fmt(r["bytes_per_reading"]),
+            fmt(r["peak_rss_mib"]), fmt(r["bytes_per_reading"]), fmt(r["packed_bytes_per_reading"]),
         ]))
     h = s.get("hyfleet")
     for peer in ("python", "nodered"):
@@ -603,6 +636,8 @@ def main():
     ap.add_argument("--copy-batch", type=int, default=5000)
     ap.add_argument("--copy-connections", type=int, default=2)
     ap.add_argument("--api-hours", type=float, default=24, help="hours of 1 Hz data seeded for the api phase")
+    ap.add_argument("--api-pack", action="store_true",
+                    help="api phase: pack the seeded days (as the upkeep does once they are old) before timing")
     ap.add_argument("--api-rate", type=float, default=5000, help="readings/s published while the API is timed")
     ap.add_argument("--api-requests", type=int, default=200, help="timed requests of each API query")
     ap.add_argument("--hyfleet-bin", type=Path, default=TARGET / "release/hyfleet")

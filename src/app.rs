@@ -121,8 +121,9 @@ async fn maintain_partitions(
     Ok(())
 }
 
-/// Hourly: partitions and rollup retention (done once already before serving), and the
-/// index rebuild of closed days, which may take minutes and so never delays the start.
+/// Hourly: partitions and rollup retention (done once already before serving), the index
+/// rebuild of closed days and the packing of older ones, which may take minutes and so never
+/// delay the start.
 async fn partition_upkeep(pool: deadpool_postgres::Pool, config: Config, mut shutdown: Shutdown) {
     let mut first = true;
     loop {
@@ -146,6 +147,21 @@ async fn partition_upkeep(pool: deadpool_postgres::Pool, config: Config, mut shu
         tokio::select! {
             r = compacted => if let Err(e) = r {
                 tracing::error!(error = format!("{e:#}"), "index rebuild failed; will retry in an hour");
+            },
+            _ = shutdown.wait() => return,
+        }
+        let packed = async {
+            let mut client = store::connect(&config.database.url).await?;
+            store::partitions::pack(
+                &mut client,
+                chrono::Utc::now(),
+                config.store.pack_after_days,
+            )
+            .await
+        };
+        tokio::select! {
+            r = packed => if let Err(e) = r {
+                tracing::error!(error = format!("{e:#}"), "packing failed; will retry in an hour");
             },
             _ = shutdown.wait() => return,
         }

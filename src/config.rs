@@ -167,6 +167,9 @@ pub struct StoreConfig {
     pub minute_rollup_retention_days: u32,
     /// Per-vehicle daily rollups older than this are deleted; at least the minute retention.
     pub day_rollup_retention_days: u32,
+    /// A day's raw readings are packed per vehicle and hour (a third of the space) once the
+    /// day ended this many days ago; at least 1.
+    pub pack_after_days: u32,
 }
 
 impl Default for StoreConfig {
@@ -176,6 +179,7 @@ impl Default for StoreConfig {
             partitions_ahead_days: 3,
             minute_rollup_retention_days: 365,
             day_rollup_retention_days: 3650,
+            pack_after_days: 1,
         }
     }
 }
@@ -395,6 +399,12 @@ impl Config {
         if self.store.raw_retention_days == 0 {
             return Err(invalid("store.raw_retention_days", "must be at least 1"));
         }
+        if self.store.pack_after_days == 0 {
+            return Err(invalid(
+                "store.pack_after_days",
+                "must be at least 1: today's partition is still being written",
+            ));
+        }
         if self.store.minute_rollup_retention_days < self.store.raw_retention_days {
             return Err(invalid(
                 "store.minute_rollup_retention_days",
@@ -581,6 +591,14 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn today_is_never_packed() {
+        let err = Config::from_toml_and_env("[store]\npack_after_days = 0\n", "t", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.pack_after_days"), "{err}");
+    }
 }
 
 #[cfg(test)]
@@ -608,6 +626,7 @@ mod example_file {
             c.store.day_rollup_retention_days,
             d.store.day_rollup_retention_days
         );
+        assert_eq!(c.store.pack_after_days, d.store.pack_after_days);
         assert_eq!(c.gbfs, d.gbfs);
         assert_eq!(c.http.max_body_bytes, d.http.max_body_bytes);
         assert_eq!(

@@ -178,9 +178,8 @@ async fn raw(
 ) -> Result<Vec<TelemetryPoint>, tokio_postgres::Error> {
     let (after_ts, after_seq) = (after.map(|a| a.0), after.map(|a| a.1));
     let sql = format!(
-        "SELECT {TELEMETRY_COLUMNS} FROM telemetry
-         WHERE vehicle = $1 AND ts >= $2 AND ts < $3
-           AND ($4::timestamptz IS NULL OR (ts, COALESCE(seq, -1)) > ($4, $5::int8))
+        "SELECT {TELEMETRY_COLUMNS} FROM telemetry_between($1, $2, $3)
+         WHERE ($4::timestamptz IS NULL OR (ts, COALESCE(seq, -1)) > ($4, $5::int8))
          ORDER BY ts, COALESCE(seq, -1) LIMIT $6"
     );
     let rows = client
@@ -235,7 +234,7 @@ async fn buckets(
                         min(h2_g), avg(h2_g), max(h2_g),
                         (array_agg(lat ORDER BY ts DESC))[1], (array_agg(lon ORDER BY ts DESC))[1],
                         max(odo_km), NULL::float8, NULL::float8
-                 FROM telemetry WHERE vehicle = $1 AND ts >= $2 AND ts < $3
+                 FROM telemetry_between($1, $2, $3)
                  GROUP BY b ORDER BY b LIMIT $5"
             );
             client
@@ -355,7 +354,7 @@ pub(super) async fn track(
     let (vehicle, _) = vehicle_key(&client, &id).await?;
     let rows = client
         .query(
-            "SELECT lon, lat, ts FROM telemetry WHERE vehicle = $1 AND ts >= $2 AND ts < $3
+            "SELECT lon, lat, ts FROM telemetry_between($1, $2, $3)
              ORDER BY ts, COALESCE(seq, -1) LIMIT $4",
             &[&vehicle, &from, &to, &(MAX_TRACK_POINTS + 1)],
         )

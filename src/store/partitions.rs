@@ -1,5 +1,6 @@
-//! Daily partitions of `telemetry`: made ahead of time, dropped past the retention, and their
-//! unique index rebuilt once the day is over (in the background: see [`compact`]). The decoder refuses readings outside
+//! Daily partitions of `telemetry`: made ahead of time, dropped past the retention, their
+//! unique index rebuilt once the day is over (in the background: see [`compact`]), and their
+//! readings packed per vehicle and hour once older still (see [`pack`]). The decoder refuses readings outside
 //! `[now - retention, now + skew]`, and partitions always cover one day more than that on each
 //! side, so an accepted reading always has a partition to land in.
 
@@ -9,9 +10,36 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 const LOCK_KEY: i64 = 0x6879_666c_6565_7402;
 /// Held while one instance rebuilds indexes, which may take minutes on a full day.
 const COMPACT_LOCK_KEY: i64 = 0x6879_666c_6565_7403;
+/// Held exclusively (per transaction) while a partition is packed, and shared by a batch
+/// writer storing readings older than [`unpacked_from`]: such a reading is checked against the
+/// packs, which must not change under the check.
+pub const PACK_LOCK_KEY: i64 = 0x6879_666c_6565_7404;
 
 fn name(day: NaiveDate) -> String {
     format!("telemetry_{}", day.format("%Y%m%d"))
+}
+
+/// The day a partition named by [`name`] holds.
+fn day_of(partition: &str) -> Option<NaiveDate> {
+    partition
+        .strip_prefix("telemetry_")
+        .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
+}
+
+/// The partitions of `telemetry` by name, oldest day first.
+async fn existing(client: &tokio_postgres::Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid
+             JOIN pg_class p ON p.oid = i.inhparent
+             WHERE p.relname = 'telemetry' ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// Create the missing partitions of `[today - retention - 1, today + ahead]` and drop the ones
@@ -40,18 +68,7 @@ async fn maintain_locked(
     first: NaiveDate,
     last: NaiveDate,
 ) -> anyhow::Result<(usize, usize)> {
-    let existing: Vec<String> = client
-        .query(
-            "SELECT c.relname::text FROM pg_inherits i
-             JOIN pg_class c ON c.oid = i.inhrelid
-             JOIN pg_class p ON p.oid = i.inhparent
-             WHERE p.relname = 'telemetry'",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let existing = existing(client).await?;
     let mut created = 0;
     let mut day = first;
     while day <= last {
@@ -72,13 +89,7 @@ async fn maintain_locked(
     }
     let mut dropped = 0;
     for n in &existing {
-        let Some(date) = n
-            .strip_prefix("telemetry_")
-            .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
-        else {
-            continue;
-        };
-        if date < first {
+        if day_of(n).is_some_and(|date| date < first) {
             client
                 .batch_execute(&format!("DROP TABLE IF EXISTS {n}"))
                 .await
@@ -87,6 +98,11 @@ async fn maintain_locked(
             dropped += 1;
         }
     }
+    let first_ts = first.and_time(chrono::NaiveTime::MIN).and_utc();
+    client
+        .execute("DELETE FROM telemetry_packed WHERE hour < $1", &[&first_ts])
+        .await
+        .context("cannot delete packs past retention")?;
     Ok((created, dropped))
 }
 
@@ -132,10 +148,7 @@ async fn compact_locked(
     for row in rows {
         let (partition, index, before): (String, String, i64) =
             (row.get(0), row.get(1), row.get(2));
-        let Some(day) = partition
-            .strip_prefix("telemetry_")
-            .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
-        else {
+        let Some(day) = day_of(&partition) else {
             continue;
         };
         // Today's fills on; an empty index (its meta page and a root) has nothing to pack.
@@ -160,4 +173,53 @@ async fn compact_locked(
         compacted += 1;
     }
     Ok(compacted)
+}
+
+/// Readings from this time on are never in a pack: packing leaves the partitions of today and
+/// yesterday alone whatever `store.pack_after_days` says (at least 1), so even with clocks a
+/// little apart a writer that checks only older readings against the packs misses none.
+pub fn unpacked_from(now: DateTime<Utc>) -> DateTime<Utc> {
+    now.date_naive().and_time(chrono::NaiveTime::MIN).and_utc()
+}
+
+/// Move the readings of every partition that ended at least `after_days` days before today
+/// into `telemetry_packed` (one row per vehicle and hour, see migration 0007); returns how
+/// many partitions and readings. Partitions already packed are empty and skipped, unless late
+/// readings arrived since, which are merged into their packs. One transaction per partition.
+pub async fn pack(
+    client: &mut tokio_postgres::Client,
+    now: DateTime<Utc>,
+    after_days: u32,
+) -> anyhow::Result<(usize, i64)> {
+    let cut = now.date_naive() - Duration::days(i64::from(after_days.max(1)));
+    let (mut partitions, mut readings) = (0, 0);
+    for name in existing(client).await? {
+        // The partition of `day` ends at the start of `day + 1`.
+        if day_of(&name).is_none_or(|day| day + Duration::days(1) > cut) {
+            continue;
+        }
+        let empty: bool = client
+            .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {name})"), &[])
+            .await?
+            .get(0);
+        if empty {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PACK_LOCK_KEY])
+            .await?;
+        let moved: i64 = tx
+            .query_one("SELECT telemetry_pack($1::text::regclass)", &[&name])
+            .await
+            .with_context(|| format!("cannot pack partition {name}"))?
+            .get(0);
+        tx.commit().await?;
+        // Another instance may have packed it while this one waited for the lock.
+        if moved > 0 {
+            tracing::info!(partition = %name, readings = moved, "partition packed");
+            partitions += 1;
+            readings += moved;
+        }
+    }
+    Ok((partitions, readings))
 }

@@ -11,7 +11,7 @@ use futures_util::SinkExt;
 
 use super::copy::CopyBuf;
 use super::registry::{Registry, VehicleRef};
-use super::rollup;
+use super::{partitions, rollup};
 use crate::config::Profiles;
 use crate::decode::Decoded;
 use crate::domain::{AlertEvent, Event, Reading, Reject, RejectReason, VehicleId, VehicleKind};
@@ -29,7 +29,14 @@ const COPY_IN: &str =
     FROM STDIN BINARY";
 const COLUMNS: i16 = 18;
 
-const MOVE_IN: &str = "INSERT INTO telemetry SELECT * FROM telemetry_in
+/// A reading older than `$1` ([`partitions::unpacked_from`]) may be in a pack already, where
+/// the unique constraint cannot see it: it is looked for there first.
+const MOVE_IN: &str = "INSERT INTO telemetry SELECT * FROM telemetry_in t
+    WHERE t.ts >= $1 OR NOT EXISTS (
+        SELECT 1 FROM telemetry_packed p, unnest(p.ts, p.seq) AS u(ts, seq)
+        WHERE p.vehicle = t.vehicle
+          AND p.hour = date_bin('1 hour', t.ts, timestamptz '2000-01-01T00:00:00Z')
+          AND u.ts = t.ts AND u.seq IS NOT DISTINCT FROM t.seq)
     ON CONFLICT ON CONSTRAINT telemetry_reading DO NOTHING
     RETURNING vehicle, ts, seq";
 
@@ -131,6 +138,16 @@ impl BatchWriter {
         ids.dedup();
 
         let tx = self.client.transaction().await?;
+        // Old readings are checked against the packs, which no packer may change meanwhile;
+        // taken before any row lock, so a packer waiting for it holds nothing a writer needs.
+        let unpacked_from = partitions::unpacked_from(now);
+        if batch.readings.iter().any(|r| r.ts < unpacked_from) {
+            tx.execute(
+                "SELECT pg_advisory_xact_lock_shared($1)",
+                &[&partitions::PACK_LOCK_KEY],
+            )
+            .await?;
+        }
         // Lock the batch's vehicles in id order: another writer (or instance) with readings of
         // the same vehicles waits here instead of deadlocking later.
         // With the lock: each vehicle's newest reading so far (where the rollups' first steps
@@ -172,7 +189,7 @@ impl BatchWriter {
             sink.send(data).await?;
             sink.finish().await?;
             clock.lap(WritePhase::Copy);
-            let inserted = tx.query(MOVE_IN, &[]).await?;
+            let inserted = tx.query(MOVE_IN, &[&unpacked_from]).await?;
             clock.lap(WritePhase::Insert);
             outcome.stored = inserted.len();
             outcome.duplicates = batch.readings.len() - inserted.len();

@@ -255,6 +255,122 @@ async fn redelivered_messages_and_resent_backlogs_are_stored_once() {
     svc.stop().await;
 }
 
+/// A day old enough is packed per vehicle and hour: the API reads it back exactly as before,
+/// a reading of that day delivered again is not stored twice, and a late new one is stored and
+/// merged into its hour's pack by the next round.
+#[tokio::test]
+async fn old_days_are_packed_read_back_unchanged_and_never_stored_twice() {
+    let db = TestDb::new().await;
+    let config = config(&db, BROKER);
+    let root = config.mqtt.topic_root.clone();
+    let svc = InProcess::start(config).await;
+    let mut fw = Publisher::connect(BROKER).await;
+    let now = chrono::Utc::now();
+    let start = (now - chrono::Duration::days(3))
+        .date_naive()
+        .and_hms_opt(10, 0, 0)
+        .unwrap()
+        .and_utc();
+    let at = |seq: u32| start + chrono::Duration::seconds(i64::from(seq) * 30);
+    let t = format!("{root}/bike/XY-B0001/telemetry");
+    // 200 readings over 100 minutes (two hours' packs); one with faults and a field the
+    // contract does not know, one without seq.
+    let mut backlog: Vec<_> = (1..=200).map(|s| reading(s, at(s))).collect();
+    backlog[9]["faults"] = json!(["E12", "W3"]);
+    backlog[9]["firmware"] = json!("2.1.0");
+    backlog[19].as_object_mut().unwrap().remove("seq");
+    fw.publish(&t, json!(backlog).to_string()).await;
+    fw.flush().await;
+    let client = db.client().await;
+    let stored = "SELECT count(*) FROM telemetry";
+    eventually(20, "the backlog stored", || async {
+        (count(&client, stored).await == 200).then_some(())
+    })
+    .await;
+
+    let range = format!(
+        "from={}&to={}",
+        start.format("%Y-%m-%dT%H:%M:%SZ"),
+        (start + chrono::Duration::hours(3)).format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let views = [
+        format!("/api/v1/vehicles/XY-B0001/telemetry?{range}&limit=1000"),
+        format!("/api/v1/vehicles/XY-B0001/telemetry?{range}&every=30s"),
+        format!("/api/v1/vehicles/XY-B0001/telemetry?{range}&format=csv"),
+        format!("/api/v1/vehicles/XY-B0001/track?{range}"),
+    ];
+    let read_all = || async {
+        let mut out = Vec::new();
+        for v in &views {
+            let r = get(&svc.url(v)).await.unwrap();
+            assert_eq!(r.status(), 200, "{v}");
+            out.push(r.text().await.unwrap());
+        }
+        out
+    };
+    let before = read_all().await;
+    assert!(before[0].contains("E12") && before[0].contains("2.1.0"));
+
+    let mut packer = db.client().await;
+    let pack = hyfleet::store::partitions::pack;
+    assert_eq!(
+        pack(&mut packer, now, 4).await.unwrap(),
+        (0, 0),
+        "not old enough"
+    );
+    assert_eq!(pack(&mut packer, now, 1).await.unwrap(), (1, 200));
+    assert_eq!(count(&client, stored).await, 0);
+    let packed = "SELECT sum(readings)::int8 FROM telemetry_packed";
+    assert_eq!(count(&client, packed).await, 200);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM telemetry_packed").await,
+        2
+    );
+    assert_eq!(
+        read_all().await,
+        before,
+        "the API reads packs as it read rows"
+    );
+    assert_eq!(
+        pack(&mut packer, now, 1).await.unwrap(),
+        (0, 0),
+        "packed once"
+    );
+
+    // Everything again, and one reading the store has not seen.
+    backlog.push(reading(201, at(201)));
+    fw.publish(&t, json!(backlog).to_string()).await;
+    fw.flush().await;
+    eventually(20, "the new reading stored", || async {
+        (count(&client, stored).await == 1).then_some(())
+    })
+    .await;
+    let m = reqwest::get(svc.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("hyfleet_readings_duplicate_total 200"), "{m}");
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM telemetry_all").await,
+        201
+    );
+    assert_eq!(pack(&mut packer, now, 1).await.unwrap(), (1, 1));
+    assert_eq!(count(&client, packed).await, 201);
+    let r = get(&svc.url(&views[0])).await.unwrap();
+    let page: serde_json::Value = r.json().await.unwrap();
+    let times: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ts"].as_str().unwrap())
+        .collect();
+    assert_eq!(times.len(), 201);
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "in time order");
+    svc.stop().await;
+}
+
 /// Yesterday's partition, filled as a fleet fills it (every vehicle's readings interleaved),
 /// gets its unique index rebuilt by the upkeep, once: smaller, every reading still there and
 /// still unique.

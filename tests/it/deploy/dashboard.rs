@@ -62,6 +62,8 @@ fn grafana_to_sql(sql: &str, vehicle: &str) -> String {
     let sql = expand(&sql, "$__timeFilter", |a| {
         format!("{} BETWEEN now() - interval '1 day' AND now()", a[0])
     });
+    let sql = sql.replace("$__timeFrom()", "(now() - interval '1 day')");
+    let sql = sql.replace("$__timeTo()", "now()");
     let sql = sql.replace("$vehicle", vehicle);
     assert!(
         !sql.contains('$'),
@@ -80,6 +82,12 @@ INSERT INTO telemetry (ts, seq, lat, lon, vehicle, speed_kmh, h2_g)
 SELECT now() - make_interval(secs => s * 10), s, 37.145, 111.781,
        (SELECT id FROM vehicles WHERE code = 'XY-B0001'), 12, 7.5 + s * 0.01
 FROM generate_series(0, 359) s;
+INSERT INTO telemetry_1m (vehicle, bucket, readings, distance_km, h2_used_g, speed_min,
+                          speed_max, speed_sum, h2_min, h2_max, h2_sum, last_ts, lat, lon)
+SELECT (SELECT id FROM vehicles WHERE code = 'XY-B0001'),
+       date_trunc('minute', now()) - make_interval(mins => m), 6, 0.2, 0.01,
+       12, 12, 72, 7.5, 7.6, 45.3, now() - make_interval(mins => m), 37.145, 111.781
+FROM generate_series(0, 59) m;
 INSERT INTO alerts (vehicle_id, rule, state, severity, opened_at)
 SELECT id, 'low_hydrogen', 'open', 'critical', now() - interval '5 minutes'
 FROM vehicles WHERE code = 'XY-B0001';
