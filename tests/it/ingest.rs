@@ -371,6 +371,100 @@ async fn old_days_are_packed_read_back_unchanged_and_never_stored_twice() {
     svc.stop().await;
 }
 
+/// Packing runs while late readings of the same day stream in, many of them twice: writers and
+/// packer take turns (an advisory lock), so at the end every reading is there exactly once.
+#[tokio::test]
+async fn packing_while_late_readings_arrive_loses_none_and_stores_none_twice() {
+    let db = TestDb::new().await;
+    let config = config(&db, BROKER);
+    let root = config.mqtt.topic_root.clone();
+    let svc = InProcess::start(config).await;
+    let now = chrono::Utc::now();
+    let start = (now - chrono::Duration::days(2))
+        .date_naive()
+        .and_hms_opt(6, 0, 0)
+        .unwrap()
+        .and_utc();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let packer = {
+        let stop = stop.clone();
+        let mut client = db.client().await;
+        tokio::spawn(async move {
+            let mut moved = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                moved += hyfleet::store::partitions::pack(&mut client, now, 1)
+                    .await
+                    .unwrap()
+                    .1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            moved
+        })
+    };
+    let mut fw = Publisher::connect(BROKER).await;
+    // 40 messages of 25 readings over three vehicles, each message sent twice, the second time
+    // after the next one.
+    let messages: Vec<(String, String)> = (0..40u32)
+        .map(|m| {
+            let vehicle = format!("XY-B{:04}", m % 3 + 1);
+            let batch: Vec<_> = (1..=25)
+                .map(|i| {
+                    let seq = m * 25 + i;
+                    reading(seq, start + chrono::Duration::seconds(i64::from(seq) * 10))
+                })
+                .collect();
+            (
+                format!("{root}/bike/{vehicle}/telemetry"),
+                json!(batch).to_string(),
+            )
+        })
+        .collect();
+    for (i, (topic, payload)) in messages.iter().enumerate() {
+        fw.publish(topic, payload.clone()).await;
+        if i > 0 {
+            let (topic, payload) = &messages[i - 1];
+            fw.publish(topic, payload.clone()).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (topic, payload) = messages.last().unwrap();
+    fw.publish(topic, payload.clone()).await;
+    fw.flush().await;
+    let client = db.client().await;
+    eventually(30, "every message processed", || async {
+        let m = reqwest::get(svc.url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        m.contains("hyfleet_readings_duplicate_total 1000")
+            .then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let moved = packer.await.unwrap();
+    let mut last = db.client().await;
+    let (_, rest) = hyfleet::store::partitions::pack(&mut last, now, 1)
+        .await
+        .unwrap();
+    assert_eq!(moved + rest, 1000, "every reading packed once");
+    assert_eq!(count(&client, "SELECT count(*) FROM telemetry").await, 0);
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(DISTINCT (vehicle, ts, seq)) FROM telemetry_all"
+        )
+        .await,
+        1000
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM telemetry_all").await,
+        1000
+    );
+    svc.stop().await;
+}
+
 /// Yesterday's partition, filled as a fleet fills it (every vehicle's readings interleaved),
 /// gets its unique index rebuilt by the upkeep, once: smaller, every reading still there and
 /// still unique.
