@@ -2,6 +2,22 @@ use serde_json::json;
 
 use crate::support::*;
 
+/// Waits until the service has counted `n` duplicate readings: with them, every message
+/// published before.
+async fn duplicates_counted(svc: &InProcess, n: u32) {
+    let line = format!("hyfleet_readings_duplicate_total {n}\n");
+    eventually(30, &line, || async {
+        let m = reqwest::get(svc.url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        m.contains(&line).then_some(())
+    })
+    .await;
+}
+
 fn reading(seq: u32, ts: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
     json!({
         "ts": ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -232,17 +248,7 @@ async fn redelivered_messages_and_resent_backlogs_are_stored_once() {
     fw.publish(&t, no_seq.to_string()).await;
     fw.flush().await;
     let client = db.client().await;
-    eventually(20, "all messages processed", || async {
-        let m = reqwest::get(svc.url("/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        m.contains("hyfleet_readings_duplicate_total 21")
-            .then_some(())
-    })
-    .await;
+    duplicates_counted(&svc, 21).await;
     assert_eq!(count(&client, "SELECT count(*) FROM telemetry").await, 21);
     assert_eq!(
         count(
@@ -261,7 +267,9 @@ async fn redelivered_messages_and_resent_backlogs_are_stored_once() {
 #[tokio::test]
 async fn old_days_are_packed_read_back_unchanged_and_never_stored_twice() {
     let db = TestDb::new().await;
-    let config = config(&db, BROKER);
+    let mut config = config(&db, BROKER);
+    // The test packs, not the service's upkeep (which packs once at start).
+    config.store.pack_after_days = 30;
     let root = config.mqtt.topic_root.clone();
     let svc = InProcess::start(config).await;
     let mut fw = Publisher::connect(BROKER).await;
@@ -341,17 +349,8 @@ async fn old_days_are_packed_read_back_unchanged_and_never_stored_twice() {
     backlog.push(reading(201, at(201)));
     fw.publish(&t, json!(backlog).to_string()).await;
     fw.flush().await;
-    eventually(20, "the new reading stored", || async {
-        (count(&client, stored).await == 1).then_some(())
-    })
-    .await;
-    let m = reqwest::get(svc.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(m.contains("hyfleet_readings_duplicate_total 200"), "{m}");
+    duplicates_counted(&svc, 200).await;
+    assert_eq!(count(&client, stored).await, 1, "the new reading stored");
     assert_eq!(
         count(&client, "SELECT count(*) FROM telemetry_all").await,
         201
@@ -431,25 +430,20 @@ async fn packing_while_late_readings_arrive_loses_none_and_stores_none_twice() {
     fw.publish(topic, payload.clone()).await;
     fw.flush().await;
     let client = db.client().await;
-    eventually(30, "every message processed", || async {
-        let m = reqwest::get(svc.url("/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        m.contains("hyfleet_readings_duplicate_total 1000")
-            .then_some(())
-    })
-    .await;
+    duplicates_counted(&svc, 1000).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let moved = packer.await.unwrap();
     let mut last = db.client().await;
     let (_, rest) = hyfleet::store::partitions::pack(&mut last, now, 1)
         .await
         .unwrap();
-    assert_eq!(moved + rest, 1000, "every reading packed once");
+    // The service's own upkeep packs too (once, at start): the test's packer moved most.
+    assert!(moved + rest > 0 && moved + rest <= 1000, "{moved} + {rest}");
     assert_eq!(count(&client, "SELECT count(*) FROM telemetry").await, 0);
+    assert_eq!(
+        count(&client, "SELECT sum(readings)::int8 FROM telemetry_packed").await,
+        1000
+    );
     assert_eq!(
         count(
             &client,
