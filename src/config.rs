@@ -167,8 +167,8 @@ pub struct StoreConfig {
     pub minute_rollup_retention_days: u32,
     /// Per-vehicle daily rollups older than this are deleted; at least the minute retention.
     pub day_rollup_retention_days: u32,
-    /// A day's raw readings are packed per vehicle and hour (a third of the space) once the
-    /// day ended this many days ago; at least 1.
+    /// A day's raw readings are packed per vehicle and hour (a fraction of the space) once the
+    /// day ended this many days (and an hour) ago; at least 1.
     pub pack_after_days: u32,
 }
 

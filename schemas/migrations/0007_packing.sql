@@ -1,15 +1,16 @@
 -- Packed history: once a daily partition of `telemetry` is old enough
 -- (`store.pack_after_days`), its readings move into one row per vehicle and hour whose
--- columns are arrays, in reading order. A row of `telemetry` costs a 24–32 byte header, a
--- line pointer and an entry in the unique index on top of its data (about 160 bytes a
--- reading); a pack costs its data, which PostgreSQL compresses once it passes 2 kB (about 55
--- bytes a reading). Packed readings are read through `telemetry_between` (one vehicle and a
--- time range) or the `telemetry_all` view; `telemetry` itself holds the unpacked ones.
+-- columns are arrays, in reading order (late readings merged in later are appended). A row of
+-- `telemetry` costs a 24–32 byte header, a line pointer and an entry in the unique index on
+-- top of its data (173-189 bytes a reading measured); a pack costs its data, which PostgreSQL
+-- compresses once it passes 2 kB (17-40 bytes a reading measured: BENCHMARKS.md). Packed
+-- readings are read through `telemetry_between` (one vehicle and a time range) or the
+-- `telemetry_all` view; `telemetry` itself holds the unpacked ones.
 --
 -- A reading arriving late for a packed day goes to its (emptied) partition like any other;
--- the writer first checks that it is not in a pack already (under `pg_advisory_xact_lock_shared`
--- on the packing key, which the packer holds exclusively), and the next packing round merges
--- it into its hour's pack.
+-- the writer first checks that it is not in a pack already (under
+-- `pg_advisory_xact_lock_shared` on the packing key, which the packer holds exclusively), and
+-- the next packing round merges it into its hour's pack.
 
 CREATE TABLE IF NOT EXISTS telemetry_packed (
     vehicle         integer NOT NULL,

@@ -175,15 +175,26 @@ async fn compact_locked(
     Ok(compacted)
 }
 
-/// Readings from this time on are never in a pack: packing leaves the partitions of today and
-/// yesterday alone whatever `store.pack_after_days` says (at least 1), so even with clocks a
-/// little apart a writer that checks only older readings against the packs misses none.
+/// Readings from this time on (the start of yesterday) are never in a pack, so a batch writer
+/// looks only older ones up in the packs, under [`PACK_LOCK_KEY`]: a backlog of the last day
+/// or so never waits for a packer. See [`packable`] for why clocks a little apart do not matter.
 pub fn unpacked_from(now: DateTime<Utc>) -> DateTime<Utc> {
-    now.date_naive().and_time(chrono::NaiveTime::MIN).and_utc()
+    (now.date_naive() - Duration::days(1))
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc()
 }
 
-/// Move the readings of every partition that ended at least `after_days` days before today
-/// into `telemetry_packed` (one row per vehicle and hour, see migration 0007); returns how
+/// Whether the partition of `day` is old enough to pack: it ended `after_days` days (one at
+/// least) and an hour before `now`. The hour is the margin for clocks apart: a packer an hour
+/// ahead of a writer still packs nothing from that writer's [`unpacked_from`] on.
+pub fn packable(day: NaiveDate, now: DateTime<Utc>, after_days: u32) -> bool {
+    let end = (day + Duration::days(1))
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
+    end + Duration::days(i64::from(after_days.max(1))) + Duration::hours(1) <= now
+}
+
+/// Move the readings of every [`packable`] partition into `telemetry_packed` (one row per vehicle and hour, see migration 0007); returns how
 /// many partitions and readings. Partitions already packed are empty and skipped, unless late
 /// readings arrived since, which are merged into their packs. One transaction per partition.
 pub async fn pack(
@@ -191,11 +202,9 @@ pub async fn pack(
     now: DateTime<Utc>,
     after_days: u32,
 ) -> anyhow::Result<(usize, i64)> {
-    let cut = now.date_naive() - Duration::days(i64::from(after_days.max(1)));
     let (mut partitions, mut readings) = (0, 0);
     for name in existing(client).await? {
-        // The partition of `day` ends at the start of `day + 1`.
-        if day_of(&name).is_none_or(|day| day + Duration::days(1) > cut) {
+        if !day_of(&name).is_some_and(|day| packable(day, now, after_days)) {
             continue;
         }
         let empty: bool = client
@@ -222,4 +231,43 @@ pub async fn pack(
         }
     }
     Ok((partitions, readings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the time of day, a packer whose clock is up to an hour ahead of a writer's
+    /// packs no day the writer stores without looking in the packs; and a day is packed at
+    /// the latest `after_days` days and two hours after it ended.
+    #[test]
+    fn the_packer_never_reaches_what_writers_store_unchecked() {
+        let day = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+        let mut writer = day.and_hms_opt(0, 0, 0).unwrap().and_utc();
+        let until = writer + Duration::days(6);
+        while writer < until {
+            for after_days in [1, 2, 7] {
+                let packer = writer + Duration::minutes(59);
+                for d in 0..10 {
+                    let d = day - Duration::days(3) + Duration::days(d);
+                    let end = (d + Duration::days(1))
+                        .and_time(chrono::NaiveTime::MIN)
+                        .and_utc();
+                    if packable(d, packer, after_days) {
+                        assert!(end <= unpacked_from(writer), "{d} at {writer}");
+                    }
+                    let due = end + Duration::days(i64::from(after_days)) + Duration::hours(2);
+                    if writer >= due {
+                        assert!(packable(d, writer, after_days), "{d} at {writer}");
+                    }
+                }
+            }
+            writer += Duration::minutes(7);
+        }
+        assert!(!packable(
+            day,
+            day.and_hms_opt(12, 0, 0).unwrap().and_utc(),
+            0
+        ));
+    }
 }

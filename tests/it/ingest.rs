@@ -379,7 +379,7 @@ async fn packing_while_late_readings_arrive_loses_none_and_stores_none_twice() {
     let root = config.mqtt.topic_root.clone();
     let svc = InProcess::start(config).await;
     let now = chrono::Utc::now();
-    let start = (now - chrono::Duration::days(2))
+    let start = (now - chrono::Duration::days(3))
         .date_naive()
         .and_hms_opt(6, 0, 0)
         .unwrap()
