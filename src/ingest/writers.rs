@@ -195,38 +195,14 @@ fn split(mut d: Decoded) -> Result<(Decoded, Decoded), Decoded> {
 fn refusal(alone: Decoded, e: &anyhow::Error) -> Option<Decoded> {
     let now = chrono::Utc::now();
     let detail = format!("the store refused it: {}", error_text(e));
-    let reject = if let Some(r) = alone.readings.first() {
-        let topic = format!("{}/{}/telemetry", r.kind, r.vehicle);
+    let (kind, vehicle, channel, body) = if let Some(r) = alone.readings.first() {
         let body = serde_json::to_vec(r).unwrap_or_default();
-        Reject::new(
-            now,
-            &topic,
-            Some(r.vehicle.as_str()),
-            RejectReason::Schema,
-            &detail,
-            &body,
-        )
+        (r.kind, &r.vehicle, "telemetry", body)
     } else if let Some(ev) = alone.events.first() {
-        let topic = format!("{}/{}/event", ev.kind, ev.vehicle);
         let body = serde_json::to_vec(&ev.body).unwrap_or_default();
-        Reject::new(
-            now,
-            &topic,
-            Some(ev.vehicle.as_str()),
-            RejectReason::Schema,
-            &detail,
-            &body,
-        )
+        (ev.kind, &ev.vehicle, "event", body)
     } else if let Some(s) = alone.statuses.first() {
-        let topic = format!("{}/{}/status", s.kind, s.vehicle);
-        Reject::new(
-            now,
-            &topic,
-            Some(s.vehicle.as_str()),
-            RejectReason::Schema,
-            &detail,
-            b"",
-        )
+        (s.kind, &s.vehicle, "status", Vec::new())
     } else {
         tracing::error!(
             error = format!("{e:#}"),
@@ -234,6 +210,15 @@ fn refusal(alone: Decoded, e: &anyhow::Error) -> Option<Decoded> {
         );
         return None;
     };
+    let topic = format!("{kind}/{vehicle}/{channel}");
+    let reject = Reject::new(
+        now,
+        &topic,
+        Some(vehicle.as_str()),
+        RejectReason::Schema,
+        &detail,
+        &body,
+    );
     tracing::warn!(topic = %reject.topic, %detail, "record refused by the store; recorded as a reject");
     Some(Decoded {
         rejects: vec![reject],
