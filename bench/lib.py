@@ -193,20 +193,27 @@ def bytes_per_reading(db):
     return float(size) / rows if rows else None
 
 
-def packed_bytes_per_reading(db):
-    """What a reading costs once its day is packed (hyfleet's `telemetry_pack`, run on every
-    partition in a transaction that is rolled back: the store is left as it was)."""
-    with psycopg.connect(db.url) as c:  # not autocommit: rolled back below
-        parts = [r[0] for r in c.execute(
-            "SELECT inhrelid::regclass::text FROM pg_inherits "
-            "WHERE inhparent = 'telemetry'::regclass AND pg_relation_size(inhrelid) > 0").fetchall()]
-        for p in parts:
-            c.execute("SELECT telemetry_pack(%s::regclass)", (p,))
-        size, rows = c.execute(
-            "SELECT pg_total_relation_size('telemetry_packed'), "
-            "(SELECT sum(readings) FROM telemetry_packed)").fetchone()
-        c.rollback()
+def pack_all(c):
+    """Pack every non-empty partition with hyfleet's `telemetry_pack` on connection `c`, as the
+    upkeep packs old days; returns the packs' bytes (heap, TOAST, index) per reading packed."""
+    parts = [r[0] for r in c.execute(
+        "SELECT inhrelid::regclass::text FROM pg_inherits "
+        "WHERE inhparent = 'telemetry'::regclass AND pg_relation_size(inhrelid) > 0").fetchall()]
+    for p in parts:
+        c.execute("SELECT telemetry_pack(%s::regclass)", (p,))
+    size, rows = c.execute(
+        "SELECT pg_total_relation_size('telemetry_packed'), "
+        "(SELECT sum(readings) FROM telemetry_packed)").fetchone()
     return float(size) / rows if rows else None
+
+
+def packed_bytes_per_reading(db):
+    """What a reading costs once its day is packed, in a transaction that is rolled back: the
+    store is left as it was."""
+    with psycopg.connect(db.url) as c:  # not autocommit: rolled back below
+        size = pack_all(c)
+        c.rollback()
+    return size
 
 
 def wait_consuming(db, broker_port, topic_root, secs=60):

@@ -255,15 +255,8 @@ def phase_api(args, broker, hook):
             # As the hourly upkeep does once a day is old enough: every partition packed.
             t0 = time.perf_counter()
             with db.connect() as c:
-                parts = [r[0] for r in c.execute(
-                    "SELECT inhrelid::regclass::text FROM pg_inherits "
-                    "WHERE inhparent = 'telemetry'::regclass AND pg_relation_size(inhrelid) > 0").fetchall()]
-                for part in parts:
-                    c.execute("SELECT telemetry_pack(%s::regclass)", (part,))
+                packed_bytes = lib.pack_all(c)
                 c.execute("VACUUM ANALYZE telemetry_packed")
-                packed_bytes = c.execute(
-                    "SELECT pg_total_relation_size('telemetry_packed')::float8 / sum(readings) "
-                    "FROM telemetry_packed").fetchone()[0]
             pack_secs = time.perf_counter() - t0
             print(f"  packed in {pack_secs:.0f} s: {raw_bytes:.0f} → {packed_bytes:.0f} bytes a reading", flush=True)
         root = f"bench/{uuid.uuid4().hex[:8]}"
