@@ -5,6 +5,8 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 
 use anyhow::Context as _;
 
+use crate::store::local_server::LocalServer;
+
 /// Start rumqttd on its own thread on a free loopback port (a system broker often holds 1883)
 /// and return its `mqtt://` URL.
 pub fn start_embedded_broker() -> anyhow::Result<String> {
@@ -90,15 +92,45 @@ pub fn webhook_to(inbox: &str) -> crate::notify::WebhookConfig {
     }
 }
 
+/// The PostgreSQL a demo runs on when no `DATABASE_URL` was given: the local server's
+/// `hyfleet_demo` database, emptied, or, when that server cannot be used (not running, not
+/// reachable, asking for a password), a throwaway server of the demo's own, returned so that
+/// the caller keeps it for as long as the demo runs.
+pub async fn database(url: &str) -> anyhow::Result<(String, Option<LocalServer>)> {
+    let unusable = match reset_database(url).await {
+        Ok(()) => return Ok((url.to_owned(), None)),
+        Err(e) => e,
+    };
+    println!(
+        "{}; starting a throwaway PostgreSQL for this demo",
+        crate::store::error_chain(&unusable)
+    );
+    let server = LocalServer::start()
+        .await
+        .context("the demo needs PostgreSQL: start it, set DATABASE_URL, or install it")?;
+    let url = server.url("hyfleet_demo");
+    println!(
+        "  throwaway PostgreSQL on 127.0.0.1:{} (removed when the demo stops)",
+        server.port()
+    );
+    Ok((url, Some(server)))
+}
+
+/// Where the demo looks first: the local server's default address, a database of its own.
+pub const DEFAULT_DATABASE: &str = "postgres://postgres@127.0.0.1:5432/hyfleet_demo";
+
 /// Drop the demo's own database, so that each demo starts with a fresh simulated fleet.
 pub async fn reset_database(url: &str) -> anyhow::Result<()> {
     let mut admin = crate::store::pg_config(url)?;
     let name = admin.get_dbname().unwrap_or("hyfleet_demo").to_owned();
     admin.dbname("postgres");
-    let (client, connection) = admin
-        .connect(tokio_postgres::NoTls)
-        .await
-        .context("cannot connect to PostgreSQL to reset the demo database")?;
+    let (client, connection) = admin.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to PostgreSQL at {}: {}",
+            crate::store::redact(url),
+            crate::store::pg_error(&e)
+        )
+    })?;
     tokio::spawn(connection);
     client
         .batch_execute(&format!(

@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod decode;
 pub mod demo;
+pub mod doctor;
 pub mod domain;
 pub mod gbfs;
 pub mod geo;

@@ -26,6 +26,9 @@ enum Command {
     Simulate(Box<sim::SimArgs>),
     /// Run the whole system here: embedded broker, simulated fleet, API.
     Demo,
+    /// Check PostgreSQL, the broker and the clock: one line per check, exit status 1 when one
+    /// fails. The broker's backlog and inflight window are measured with a probe session.
+    Doctor,
     /// Manage geofence zones.
     #[command(subcommand)]
     Zones(ZonesCommand),
@@ -40,12 +43,7 @@ enum ZonesCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn".into()),
-        )
-        .init();
+    init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -70,6 +68,19 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Demo => run_demo(&cli.config).await,
+            Command::Doctor => {
+                let checks = hyfleet::doctor::run(&load(&cli.config)?).await;
+                for check in &checks {
+                    println!("{check}");
+                }
+                if checks
+                    .iter()
+                    .any(|c| c.verdict == hyfleet::doctor::Verdict::Fail)
+                {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
             Command::Zones(ZonesCommand::Import { file }) => {
                 let config = load(&cli.config)?;
                 let text = std::fs::read_to_string(&file)
@@ -85,11 +96,39 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// Logs go to standard output: text, coloured only on a terminal (and not under `NO_COLOR`),
+/// or one JSON object a line with `HYFLEET_LOG_FORMAT=json`, for log collectors.
+fn init_logging() {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    let format = std::env::var("HYFLEET_LOG_FORMAT").unwrap_or_default();
+    match format.as_str() {
+        "json" => logs.json().init(),
+        _ => {
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            logs.with_ansi(colour).init();
+            if !matches!(format.as_str(), "" | "text") {
+                tracing::warn!(
+                    HYFLEET_LOG_FORMAT = %format,
+                    "unknown log format: use `text` (the default) or `json`"
+                );
+            }
+        }
+    }
+}
+
 fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
     Ok(Config::load(path.as_deref())?)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    for check in hyfleet::doctor::quick(&config).await {
+        if check.verdict != hyfleet::doctor::Verdict::Ok {
+            tracing::warn!(check = check.name, "{}", check.detail);
+        }
+    }
     let listener = tokio::net::TcpListener::bind(&config.http.addr)
         .await
         .with_context(|| format!("cannot listen on http.addr = {}", config.http.addr))?;
@@ -107,11 +146,14 @@ async fn run_demo(path: &Option<PathBuf>) -> anyhow::Result<()> {
     if std::env::var_os("MQTT_URL").is_none() {
         config.mqtt.url = demo::start_embedded_broker()?;
     }
+    // Kept until the demo ends: dropping it stops the throwaway server and removes its files.
+    let mut _local_pg = None;
     if std::env::var_os("DATABASE_URL").is_none() && path.is_none() {
         // Keep the demo's simulated fleet out of a real `hyfleet` database, and start it
         // afresh: a fleet left over from an earlier run would all be `offline` at first.
-        config.database.url = "postgres://postgres@127.0.0.1:5432/hyfleet_demo".into();
-        demo::reset_database(&config.database.url).await?;
+        let (url, server) = demo::database(demo::DEFAULT_DATABASE).await?;
+        config.database.url = url;
+        _local_pg = server;
     }
     let inbox = demo::start_inbox().await?;
     config.notify.allow_private_networks = true;

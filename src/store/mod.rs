@@ -2,6 +2,7 @@
 //! ingest commits through, and the queries the API reads with.
 
 mod copy;
+pub mod local_server;
 pub mod migrate;
 pub mod partitions;
 pub mod queries;
@@ -104,6 +105,27 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// A PostgreSQL client error with its causes, on one line: tokio-postgres's own message names
+/// only the kind ("error connecting to server"), the cause that says what to fix is its source.
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// An error with every cause, on one line.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    format!("{e:#}")
 }
 
 #[cfg(test)]
