@@ -398,9 +398,9 @@ async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no count in {stdout:?}"));
+    group.assert_all_stored_once().await;
     // Its share of the rest of the stream, at least: a third of 8,000 readings.
     assert!(drained > 1000, "drained only {drained}");
-    group.assert_all_stored_once().await;
     assert!(
         !group.broker.has_session(&group.ids[1]).await,
         "the drained session is gone from the broker"
