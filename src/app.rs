@@ -85,12 +85,33 @@ pub async fn serve(
         shutdown.clone(),
     )
     .await;
-    ingest.await.context("ingest panicked")??;
+    let ingested = ingest.await.context("ingest panicked");
     let _ = notifier.await;
     upkeep.abort();
     sweeper.abort();
     zone_reload.abort();
-    Ok(())
+    ingested?
+}
+
+/// `hyfleet mqtt drain-session`: take what the broker holds for `config.mqtt.client_id` (an
+/// instance gone for good) through the same pipeline as `serve`, then end that session. The
+/// alerts it opens wait in the webhook outbox for the running instances' workers.
+pub async fn drain_session(config: Config) -> anyhow::Result<u64> {
+    store::prepare_database(&config.database.url)
+        .await
+        .context("cannot prepare the database")?;
+    let pool = store::pool(&config.database.url, 1)?;
+    let engine = build_engine(&pool, &config).await?;
+    let hooks = Arc::new(Hooks::new(engine, crate::live::Hub::default()));
+    let health = Arc::new(Health::default());
+    health.set_store(true);
+    let deps = ingest::IngestDeps {
+        metrics: Arc::new(Metrics::default()),
+        health,
+        registry: Arc::new(Registry::new()),
+        hooks,
+    };
+    ingest::drain_session(&config, deps).await
 }
 
 async fn maintain_partitions(

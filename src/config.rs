@@ -56,6 +56,9 @@ pub struct MqttConfig {
     /// When set, subscribe through `$share/{group}/...` so that several instances split the load.
     pub shared_group: Option<String>,
     pub keep_alive_secs: u64,
+    /// On every stop, leave the shared subscription and end the broker session (the instance
+    /// does not come back under this client id); otherwise only on SIGUSR1 or `serve --retire`.
+    pub retire_on_shutdown: bool,
 }
 
 impl Default for MqttConfig {
@@ -66,6 +69,7 @@ impl Default for MqttConfig {
             topic_root: "hyfleet/v1".into(),
             shared_group: None,
             keep_alive_secs: 30,
+            retire_on_shutdown: false,
         }
     }
 }

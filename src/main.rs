@@ -18,8 +18,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run ingest, rules, webhooks and the HTTP API.
-    Serve,
+    /// Run ingest, rules, webhooks and the HTTP API. SIGTERM or Ctrl-C stops it to come back
+    /// (its MQTT session is kept); SIGUSR1 retires it (see `--retire`).
+    Serve {
+        /// Leave for good on any stop: leave the shared subscription, drain what the broker
+        /// already handed over, end the MQTT session (as `mqtt.retire_on_shutdown`).
+        #[arg(long)]
+        retire: bool,
+    },
     /// Apply the database migrations and exit.
     Migrate,
     /// Run the fleet simulator against a broker.
@@ -32,6 +38,21 @@ enum Command {
     /// Manage geofence zones.
     #[command(subcommand)]
     Zones(ZonesCommand),
+    /// Operate on the broker side.
+    #[command(subcommand)]
+    Mqtt(MqttCommand),
+}
+
+#[derive(Subcommand)]
+enum MqttCommand {
+    /// Take what the broker holds for the persistent session of an instance that is gone for
+    /// good (killed, never restarted) through the normal pipeline, then end that session.
+    /// Prints how many messages it drained. Never use the client id of a running instance.
+    DrainSession {
+        /// The gone instance's `mqtt.client_id`.
+        #[arg(long)]
+        client_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -49,7 +70,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve => serve(load(&cli.config)?).await,
+            Command::Serve { retire } => {
+                let mut config = load(&cli.config)?;
+                config.mqtt.retire_on_shutdown |= retire;
+                serve(config).await
+            }
             Command::Migrate => {
                 let config = load(&cli.config)?;
                 store::prepare_database(&config.database.url).await?;
@@ -79,6 +104,16 @@ fn main() -> anyhow::Result<()> {
                 {
                     std::process::exit(1);
                 }
+                Ok(())
+            }
+            Command::Mqtt(MqttCommand::DrainSession { client_id }) => {
+                let mut config = load(&cli.config)?;
+                config.mqtt.client_id = client_id;
+                let n = app::drain_session(config.clone()).await?;
+                println!(
+                    "drained {n} messages from the session `{}`; the session is ended",
+                    config.mqtt.client_id
+                );
                 Ok(())
             }
             Command::Zones(ZonesCommand::Import { file }) => {
@@ -134,9 +169,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on http.addr = {}", config.http.addr))?;
     let (trigger, stop) = shutdown::channel();
     tokio::spawn(async move {
-        shutdown::signal().await;
-        tracing::info!("stopping: finishing the batches in flight");
-        trigger.fire();
+        match shutdown::signal().await {
+            shutdown::Signal::Stop => {
+                tracing::info!("stopping: finishing the batches in flight");
+                trigger.fire();
+            }
+            shutdown::Signal::Retire => {
+                tracing::info!("retiring: leaving the shared subscription for good");
+                trigger.retire();
+            }
+        }
     });
     app::serve(config, listener, stop).await
 }

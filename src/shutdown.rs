@@ -1,20 +1,47 @@
-//! Graceful shutdown: one `Trigger`, any number of `Shutdown` listeners.
+//! Graceful shutdown: one `Trigger`, any number of `Shutdown` listeners. A stop is either for a
+//! restart (the instance comes back under the same MQTT client id, so its broker session is
+//! kept) or for good (`retire`: it leaves the shared subscription and ends its session, so that
+//! nothing waits at the broker for an instance that will not return).
 
 use tokio::sync::watch;
 
-#[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Running,
+    Stop,
+    Retire,
+}
 
-pub struct Trigger(watch::Sender<bool>);
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<State>);
+
+pub struct Trigger(watch::Sender<State>);
 
 pub fn channel() -> (Trigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
+    let (tx, rx) = watch::channel(State::Running);
     (Trigger(tx), Shutdown(rx))
 }
 
 impl Trigger {
+    /// Stop, to come back: the broker keeps this instance's session and queues for it.
     pub fn fire(&self) {
-        let _ = self.0.send(true);
+        self.0.send_if_modified(|s| {
+            let changed = *s == State::Running;
+            if changed {
+                *s = State::Stop;
+            }
+            changed
+        });
+    }
+
+    /// Stop for good: leave the shared subscription, drain what the broker already handed
+    /// over, end the session. Also upgrades a stop already under way.
+    pub fn retire(&self) {
+        self.0.send_if_modified(|s| {
+            let changed = *s != State::Retire;
+            *s = State::Retire;
+            changed
+        });
     }
 
     pub fn subscribe(&self) -> Shutdown {
@@ -25,35 +52,71 @@ impl Trigger {
 impl Shutdown {
     /// Resolves once shutdown is asked for (or every trigger is gone).
     pub async fn wait(&mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
+        let _ = self.0.wait_for(|s| *s != State::Running).await;
     }
 
     pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
+        *self.0.borrow() != State::Running
+    }
+
+    /// The stop asked for is for good (`Trigger::retire`).
+    pub fn is_retiring(&self) -> bool {
+        *self.0.borrow() == State::Retire
     }
 
     /// A listener that never fires, for components run outside a service.
     pub fn never() -> Shutdown {
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(State::Running);
         std::mem::forget(tx);
         Shutdown(rx)
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn signal() {
+/// Which stop a signal asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Ctrl-C or SIGTERM: what systemd and Kubernetes send on every stop, restarts included.
+    Stop,
+    /// SIGUSR1: this instance leaves for good.
+    Retire,
+}
+
+/// Resolves on Ctrl-C, SIGTERM or SIGUSR1, saying which.
+pub async fn signal() -> Signal {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut usr1 = signal(SignalKind::user_defined1()).expect("SIGUSR1 handler");
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = ctrl_c => Signal::Stop,
+            _ = term.recv() => Signal::Stop,
+            _ = usr1.recv() => Signal::Retire,
         }
     }
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+        Signal::Stop
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_retire_is_a_stop_and_upgrades_one_under_way() {
+        let (trigger, mut stop) = channel();
+        assert!(!stop.is_triggered());
+        trigger.fire();
+        stop.wait().await;
+        assert!(stop.is_triggered() && !stop.is_retiring());
+        trigger.retire();
+        assert!(stop.is_retiring());
+        // A later plain stop does not take the retirement back.
+        trigger.fire();
+        assert!(stop.is_retiring());
     }
 }

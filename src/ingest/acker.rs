@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use rumqttc::AsyncClient;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 
+/// `acked` counts the acknowledgements queued so far: once it equals the messages taken,
+/// every one of them is committed and its acknowledgement is ahead of any later request.
 pub async fn run(
     client: AsyncClient,
     metrics: Arc<Metrics>,
     mut done: mpsc::UnboundedReceiver<Vec<(u64, rumqttc::Publish)>>,
+    acked: watch::Sender<u64>,
     drained: oneshot::Sender<()>,
 ) {
     let mut next = 1u64;
@@ -31,6 +34,9 @@ pub async fn run(
             next += 1;
         }
         metrics.unacked.fetch_sub(sent, Relaxed);
+        if sent > 0 {
+            acked.send_replace(next - 1);
+        }
     }
     let _ = drained.send(());
 }

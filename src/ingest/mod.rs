@@ -45,14 +45,60 @@ struct Incoming {
 }
 
 /// Run ingest until `shutdown` fires, then drain: commit what was taken, acknowledge it,
-/// disconnect.
+/// disconnect. A stop keeps the broker session for a restart; a retirement
+/// (`Trigger::retire`, or any stop with `mqtt.retire_on_shutdown`) leaves the subscription
+/// and ends the session, and fails if it cannot.
 pub async fn run(config: &Config, deps: IngestDeps, shutdown: Shutdown) -> anyhow::Result<()> {
+    let ended = pipeline(config, deps, shutdown, mqtt::Start::Subscribe).await?;
+    if ended.leaving && !ended.left {
+        anyhow::bail!(
+            "could not drain and end the MQTT session `{}`: it is kept at the broker; \
+             run `hyfleet mqtt drain-session --client-id {}` once the broker and the database are reachable",
+            config.mqtt.client_id,
+            config.mqtt.client_id
+        );
+    }
+    Ok(())
+}
+
+/// Take what the broker holds for the session `mqtt.client_id` of an instance that is gone,
+/// through the whole pipeline (decode, dedup, rules, store), then end the session. Returns
+/// the number of messages taken. Only for a client id that no running instance uses: the
+/// broker would hand the session back and forth between the two.
+pub async fn drain_session(config: &Config, deps: IngestDeps) -> anyhow::Result<u64> {
+    let ended = pipeline(config, deps, Shutdown::never(), mqtt::Start::Leave).await?;
+    if !ended.left {
+        anyhow::bail!(
+            "the session `{}` is not drained ({} messages taken and {}); nothing was lost: \
+             run the command again",
+            config.mqtt.client_id,
+            ended.taken,
+            if ended.drained {
+                "committed"
+            } else {
+                "not all committed"
+            }
+        );
+    }
+    if !ended.session_present {
+        tracing::warn!(client_id = %config.mqtt.client_id, "the broker had no session for this client id");
+    }
+    Ok(ended.taken)
+}
+
+async fn pipeline(
+    config: &Config,
+    deps: IngestDeps,
+    shutdown: Shutdown,
+    start: mqtt::Start,
+) -> anyhow::Result<mqtt::Ended> {
     let decoder = Decoder::new(config);
     let window = config.ingest.batch_max_rows * (3 * config.ingest.writers + 2);
     let (client, eventloop) = mqtt::client(config, window)?;
     let (msg_tx, msg_rx) = tokio::sync::mpsc::channel(config.ingest.batch_max_rows.min(10_000));
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
+    let (acked_tx, acked_rx) = tokio::sync::watch::channel(0u64);
 
     let (writers, jobs) = writers::spawn(config, &deps, done_tx).await?;
     let batcher = tokio::spawn(batcher::run(
@@ -67,27 +113,41 @@ pub async fn run(config: &Config, deps: IngestDeps, shutdown: Shutdown) -> anyho
         client.clone(),
         deps.metrics.clone(),
         done_rx,
+        acked_tx,
         drained_tx,
     ));
-    let subscription = match &config.mqtt.shared_group {
+    let filter = match &config.mqtt.shared_group {
         Some(group) => format!("$share/{group}/{}", decoder.subscription()),
         None => decoder.subscription(),
     };
-    let poller = mqtt::poll(
+    let session = mqtt::Session {
         client,
         eventloop,
-        subscription,
-        deps.metrics.clone(),
-        deps.health.clone(),
-        msg_tx,
-        shutdown,
-        drained_rx,
-    );
-    poller.await;
-    batcher.await??;
-    for w in writers {
-        w.await?;
+        filter,
+        metrics: deps.metrics.clone(),
+        health: deps.health.clone(),
+        retire_on_shutdown: config.mqtt.retire_on_shutdown,
+    };
+    let pipeline = mqtt::Pipeline {
+        tx: msg_tx,
+        acked: acked_rx,
+        drained: drained_rx,
+    };
+    let ended = mqtt::poll(session, pipeline, shutdown, start).await;
+    if ended.drained {
+        batcher.await??;
+        for w in writers {
+            w.await?;
+        }
+        acker.await?;
+    } else {
+        // What is not acknowledged stays with the broker session. Writers retry a batch until
+        // it commits, so with the database down waiting for them would never end.
+        batcher.abort();
+        for w in &writers {
+            w.abort();
+        }
+        acker.abort();
     }
-    acker.await?;
-    Ok(())
+    Ok(ended)
 }

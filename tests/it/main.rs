@@ -11,6 +11,7 @@ mod gbfs;
 mod ingest;
 mod limits;
 mod scale;
+mod scaledown;
 mod schemathesis;
 #[allow(dead_code)] // each test file uses its own part of the support
 mod support;

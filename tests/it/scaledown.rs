@@ -1,0 +1,562 @@
+//! Scaling down on the shipped broker configuration: three instances share one subscription
+//! and one leaves mid-stream. Mosquitto keeps handing a shared subscription's messages to a
+//! member whose session exists, connected or not, so an instance that leaves must take its
+//! session with it (retire), or an operator must drain it (`hyfleet mqtt drain-session`); an
+//! instance that restarts keeps it. Every reading the broker acknowledged is stored once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+
+use crate::support::*;
+
+const BACKEND: &str = "hyfleet.backend";
+const ROOT: &str = "hyfleet/v1";
+const BIKES: u32 = 20;
+const PER_BIKE: u32 = 600;
+const TOTAL: i64 = (BIKES * PER_BIKE) as i64;
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// `deploy/mosquitto/`'s configuration and credentials, run on a free port as
+/// `tests/it/deploy/broker.rs` does: only the listener and the paths are changed.
+struct ShippedBroker {
+    port: u16,
+    child: Child,
+    dir: PathBuf,
+    passwords: HashMap<String, String>,
+}
+
+impl ShippedBroker {
+    async fn start() -> ShippedBroker {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir();
+        // Started as root, Mosquitto drops to its own user, which must read and write here.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let status = Command::new(repo("deploy/mosquitto/make-passwords.sh"))
+            .args([BIKES.to_string(), "0".into()])
+            .env("OUT_DIR", &dir)
+            .env("ENV_FILE", dir.join(".env"))
+            .stderr(Stdio::null())
+            .status()
+            .expect("run make-passwords.sh");
+        assert!(status.success(), "make-passwords.sh failed");
+        let mut passwords = HashMap::new();
+        let csv = std::fs::read_to_string(dir.join("devices.csv")).unwrap();
+        for line in csv.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            passwords.insert(f[2].to_owned(), f[3].to_owned());
+        }
+        let env = std::fs::read_to_string(dir.join(".env")).unwrap();
+        let backend = env
+            .lines()
+            .find_map(|l| l.strip_prefix("HYFLEET_MQTT_PASSWORD="))
+            .expect("the backend's password in .env");
+        passwords.insert(BACKEND.to_owned(), backend.to_owned());
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(&conf, shipped_config(port, &dir)).unwrap();
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let child = Command::new("mosquitto")
+            .args(["-c", conf.to_str().unwrap()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto");
+        let broker = ShippedBroker {
+            port,
+            child,
+            dir,
+            passwords,
+        };
+        eventually(10, "mosquitto listening", || async {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .is_ok()
+                .then_some(())
+        })
+        .await;
+        broker
+    }
+
+    fn backend_url(&self) -> String {
+        format!(
+            "mqtt://{BACKEND}:{}@127.0.0.1:{}",
+            self.passwords[BACKEND], self.port
+        )
+    }
+
+    /// Whether the broker holds a session for `client_id` (it connects as the backend with a
+    /// persistent session and reads CONNACK's session-present flag).
+    async fn has_session(&self, client_id: &str) -> bool {
+        let mut opts = MqttOptions::new(client_id, "127.0.0.1", self.port);
+        // Manual acknowledgements: a look must not take what the session holds.
+        opts.set_clean_session(false)
+            .set_manual_acks(true)
+            .set_credentials(BACKEND, &self.passwords[BACKEND]);
+        let (client, mut eventloop) = AsyncClient::new(opts, 10);
+        let present = loop {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll())
+                .await
+                .expect("CONNACK within 10 s")
+                .expect("the backend user connects")
+            {
+                Event::Incoming(Packet::ConnAck(ack)) => break ack.session_present,
+                _ => continue,
+            }
+        };
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+        present
+    }
+}
+
+impl Drop for ShippedBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn shipped_config(port: u16, dir: &Path) -> String {
+    let text = std::fs::read_to_string(repo("deploy/mosquitto/mosquitto.conf")).unwrap();
+    let mut replaced = 0;
+    let out: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let new = match line.split_whitespace().next().unwrap_or("") {
+                "listener" => format!("listener {port} 127.0.0.1"),
+                "persistence_location" => format!("persistence_location {}/", dir.display()),
+                "password_file" => format!("password_file {}", dir.join("passwords").display()),
+                "acl_file" => format!("acl_file {}", repo("deploy/mosquitto/acl").display()),
+                _ => return line.to_owned(),
+            };
+            replaced += 1;
+            new
+        })
+        .collect();
+    assert_eq!(replaced, 4, "mosquitto.conf changed shape");
+    out.join("\n") + "\n"
+}
+
+/// The bikes, each publishing as its own broker user at QoS 1.
+struct Fleet {
+    bikes: Vec<(String, AsyncClient)>,
+    acked: Arc<AtomicU64>,
+    sent: u64,
+    start: chrono::DateTime<chrono::Utc>,
+}
+
+impl Fleet {
+    async fn connect(broker: &ShippedBroker) -> Fleet {
+        let acked = Arc::new(AtomicU64::new(0));
+        let mut bikes = Vec::new();
+        for n in 1..=BIKES {
+            let id = format!("XY-B{n:04}");
+            let mut opts = MqttOptions::new(&id, "127.0.0.1", broker.port);
+            opts.set_keep_alive(Duration::from_secs(30))
+                .set_credentials(&id, &broker.passwords[&id]);
+            opts.set_inflight(500);
+            let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(_) => {}
+                        Err(rumqttc::ConnectionError::RequestsDone) => return,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            });
+            bikes.push((id, client));
+        }
+        Fleet {
+            bikes,
+            acked,
+            sent: 0,
+            start: chrono::Utc::now() - chrono::Duration::hours(2),
+        }
+    }
+
+    /// Readings `seqs` of every bike, then wait until the broker acknowledged all of them.
+    async fn publish(&mut self, seqs: std::ops::Range<u32>) {
+        for seq in seqs {
+            for (id, client) in &self.bikes {
+                let ts = self.start + chrono::Duration::seconds(i64::from(seq));
+                let r = json!({
+                    "ts": ts.to_rfc3339(), "seq": seq, "lat": 37.1466, "lon": 111.7817,
+                    "speed_kmh": 12.0, "h2_g": 30.0, "locked": false
+                });
+                client
+                    .publish(
+                        format!("{ROOT}/bike/{id}/telemetry"),
+                        QoS::AtLeastOnce,
+                        false,
+                        r.to_string(),
+                    )
+                    .await
+                    .unwrap();
+                self.sent += 1;
+            }
+        }
+        let sent = self.sent;
+        eventually(120, "the broker acknowledges every reading", || async {
+            (self.acked.load(Ordering::SeqCst) >= sent).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Three instances on `$share/hyfleet/hyfleet/v1/#`, one database.
+struct Group {
+    broker: ShippedBroker,
+    db: TestDb,
+    dirs: Vec<PathBuf>,
+    ids: Vec<String>,
+    instances: Vec<Option<ChildService>>,
+}
+
+impl Group {
+    /// `retiring` sets `mqtt.retire_on_shutdown` on the third instance.
+    async fn start(retiring: bool) -> Group {
+        let broker = ShippedBroker::start().await;
+        let db = TestDb::new().await;
+        let mut group = Group {
+            broker,
+            db,
+            dirs: Vec::new(),
+            ids: Vec::new(),
+            instances: Vec::new(),
+        };
+        for n in 0..3 {
+            group.dirs.push(temp_dir());
+            group.ids.push(unique(&format!("hyfleet-{n}")));
+            let toml = group.toml(n, retiring && n == 2);
+            let svc = ChildService::start(&toml, &group.dirs[n]).await;
+            group.instances.push(Some(svc));
+        }
+        group
+    }
+
+    fn toml(&self, n: usize, retire: bool) -> String {
+        format!(
+            r#"[database]
+url = "{}"
+pool_size = 2
+[mqtt]
+url = "{}"
+topic_root = "{ROOT}"
+client_id = "{}"
+shared_group = "hyfleet"
+retire_on_shutdown = {retire}
+[ingest]
+batch_max_age_ms = 20
+batch_max_rows = 500
+"#,
+            self.db.url(),
+            self.broker.backend_url(),
+            self.ids[n]
+        )
+    }
+
+    /// SIGTERM instance `n` and wait for it to exit; its exit status.
+    async fn stop(&mut self, n: usize) -> std::process::ExitStatus {
+        let mut svc = self.instances[n].take().expect("running");
+        let pid = svc.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        eventually(90, "the instance exits", || {
+            let status = svc.child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+
+    async fn stored(&self) -> i64 {
+        count(&self.db.client().await, "SELECT count(*) FROM telemetry").await
+    }
+
+    /// Wait until some readings are stored, so that every instance is busy.
+    async fn wait_storing(&self) {
+        eventually(60, "the group storing", || async {
+            (self.stored().await > 1000).then_some(())
+        })
+        .await;
+    }
+
+    /// Every reading of the stream stored, each once.
+    async fn assert_all_stored_once(&self) {
+        let client = self.db.client().await;
+        eventually(180, "every acknowledged reading stored", || async {
+            (count(&client, "SELECT count(*) FROM telemetry").await >= TOTAL).then_some(())
+        })
+        .await;
+        assert_eq!(
+            count(
+                &client,
+                "SELECT count(*) FROM (SELECT DISTINCT vehicle, seq FROM telemetry) d"
+            )
+            .await,
+            TOTAL
+        );
+        assert_eq!(
+            count(&client, "SELECT count(*) FROM telemetry").await,
+            TOTAL,
+            "no reading stored twice"
+        );
+        assert_eq!(count(&client, "SELECT count(*) FROM rejects").await, 0);
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.instances.clear();
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_instance_retired_mid_stream_strands_nothing() {
+    let mut group = Group::start(true).await;
+    let mut fleet = Fleet::connect(&group.broker).await;
+    fleet.publish(0..PER_BIKE / 3).await;
+    group.wait_storing().await;
+    // The third instance leaves for good while the stream goes on around it.
+    let more = tokio::spawn(async move {
+        fleet.publish(PER_BIKE / 3..PER_BIKE).await;
+        fleet
+    });
+    let status = group.stop(2).await;
+    assert!(status.success(), "the retiring instance failed: {status}");
+    let _fleet = more.await.unwrap();
+    group.assert_all_stored_once().await;
+    assert!(
+        !group.broker.has_session(&group.ids[2]).await,
+        "the retired instance's session is gone from the broker"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
+    let mut group = Group::start(false).await;
+    let mut fleet = Fleet::connect(&group.broker).await;
+    fleet.publish(0..PER_BIKE / 3).await;
+    group.wait_storing().await;
+    group.instances[1].take().expect("running").kill();
+    fleet.publish(PER_BIKE / 3..PER_BIKE).await;
+
+    // The instance never comes back: the operator drains its session.
+    let config = group.dirs[1].join("hyfleet.toml");
+    let id = group.ids[1].clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_hyfleet"))
+            .args(["--config", config.to_str().unwrap()])
+            .args(["mqtt", "drain-session", "--client-id", &id])
+            .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL")
+            .env_remove("MQTT_URL")
+            .env_remove("HYFLEET_TOPIC_ROOT")
+            .output()
+            .expect("run hyfleet mqtt drain-session")
+    });
+    let out = tokio::time::timeout(Duration::from_secs(180), out)
+        .await
+        .expect("drain-session ends within 180 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "drain-session failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drained: u64 = stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "drained")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {stdout:?}"));
+    group.assert_all_stored_once().await;
+    // Its share of the rest of the stream, at least: a third of 8,000 readings.
+    assert!(drained > 1000, "drained only {drained}");
+    assert!(
+        !group.broker.has_session(&group.ids[1]).await,
+        "the drained session is gone from the broker"
+    );
+}
+
+#[tokio::test]
+async fn a_restarting_instance_keeps_its_session() {
+    let mut group = Group::start(false).await;
+    let mut fleet = Fleet::connect(&group.broker).await;
+    fleet.publish(0..PER_BIKE / 3).await;
+    group.wait_storing().await;
+    let status = group.stop(1).await;
+    assert!(status.success(), "the stopping instance failed: {status}");
+    fleet.publish(PER_BIKE / 3..PER_BIKE).await;
+
+    // Back under the same client id. Nothing is published from now on, so what it takes can
+    // only be what its session kept while it was away.
+    let toml = group.toml(1, false);
+    let svc = ChildService::start(&toml, &group.dirs[1]).await;
+    group.assert_all_stored_once().await;
+    let metrics = reqwest::get(format!("http://{}/metrics", svc.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let taken: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hyfleet_mqtt_messages_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("hyfleet_mqtt_messages_total");
+    assert!(taken > 1000, "the restarted instance took only {taken}");
+    group.instances[1] = Some(svc);
+}
+
+/// One instance of a group, in this process, with PostgreSQL behind a proxy the test can cut.
+struct OutageRig {
+    broker: ShippedBroker,
+    proxy: Proxy,
+    db: TestDb,
+    config: hyfleet::config::Config,
+    trigger: hyfleet::shutdown::Trigger,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl OutageRig {
+    async fn start() -> OutageRig {
+        let broker = ShippedBroker::start().await;
+        let proxy = Proxy::start(([127, 0, 0, 1], 5432).into()).await;
+        let db = TestDb::new().await;
+        let mut config = config(&db, &broker.backend_url());
+        config.database.url = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, db.name);
+        config.mqtt.topic_root = ROOT.into();
+        config.mqtt.shared_group = Some("hyfleet".into());
+        config.ingest.batch_max_rows = 200;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (trigger, stop) = hyfleet::shutdown::channel();
+        let task = tokio::spawn(hyfleet::app::serve(config.clone(), listener, stop));
+        wait_ready(addr).await;
+        OutageRig {
+            broker,
+            proxy,
+            db,
+            config,
+            trigger,
+            task,
+        }
+    }
+
+    /// A third of the stream stored, then the database cut off while the rest is published:
+    /// the instance holds messages it took and cannot commit.
+    async fn cut_mid_stream(&self) -> Fleet {
+        let mut fleet = Fleet::connect(&self.broker).await;
+        fleet.publish(0..PER_BIKE / 3).await;
+        let client = self.db.client().await;
+        eventually(120, "the first third stored", || async {
+            (count(&client, "SELECT count(*) FROM telemetry").await == TOTAL / 3).then_some(())
+        })
+        .await;
+        self.proxy.cut();
+        fleet.publish(PER_BIKE / 3..PER_BIKE).await;
+        fleet
+    }
+
+    /// How the service ended, within `secs`.
+    async fn ended(self, secs: u64) -> (anyhow::Result<()>, Proxy, TestDb, ShippedBroker) {
+        let r = tokio::time::timeout(Duration::from_secs(secs), self.task)
+            .await
+            .unwrap_or_else(|_| panic!("the service ends within {secs} s"))
+            .unwrap();
+        (r, self.proxy, self.db, self.broker)
+    }
+}
+
+/// Stopped for a restart while the database is away: the instance ends within its drain
+/// deadline instead of retrying its batches forever, and keeps its session, so that the same
+/// client id back takes everything once the database is.
+#[tokio::test]
+async fn a_stop_during_a_database_outage_ends_and_keeps_the_session() {
+    let rig = OutageRig::start().await;
+    let _fleet = rig.cut_mid_stream().await;
+    let config = rig.config.clone();
+    rig.trigger.fire();
+    let (result, proxy, db, broker) = rig.ended(60).await;
+    result.expect("a stop ends cleanly");
+    assert!(broker.has_session(&config.mqtt.client_id).await);
+    proxy.restore();
+    let svc = InProcess::start(config).await;
+    let client = db.client().await;
+    eventually(120, "every reading stored after the restart", || async {
+        (count(&client, "SELECT count(*) FROM telemetry").await >= TOTAL).then_some(())
+    })
+    .await;
+    svc.stop().await;
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM telemetry").await,
+        TOTAL
+    );
+}
+
+/// Retired while the database is away: the instance cannot commit what it holds, so it leaves
+/// the subscription, keeps the session, fails saying what to run, and the operator command
+/// takes the rest once the database is back.
+#[tokio::test]
+async fn a_retirement_during_a_database_outage_keeps_the_session_for_the_operator() {
+    let rig = OutageRig::start().await;
+    let _fleet = rig.cut_mid_stream().await;
+    let config = rig.config.clone();
+    rig.trigger.retire();
+    let (result, proxy, db, broker) = rig.ended(120).await;
+    let err = format!(
+        "{:#}",
+        result.expect_err("a retirement that cannot drain fails")
+    );
+    assert!(err.contains("drain-session"), "{err}");
+    assert!(broker.has_session(&config.mqtt.client_id).await);
+
+    proxy.restore();
+    let drained = hyfleet::app::drain_session(config.clone())
+        .await
+        .expect("drain-session");
+    assert!(drained >= (TOTAL - TOTAL / 3) as u64, "drained {drained}");
+    let client = db.client().await;
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM telemetry").await,
+        TOTAL
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM (SELECT DISTINCT vehicle, seq FROM telemetry) d"
+        )
+        .await,
+        TOTAL
+    );
+    assert!(!broker.has_session(&config.mqtt.client_id).await);
+}
