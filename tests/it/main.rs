@@ -13,3 +13,4 @@ mod scale;
 mod schemathesis;
 #[allow(dead_code)] // each test file uses its own part of the support
 mod support;
+mod webhook_receivers;
