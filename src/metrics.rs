@@ -300,6 +300,12 @@ impl Metrics {
             "Alert transitions emitted.",
             self.alert_events.load(Relaxed),
         );
+        counter(
+            &mut out,
+            "hyfleet_webhook_panics_total",
+            "Webhook deliveries that panicked inside hyfleet: marked failed, their loop went on.",
+            crate::notify::delivery_panics(),
+        );
         out
     }
 }

@@ -444,7 +444,7 @@ async fn private_urls_are_refused_unless_allowed_and_secrets_stay_hidden() {
         "http://127.0.0.1:9/robot/send?access_token=TOKEN123",
         Format::DingTalk,
     );
-    ding.secret = Some("SECsecret456".into());
+    ding.secret = Some("SECsecret456-0123456789".into());
     notify::sync_config_webhooks(&mut conn, &[ding], &cfg)
         .await
         .unwrap();
@@ -474,4 +474,381 @@ async fn private_urls_are_refused_unless_allowed_and_secrets_stay_hidden() {
         notify::create_webhook(&conn, &dup, &cfg).await,
         Err(notify::WebhookError::Conflict(_))
     ));
+}
+
+/// Runs the delivery loops as the service does, until the returned sender fires.
+fn spawn_loops(
+    db: &TestDb,
+    cfg: &notify::NotifyConfig,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = notify::spawn_worker(
+        db.pool.clone(),
+        cfg.clone(),
+        Arc::new(notify::SystemClock),
+        async {
+            let _ = stopped.await;
+        },
+    )
+    .unwrap();
+    (stop, handle)
+}
+
+async fn count_state(db: &TestDb, webhook_id: i64, state: &str) -> usize {
+    states(db, webhook_id)
+        .await
+        .get(state)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_huge_retry_after_stops_no_webhook() {
+    // 10^16 seconds is past what chrono's Duration holds: it once killed every delivery loop.
+    let huge = "10000000000000000";
+    let hostile = Receiver::start().await;
+    hostile.respond(Respond::RetryAfter(200, huge.into()));
+    let other = Receiver::start().await;
+    let mut cfg = notify_config();
+    cfg.poll_interval_ms = 20;
+    let (db, ids) = setup(
+        vec![
+            hook("hostile", &hostile.url("/generic"), Format::Generic),
+            hook("other", &other.url("/generic"), Format::Generic),
+        ],
+        &cfg,
+    )
+    .await;
+    let (stop, loops) = spawn_loops(&db, &cfg);
+    let batch: Vec<_> = (1..=3).map(|a| event(a, T::Opened)).collect();
+    enqueue(&db, &batch).await;
+    support::wait_until(|| other.received().len() == 3).await;
+    // A 200 is a delivery, whatever else the answer says.
+    support::eventually("the hostile receiver's deliveries settle", || async {
+        count_state(&db, ids[0], "delivered").await == 3
+    })
+    .await;
+
+    // With a 503 the wait is honoured, clamped to a day.
+    hostile.respond(Respond::RetryAfter(503, huge.into()));
+    enqueue(&db, &[event(4, T::Opened)]).await;
+    support::wait_until(|| other.received().len() == 4).await;
+    let conn = db.pool.get().await.unwrap();
+    support::eventually("the 503 is recorded", || async {
+        notify::attempts(&conn, ids[0], 10, None)
+            .await
+            .unwrap()
+            .len()
+            == 4
+    })
+    .await;
+    let w = notify::get_webhook(&conn, ids[0]).await.unwrap().unwrap();
+    let paused = w.paused_until.expect("the endpoint waits");
+    let now = chrono::Utc::now();
+    assert!(
+        paused > now + chrono::Duration::hours(23) && paused <= now + chrono::Duration::hours(24),
+        "{paused}"
+    );
+    let d = notify::deliveries(&conn, ids[0], 1, None).await.unwrap();
+    assert_eq!(d[0].state, "pending");
+    assert!(d[0].next_attempt_at.unwrap() <= now + chrono::Duration::hours(24));
+    assert_eq!(count_state(&db, ids[1], "delivered").await, 4);
+    stop.send(()).unwrap();
+    loops.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_huge_answer_is_read_only_in_part() {
+    let rx = support::RawReceiver::start(support::Raw::Huge(128 << 20)).await;
+    let cfg = notify_config();
+    let h = hook(
+        "ding",
+        &rx.url("/robot/send?access_token=t"),
+        Format::DingTalk,
+    );
+    let (db, ids) = setup(vec![h], &cfg).await;
+    let worker = Worker::new(db.pool.clone(), cfg, Arc::new(OffsetClock::new())).unwrap();
+    enqueue(&db, &[event(1, T::Opened)]).await;
+    assert!(worker.step().await.unwrap());
+    support::wait_until(|| rx.open() == 0).await;
+    // What the kernel buffers between the two sockets is sent too; the cap is far below.
+    assert!(rx.sent() < 32 << 20, "{} bytes taken", rx.sent());
+    assert_eq!(count_state(&db, ids[0], "delivered").await, 1);
+}
+
+#[tokio::test]
+async fn a_trickling_answer_holds_a_delivery_no_longer_than_the_timeout() {
+    let rx = support::RawReceiver::start(support::Raw::Trickle).await;
+    let mut cfg = notify_config();
+    cfg.http_timeout_secs = 2;
+    let h = hook(
+        "ding",
+        &rx.url("/robot/send?access_token=t"),
+        Format::DingTalk,
+    );
+    let (db, ids) = setup(vec![h], &cfg).await;
+    let worker = Worker::new(db.pool.clone(), cfg, Arc::new(OffsetClock::new())).unwrap();
+    enqueue(&db, &[event(1, T::Opened)]).await;
+    let started = std::time::Instant::now();
+    assert!(worker.step().await.unwrap());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    let conn = db.pool.get().await.unwrap();
+    let a = notify::attempts(&conn, ids[0], 10, None).await.unwrap();
+    // The robot's verdict is in the body that never came: not known to be delivered.
+    assert!(!a[0].ok, "{:?}", a[0]);
+    assert!(a[0].error.as_deref().unwrap().contains("2 s"), "{:?}", a[0]);
+    assert_eq!(count_state(&db, ids[0], "pending").await, 1);
+    support::wait_until(|| rx.open() == 0).await;
+}
+
+#[tokio::test]
+async fn proxies_from_the_environment_are_not_used() {
+    let proxy = support::RawReceiver::start(support::Raw::Ok).await;
+    // Registered while allowed, sent while not: what a name that resolves to a private
+    // address once the webhook exists (DNS rebinding) looks like to the worker.
+    let (db, ids) = setup(
+        vec![hook(
+            "internal",
+            "http://localhost:9/admin",
+            Format::Generic,
+        )],
+        &notify_config(),
+    )
+    .await;
+    enqueue(&db, &[event(1, T::Opened)]).await;
+    let mut strict = notify_config();
+    strict.allow_private_networks = false;
+    let vars = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"];
+    // SAFETY: the test runner gives each test a process of its own, and this one's other
+    // tasks run on this thread and read no environment.
+    unsafe {
+        for k in vars {
+            std::env::set_var(k, proxy.url(""));
+        }
+        std::env::remove_var("no_proxy");
+        std::env::remove_var("NO_PROXY");
+    }
+    let worker = Worker::new(db.pool.clone(), strict, Arc::new(OffsetClock::new()));
+    unsafe {
+        for k in vars {
+            std::env::remove_var(k);
+        }
+    }
+    worker.unwrap().step().await.unwrap();
+    assert!(proxy.requests().is_empty(), "{:?}", proxy.requests());
+    let conn = db.pool.get().await.unwrap();
+    let a = notify::attempts(&conn, ids[0], 10, None).await.unwrap();
+    assert!(
+        !a[0].ok && a[0].error.as_deref().unwrap().contains("private"),
+        "{:?}",
+        a[0]
+    );
+}
+
+#[tokio::test]
+async fn each_delivery_retries_on_its_own_jittered_schedule() {
+    let rx = Receiver::start().await;
+    rx.respond(Respond::Status(500));
+    let mut cfg = notify_config();
+    cfg.retry_initial_secs = 60;
+    let (db, ids) = setup(
+        vec![hook("main", &rx.url("/generic"), Format::Generic)],
+        &cfg,
+    )
+    .await;
+    let clock = Arc::new(OffsetClock::new());
+    let worker = Worker::new(db.pool.clone(), cfg, clock.clone()).unwrap();
+    let events: Vec<_> = (1..=10).map(|a| event(a, T::Opened)).collect();
+    enqueue(&db, &events).await;
+    let t0 = notify::Clock::now(&*clock);
+    worker.run_once().await.unwrap();
+    // One failure holds back no other delivery, and pauses no endpoint.
+    assert_eq!(rx.requests(), 10);
+    let conn = db.pool.get().await.unwrap();
+    let w = notify::get_webhook(&conn, ids[0]).await.unwrap().unwrap();
+    assert_eq!(w.paused_until, None);
+    let planned: HashMap<uuid::Uuid, chrono::DateTime<chrono::Utc>> =
+        notify::deliveries(&conn, ids[0], 100, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.event_id, d.next_attempt_at.unwrap()))
+            .collect();
+    let mut times: Vec<_> = planned.values().copied().collect();
+    times.sort_unstable();
+    times.dedup();
+    assert_eq!(
+        times.len(),
+        10,
+        "each delivery draws its own delay: {times:?}"
+    );
+    assert!(times[0] >= t0 && times[9] <= t0 + chrono::Duration::seconds(62));
+    assert!(
+        times[9] - times[0] > chrono::Duration::seconds(10),
+        "spread over the first interval: {times:?}"
+    );
+
+    // What runs is that schedule: each second attempt at its own planned time.
+    for _ in 0..70 {
+        clock.advance(chrono::Duration::seconds(1));
+        worker.run_once().await.unwrap();
+    }
+    let mut at: HashMap<uuid::Uuid, Vec<chrono::DateTime<chrono::Utc>>> = HashMap::new();
+    for a in notify::attempts(&conn, ids[0], 1000, None).await.unwrap() {
+        at.entry(a.event_ids[0]).or_default().push(a.at);
+    }
+    for (event, plan) in &planned {
+        let mut tries = at[event].clone();
+        tries.sort_unstable();
+        assert!(tries.len() >= 2, "{event}: {tries:?}");
+        let late = tries[1] - *plan;
+        assert!(
+            late >= chrono::Duration::zero() && late < chrono::Duration::seconds(3),
+            "{event}: planned {plan}, tried {}",
+            tries[1]
+        );
+    }
+}
+
+#[tokio::test]
+async fn hanging_receivers_do_not_delay_a_healthy_one() {
+    let hang = [Receiver::start().await, Receiver::start().await];
+    for h in &hang {
+        h.respond(Respond::Delay(Duration::from_secs(120)));
+    }
+    let healthy = Receiver::start().await;
+    let mut cfg = notify_config();
+    cfg.http_timeout_secs = 5;
+    cfg.retry_initial_secs = 1;
+    cfg.poll_interval_ms = 20;
+    cfg.concurrency = 2;
+    let (db, _) = setup(
+        vec![
+            hook("hang0", &hang[0].url("/generic"), Format::Generic),
+            hook("hang1", &hang[1].url("/generic"), Format::Generic),
+            hook("healthy", &healthy.url("/generic"), Format::Generic),
+        ],
+        &cfg,
+    )
+    .await;
+    let (stop, loops) = spawn_loops(&db, &cfg);
+    // The first round shows which receivers hang.
+    enqueue(&db, &[event(1, T::Opened)]).await;
+    support::wait_until(|| healthy.received().len() == 1).await;
+    // Now a worker is again waiting on a hanging receiver.
+    support::wait_until(|| hang[0].requests() + hang[1].requests() >= 3).await;
+    let sent = std::time::Instant::now();
+    enqueue(&db, &[event(2, T::Opened), event(3, T::Opened)]).await;
+    support::wait_until(|| healthy.received().len() == 3).await;
+    let took = sent.elapsed();
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    stop.send(()).unwrap();
+    loops.await.unwrap();
+}
+
+#[tokio::test]
+async fn short_secrets_are_refused() {
+    let db = TestDb::new().await;
+    let mut conn = db.pool.get().await.unwrap();
+    let cfg = notify_config();
+    let b64 = |s: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    for (format, secret) in [
+        (
+            Format::Generic,
+            format!("whsec_{}", b64(b"fifteen bytes!!")),
+        ),
+        (Format::Generic, "short-secret".to_owned()),
+        (Format::DingTalk, "SEC0123456".to_owned()),
+        (Format::Feishu, "abc".to_owned()),
+    ] {
+        let mut h = hook("s", "http://127.0.0.1:9/hook", format);
+        h.secret = Some(secret.clone());
+        let err = notify::create_webhook(&conn, &h, &cfg).await.unwrap_err();
+        assert!(
+            matches!(&err, notify::WebhookError::Invalid { field, message }
+                if field == "secret" && message.contains("16 bytes")),
+            "{secret}: {err}"
+        );
+        let err = notify::sync_config_webhooks(&mut conn, std::slice::from_ref(&h), &cfg)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("secret"), "{err}");
+    }
+    assert!(notify::list_webhooks(&conn).await.unwrap().is_empty());
+    let mut h = hook("s", "http://127.0.0.1:9/hook", Format::Generic);
+    h.secret = Some(format!("whsec_{}", b64(b"sixteen bytes!!!")));
+    notify::create_webhook(&conn, &h, &cfg).await.unwrap();
+}
+
+/// A clock that panics on its next reading once armed: a fault inside hyfleet in the middle
+/// of a delivery, after the request went out.
+#[derive(Default)]
+struct FaultyClock {
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl notify::Clock for FaultyClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("clock fault injected by the test");
+        }
+        chrono::Utc::now()
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_a_delivery_fails_that_delivery_and_the_loop_goes_on() {
+    let rx = Receiver::start().await;
+    rx.respond(Respond::Delay(Duration::from_millis(500)));
+    let mut cfg = notify_config();
+    // One loop: if it died, nothing else would deliver.
+    cfg.concurrency = 1;
+    cfg.poll_interval_ms = 20;
+    let (db, ids) = setup(
+        vec![hook("main", &rx.url("/generic"), Format::Generic)],
+        &cfg,
+    )
+    .await;
+    let clock = Arc::new(FaultyClock::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let loops = notify::spawn_worker(db.pool.clone(), cfg, clock.clone(), async {
+        let _ = stopped.await;
+    })
+    .unwrap();
+    let panics = notify::delivery_panics();
+    enqueue(&db, &[event(1, T::Opened)]).await;
+    support::wait_until(|| rx.requests() == 1).await;
+    clock.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    support::eventually("the delivery is given up", || async {
+        count_state(&db, ids[0], "failed").await == 1
+    })
+    .await;
+    assert!(notify::delivery_panics() > panics);
+    let conn = db.pool.get().await.unwrap();
+    let d = notify::deliveries(&conn, ids[0], 10, None).await.unwrap();
+    let why = d[0].last_error.as_deref().unwrap();
+    assert!(
+        why.contains("panic") && why.contains("clock fault"),
+        "{why}"
+    );
+    let a = notify::attempts(&conn, ids[0], 10, None).await.unwrap();
+    assert_eq!(a.len(), 1);
+    assert!(!a[0].ok && a[0].error.as_deref() == Some(why), "{a:?}");
+
+    rx.respond(Respond::Ok);
+    enqueue(&db, &[event(2, T::Opened)]).await;
+    support::wait_until(|| rx.received().len() == 2).await;
+    support::eventually("the next delivery goes through", || async {
+        count_state(&db, ids[0], "delivered").await == 1
+    })
+    .await;
+    stop.send(()).unwrap();
+    loops.await.unwrap();
 }

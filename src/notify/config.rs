@@ -104,12 +104,23 @@ impl Default for NotifyConfig {
     }
 }
 
+const MAX_RETRY_HOURS: u32 = 366 * 24;
+const MAX_RETRY_INTERVAL_SECS: u64 = 24 * 3600;
+/// Above any chat platform's limit, and within the database's integer.
+const MAX_RATE_PER_MINUTE: u32 = 10_000;
+/// Shortest signing key accepted: 128 bits, as Standard Webhooks asks (its own are 24–64 bytes).
+pub const MIN_SECRET_BYTES: usize = 16;
+
 impl NotifyConfig {
     /// `Err((option, message))` names the option below `notify.` that is wrong.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |o: &str, m: &str| Err((o.to_owned(), m.to_owned()));
-        if self.max_retry_hours == 0 {
-            return err("max_retry_hours", "must be at least 1");
+        // Upper bounds keep the worker's date arithmetic far from chrono's limits.
+        if !(1..=MAX_RETRY_HOURS).contains(&self.max_retry_hours) {
+            return err("max_retry_hours", "must be between 1 and 8760 (a year)");
+        }
+        if self.retry_max_interval_secs > MAX_RETRY_INTERVAL_SECS {
+            return err("retry_max_interval_secs", "must be at most 86400 (a day)");
         }
         if self.retry_initial_secs == 0 || self.retry_max_interval_secs < self.retry_initial_secs {
             return err(
@@ -117,8 +128,8 @@ impl NotifyConfig {
                 "must be at least 1 and at most retry_max_interval_secs",
             );
         }
-        if self.poll_interval_ms == 0 {
-            return err("poll_interval_ms", "must be at least 1");
+        if !(1..=60_000).contains(&self.poll_interval_ms) {
+            return err("poll_interval_ms", "must be between 1 and 60000");
         }
         if !(1..=300).contains(&self.http_timeout_secs) {
             return err("http_timeout_secs", "must be between 1 and 300");
@@ -126,8 +137,8 @@ impl NotifyConfig {
         if !(1..=64).contains(&self.concurrency) {
             return err("concurrency", "must be between 1 and 64");
         }
-        if self.batch_size == 0 {
-            return err("batch_size", "must be at least 1");
+        if !(1..=10_000).contains(&self.batch_size) {
+            return err("batch_size", "must be between 1 and 10000");
         }
         match reqwest::Url::parse(&self.dashboard_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -230,8 +241,8 @@ pub(crate) fn validate_webhook(
     if events.is_empty() {
         return err("events", "must name at least one event type".into());
     }
-    if rate_per_minute == Some(0) {
-        return err("rate_per_minute", "must be at least 1".into());
+    if rate_per_minute.is_some_and(|r| !(1..=MAX_RATE_PER_MINUTE).contains(&r)) {
+        return err("rate_per_minute", "must be between 1 and 10000".into());
     }
     match (secret.filter(|s| !s.is_empty()), format) {
         (None, Format::Generic) => {
@@ -249,10 +260,22 @@ pub(crate) fn validate_webhook(
                 ),
             );
         }
-        (Some(s), _) => {
-            secret_key(s).map_err(|m| ("secret".to_owned(), m))?;
-        }
+        (Some(s), _) => check_secret(s).map_err(|m| ("secret".to_owned(), m))?,
         (None, _) => {}
+    }
+    Ok(())
+}
+
+/// A signing secret good enough to keep: it decodes, and its key has at least
+/// [`MIN_SECRET_BYTES`] bytes, since a short one can be found by trying. Configured webhooks and
+/// `POST /webhooks` both go through here.
+pub fn check_secret(secret: &str) -> Result<(), String> {
+    let key = secret_key(secret)?;
+    if key.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "must be at least {MIN_SECRET_BYTES} bytes (after whsec_, of the decoded key); this one has {}",
+            key.len()
+        ));
     }
     Ok(())
 }
@@ -295,12 +318,22 @@ mod tests {
             "secret"
         );
         assert!(hook(Format::Generic, Some("whsec_!!")).validate().is_err());
+        // "secret-signing-key" and "sixteen bytes!!!"
         assert!(
-            hook(Format::Generic, Some("whsec_c2VjcmV0"))
+            hook(Format::Generic, Some("whsec_c2VjcmV0LXNpZ25pbmcta2V5"))
                 .validate()
                 .is_ok()
         );
-        assert!(hook(Format::Generic, Some("plain")).validate().is_ok());
+        assert!(
+            hook(Format::Generic, Some("whsec_c2l4dGVlbiBieXRlcyEhIQ=="))
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            hook(Format::Generic, Some("plain-secret-of-24-bytes"))
+                .validate()
+                .is_ok()
+        );
         assert_eq!(secret_key("whsec_c2VjcmV0").unwrap(), b"secret");
         assert_eq!(secret_key("SECabc").unwrap(), b"SECabc");
     }
@@ -310,7 +343,58 @@ mod tests {
         assert!(hook(Format::WeCom, Some("x")).validate().is_err());
         assert!(hook(Format::Slack, Some("x")).validate().is_err());
         assert!(hook(Format::WeCom, None).validate().is_ok());
-        assert!(hook(Format::DingTalk, Some("SECxyz")).validate().is_ok());
+        assert!(
+            hook(Format::DingTalk, Some("SEC0123456789abcdef"))
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_refused_by_name() {
+        // "fifteen bytes!!": one short, whatever its text form's length.
+        for (format, s) in [
+            (Format::Generic, "whsec_ZmlmdGVlbiBieXRlcyEh"),
+            (Format::Generic, "whsec_c2VjcmV0"),
+            (Format::Generic, "fifteen bytes!!"),
+            (Format::DingTalk, "SECxyz"),
+            (Format::Feishu, "abc"),
+        ] {
+            let (field, msg) = hook(format, Some(s)).validate().unwrap_err();
+            assert_eq!(field, "secret", "{s}");
+            assert!(msg.contains("16 bytes"), "{s}: {msg}");
+        }
+        assert!(check_secret("sixteen bytes!!!").is_ok());
+    }
+
+    #[test]
+    fn numbers_that_would_overflow_are_refused() {
+        for (set, field) in [
+            (
+                (|c: &mut NotifyConfig| c.max_retry_hours = u32::MAX) as fn(&mut NotifyConfig),
+                "max_retry_hours",
+            ),
+            (
+                |c| c.retry_max_interval_secs = u64::MAX,
+                "retry_max_interval_secs",
+            ),
+            (
+                |c| {
+                    c.retry_initial_secs = 10_000_000_000_000_000;
+                    c.retry_max_interval_secs = 10_000_000_000_000_000;
+                },
+                "retry_max_interval_secs",
+            ),
+            (|c| c.batch_size = usize::MAX, "batch_size"),
+            (|c| c.poll_interval_ms = u64::MAX, "poll_interval_ms"),
+        ] {
+            let mut c = NotifyConfig::default();
+            set(&mut c);
+            assert_eq!(c.validate().unwrap_err().0, field);
+        }
+        let mut h = hook(Format::DingTalk, None);
+        h.rate_per_minute = Some(u32::MAX);
+        assert_eq!(h.validate().unwrap_err().0, "rate_per_minute");
     }
 
     #[test]
@@ -331,7 +415,10 @@ mod tests {
 
     #[test]
     fn debug_hides_secret_and_token() {
-        let s = format!("{:?}", hook(Format::DingTalk, Some("SECtopsecret")));
+        let s = format!(
+            "{:?}",
+            hook(Format::DingTalk, Some("SECtopsecret-0123456789"))
+        );
         assert!(!s.contains("topsecret") && !s.contains("abc"), "{s}");
     }
 

@@ -15,10 +15,10 @@ pub mod sign;
 mod worker;
 
 pub use clock::{Clock, OffsetClock, SystemClock};
-pub use config::{Format, NotifyConfig, WebhookConfig, secret_key};
+pub use config::{Format, MIN_SECRET_BYTES, NotifyConfig, WebhookConfig, check_secret, secret_key};
 pub use netguard::{UrlRefused, check_url, is_private};
 pub use outbox::{
     Attempt, Delivery, Webhook, WebhookError, attempts, create_webhook, delete_webhook, deliveries,
     enqueue, get_webhook, list_webhooks, redact_url, sync_config_webhooks,
 };
-pub use worker::{Worker, spawn_worker, spawn_worker_with_wake};
+pub use worker::{MAX_ANSWER_BYTES, Worker, delivery_panics, spawn_worker, spawn_worker_with_wake};

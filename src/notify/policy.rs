@@ -13,38 +13,50 @@ pub(super) fn robot_throttle() -> chrono::Duration {
     chrono::Duration::seconds(60)
 }
 
-pub(super) fn secs(s: u64) -> chrono::Duration {
-    chrono::Duration::seconds(s as i64)
+/// `t + d`, or the end of time rather than a panic: every number that reaches here comes from
+/// configuration or from a receiver.
+pub(super) fn later(t: DateTime<Utc>, d: chrono::Duration) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// Exponential backoff with full jitter: uniform in [1 s, min(cap, initial · 2^(n-1))].
+/// Exponential backoff with full jitter: uniform in [0, min(cap, initial · 2^(n-1))].
 pub(super) fn backoff(cfg: &NotifyConfig, attempt: i32) -> chrono::Duration {
     let exp = cfg
         .retry_initial_secs
-        .saturating_mul(1u64 << (attempt - 1).clamp(0, 30))
+        .saturating_mul(1u64 << attempt.saturating_sub(1).clamp(0, 30))
         .min(cfg.retry_max_interval_secs);
-    let ms = (exp * 1000) as f64 * unit_random();
-    chrono::Duration::milliseconds((ms as i64).max(1000))
+    let ms = exp.saturating_mul(1000) as f64 * unit_random();
+    // `as` saturates; the bound is far below chrono's range.
+    chrono::Duration::milliseconds((ms as i64).min(MAX_BACKOFF_MS))
 }
+
+/// A backoff longer than a year would outlive any `max_retry_hours` worth having.
+const MAX_BACKOFF_MS: i64 = 366 * 24 * 3600 * 1000;
 
 /// A uniform number in [0, 1) from the operating system's randomness.
 fn unit_random() -> f64 {
     (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
 
-/// `Retry-After` as seconds or as an HTTP date.
+/// `Retry-After` as seconds or as an HTTP date, clamped to [0, a day]. Any number of digits is
+/// read without overflow: `10000000000000000` seconds once panicked in chrono and stopped every
+/// delivery loop.
 pub(super) fn parse_retry_after(v: &str, now: DateTime<Utc>) -> Option<chrono::Duration> {
-    let wait = match v.trim().parse::<u64>() {
-        Ok(s) => chrono::Duration::seconds(s as i64),
-        Err(_) => {
-            DateTime::parse_from_rfc2822(v.trim())
-                .ok()?
-                .with_timezone(&Utc)
-                - now
-        }
+    let v = v.trim();
+    let max = MAX_RETRY_AFTER.as_secs();
+    let wait = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits for a u64 is still "longer than the clamp".
+        let s = v.parse::<u64>().unwrap_or(u64::MAX).min(max);
+        chrono::Duration::seconds(s as i64)
+    } else {
+        // Both ends lie in chrono's range of dates, whose differences always fit.
+        let at = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+        at.signed_duration_since(now)
     };
-    let max = chrono::Duration::from_std(MAX_RETRY_AFTER).ok()?;
-    Some(wait.clamp(chrono::Duration::zero(), max))
+    Some(wait.clamp(
+        chrono::Duration::zero(),
+        chrono::Duration::seconds(max as i64),
+    ))
 }
 
 /// Chat robots answer 200 with an error code in the body; `(message, rate_limited)`.
@@ -102,13 +114,67 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_from_a_hostile_receiver_is_clamped_not_a_panic() {
+        let now = Utc::now();
+        let day = Some(secs(24 * 3600));
+        for v in [
+            "10000000000000000",
+            "9223372036854775807",
+            "18446744073709551615",
+            "999999999999999999999999999999",
+            " 10000000000000000 ",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "Fri, 31 Dec 99999 23:59:59 GMT",
+        ] {
+            let got = parse_retry_after(v, now);
+            assert!(got.is_none() || got == day, "{v}: {got:?}");
+        }
+        assert_eq!(parse_retry_after("10000000000000000", now), day);
+        for v in ["-5", "1e9", "", "0x10", "Mon, 01 Jan 0001 00:00:00 GMT"] {
+            let got = parse_retry_after(v, now);
+            assert!(
+                got.is_none() || got == Some(chrono::Duration::zero()),
+                "{v}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn extreme_configuration_saturates() {
+        let cfg = NotifyConfig {
+            retry_initial_secs: u64::MAX / 2,
+            retry_max_interval_secs: u64::MAX,
+            ..NotifyConfig::default()
+        };
+        for attempt in [i32::MIN, -1, 0, 1, 2, 64, i32::MAX] {
+            let d = backoff(&cfg, attempt);
+            assert!(d >= chrono::Duration::zero(), "{attempt}: {d}");
+            let _ = later(Utc::now(), d);
+        }
+        assert_eq!(
+            later(Utc::now(), chrono::Duration::MAX),
+            DateTime::<Utc>::MAX_UTC
+        );
+    }
+
+    fn secs(s: i64) -> chrono::Duration {
+        chrono::Duration::seconds(s)
+    }
+
+    #[test]
     fn backoff_grows_is_capped_and_jittered() {
         let cfg = NotifyConfig::default();
         for attempt in 1..40 {
-            let cap = (5u64 << (attempt - 1).min(30)).clamp(1, 3600);
+            let cap = (5u64 << (attempt - 1).min(30)).clamp(1, 3600) as i64;
             let d = backoff(&cfg, attempt);
-            assert!(d >= secs(1) && d <= secs(cap), "{attempt}: {d}");
+            assert!(
+                d >= chrono::Duration::zero() && d <= secs(cap),
+                "{attempt}: {d}"
+            );
         }
+        // Full jitter starts at zero: a fifth of the first retries come within a second.
+        let soon = (0..200).filter(|_| backoff(&cfg, 1) < secs(1)).count();
+        assert!(soon > 0, "no first retry within a second in 200 draws");
         let draws: std::collections::HashSet<i64> = (0..20)
             .map(|_| backoff(&cfg, 12).num_milliseconds())
             .collect();

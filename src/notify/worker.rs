@@ -3,14 +3,23 @@
 //! single event, or a digest when the robot's rate budget is short — records the attempt and
 //! commits. One message per transaction: a crash repeats at most that message, under the same
 //! ids.
+//!
+//! No receiver can hold the others back: each request, its answer included, ends within
+//! `notify.http_timeout_secs` and reads at most [`MAX_ANSWER_BYTES`]; a webhook is worked on by
+//! one loop at a time, the least recently served first; and some loops serve only webhooks whose
+//! last attempt succeeded, so receivers that fail or hang share the rest. A panic while sending
+//! is caught: the delivery is marked failed with the reason, counted, and the loop goes on.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use futures_util::FutureExt as _;
 use tokio::task::JoinHandle;
 use tokio_postgres::Transaction;
 
@@ -19,8 +28,47 @@ use super::config::{Format, NotifyConfig};
 use super::message::{self, Context, Outgoing, Target};
 use super::netguard::{GuardedResolver, refuse_literal};
 use super::outbox::cancel_pending;
-use super::policy::{backoff, error_chain, parse_retry_after, robot_error, robot_throttle, secs};
+use super::policy::{backoff, error_chain, later, parse_retry_after, robot_error, robot_throttle};
 use crate::domain::AlertEvent;
+
+/// Most bytes of a receiver's answer that are read: enough for a chat robot's error code.
+pub const MAX_ANSWER_BYTES: usize = 8 * 1024;
+
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Deliveries that panicked inside hyfleet since start (`hyfleet_webhook_panics_total`).
+pub fn delivery_panics() -> u64 {
+    PANICS.load(Ordering::Relaxed)
+}
+
+/// Which webhooks a delivery loop may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Any,
+    /// Only webhooks whose last attempt succeeded (or that have none yet).
+    Healthy,
+}
+
+/// The deliveries a step holds, so that the loop can settle them if the step panics.
+#[derive(Debug, Default)]
+struct InHand(Mutex<Option<Claimed>>);
+
+#[derive(Debug)]
+struct Claimed {
+    webhook_id: i64,
+    deliveries: Vec<i64>,
+    events: Vec<uuid::Uuid>,
+}
+
+impl InHand {
+    fn set(&self, c: Option<Claimed>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    fn take(&self) -> Option<Claimed> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
 
 pub struct Worker {
     pool: Pool,
@@ -58,9 +106,12 @@ enum Outcome {
 
 impl Worker {
     pub fn new(pool: Pool, cfg: NotifyConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // No client timeout: `send` puts one deadline over the whole exchange, body included.
         let http = reqwest::Client::builder()
-            .timeout(cfg.http_timeout())
             .connect_timeout(cfg.http_timeout())
+            // Proxies from the environment (HTTP_PROXY, ...) would resolve webhook hosts
+            // themselves, past the resolver below that keeps private networks out.
+            .no_proxy()
             // A redirect could lead into a private network past the URL check.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("hyfleet/", env!("CARGO_PKG_VERSION")));
@@ -92,10 +143,79 @@ impl Worker {
 
     /// One message to one webhook; `false` when no webhook has anything due.
     pub async fn step(&self) -> anyhow::Result<bool> {
+        self.step_in(Lane::Any, &InHand::default()).await
+    }
+
+    /// [`Worker::step`] as a delivery loop runs it: a panic inside is caught, logged, counted,
+    /// and the deliveries it held are marked failed with the reason.
+    async fn supervised_step(&self, lane: Lane) -> anyhow::Result<bool> {
+        let in_hand = InHand::default();
+        match AssertUnwindSafe(self.step_in(lane, &in_hand))
+            .catch_unwind()
+            .await
+        {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                PANICS.fetch_add(1, Ordering::Relaxed);
+                let claimed = in_hand.take();
+                tracing::error!(
+                    panic = %what,
+                    webhook = claimed.as_ref().map(|c| c.webhook_id),
+                    "webhook delivery panicked: its deliveries are marked failed"
+                );
+                if let Some(c) = claimed {
+                    self.fail_after_panic(&c, &what)
+                        .await
+                        .context("recording a delivery that panicked")?;
+                }
+                // Like an error: the loop rests a poll interval rather than spin.
+                Ok(false)
+            }
+        }
+    }
+
+    /// The step's transaction rolled back with the panic; this records the attempt and gives
+    /// the deliveries up, so that they cannot take the next loop down with them.
+    async fn fail_after_panic(&self, c: &Claimed, what: &str) -> anyhow::Result<()> {
+        let error = format!("hyfleet failed while sending (panic: {what})");
         let mut conn = self.pool.get().await.context("webhook worker connection")?;
         let tx = conn.transaction().await?;
         let now = self.clock.now();
-        let Some(hook) = claim(&tx, now).await? else {
+        tx.execute(
+            "INSERT INTO webhook_attempts
+                 (webhook_id, at, event_ids, digest, status_code, error, duration_ms, ok)
+             VALUES ($1, $2, $3, $4, NULL, $5, 0, false)",
+            &[
+                &c.webhook_id,
+                &now,
+                &c.events,
+                &(c.events.len() > 1),
+                &error,
+            ],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE webhook_deliveries SET state = 'failed', attempts = attempts + 1,
+                 first_attempt_at = COALESCE(first_attempt_at, $2), next_attempt_at = NULL,
+                 last_status = NULL, last_error = $3
+             WHERE id = ANY ($1) AND state = 'pending'",
+            &[&c.deliveries, &now, &error],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn step_in(&self, lane: Lane, in_hand: &InHand) -> anyhow::Result<bool> {
+        let mut conn = self.pool.get().await.context("webhook worker connection")?;
+        let tx = conn.transaction().await?;
+        let now = self.clock.now();
+        let Some(hook) = claim(&tx, now, lane).await? else {
             return Ok(false);
         };
         let due = due_deliveries(&tx, hook.id, now, self.cfg.batch_size).await?;
@@ -109,7 +229,7 @@ impl Worker {
                 let left = (rate as i64 - used).max(0) as usize;
                 if left == 0 {
                     // Come back when the oldest request of the window ages out.
-                    let until = oldest.unwrap_or(now) + chrono::Duration::seconds(60);
+                    let until = later(oldest.unwrap_or(now), chrono::Duration::seconds(60));
                     pause(&tx, hook.id, until).await?;
                     tx.commit().await?;
                     return Ok(true);
@@ -130,7 +250,18 @@ impl Worker {
         } else {
             (&due[..1], false)
         };
+        let event_ids: Vec<uuid::Uuid> = covered
+            .iter()
+            .filter_map(|d| d.event.as_ref().ok().map(|e| e.id))
+            .collect();
+        in_hand.set(Some(Claimed {
+            webhook_id: hook.id,
+            deliveries: covered.iter().map(|d| d.id).collect(),
+            events: event_ids.clone(),
+        }));
         let (outcome, status, error, took) = self.send(&hook, covered, digest, now).await;
+        // Waits count from the answer: a slow one must not shorten them.
+        let answered = self.clock.now().max(now);
         let ok = outcome == Outcome::Delivered;
         match &outcome {
             Outcome::Delivered => {}
@@ -141,10 +272,6 @@ impl Worker {
                 tracing::debug!(webhook = %hook.name, ?status, error = error.as_deref(), "delivery attempt failed")
             }
         }
-        let event_ids: Vec<uuid::Uuid> = covered
-            .iter()
-            .filter_map(|d| d.event.as_ref().ok().map(|e| e.id))
-            .collect();
         tx.execute(
             "INSERT INTO webhook_attempts
                  (webhook_id, at, event_ids, digest, status_code, error, duration_ms, ok)
@@ -162,7 +289,7 @@ impl Worker {
         )
         .await?;
         for d in covered {
-            self.settle(&tx, d, &outcome, status, error.as_deref(), now)
+            self.settle(&tx, d, &outcome, status, error.as_deref(), now, answered)
                 .await?;
         }
         match outcome {
@@ -176,16 +303,13 @@ impl Worker {
                 .await?;
                 cancel_pending(&tx, &[hook.id], "webhook disabled: 410 Gone").await?;
             }
-            Outcome::Later(wait) => pause(&tx, hook.id, now + wait).await?,
-            // An endpoint that is down is tried once per initial retry interval, whatever the
-            // number of its deliveries, rather than once per delivery in a burst.
-            Outcome::Failed if status.is_none_or(|s| s >= 500) => {
-                let until = now + secs(self.cfg.retry_initial_secs);
-                pause(&tx, hook.id, until).await?;
-            }
-            _ => {}
+            // The receiver asked the whole endpoint to wait. A plain failure pauses nothing
+            // but its own deliveries, each on its own jittered schedule (`settle`).
+            Outcome::Later(wait) => pause(&tx, hook.id, later(answered, wait)).await?,
+            Outcome::Delivered | Outcome::Failed => {}
         }
         tx.commit().await.context("committing a delivery attempt")?;
+        in_hand.set(None);
         Ok(true)
     }
 
@@ -212,43 +336,69 @@ impl Worker {
         for (k, v) in request.headers {
             req = req.header(k, v);
         }
+        // The client's own timeout covers the body too; this one also names the limit in the
+        // attempt's record.
+        let limit = self.cfg.http_timeout();
+        match tokio::time::timeout(limit, self.exchange(req, hook.format, now)).await {
+            Ok((outcome, status, error)) => (outcome, status, error, started.elapsed()),
+            Err(_) => (
+                Outcome::Failed,
+                None,
+                Some(format!(
+                    "no complete answer within {} s",
+                    self.cfg.http_timeout_secs
+                )),
+                started.elapsed(),
+            ),
+        }
+    }
+
+    /// Sends the request and reads what the answer means.
+    async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+        format: Format,
+        now: DateTime<Utc>,
+    ) -> (Outcome, Option<i32>, Option<String>) {
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => {
-                return (
-                    Outcome::Failed,
-                    None,
-                    Some(error_chain(e)),
-                    started.elapsed(),
-                );
-            }
+            Err(e) => return (Outcome::Failed, None, Some(error_chain(e))),
         };
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, now));
-        let body = resp.bytes().await.unwrap_or_default();
         let code = Some(status.as_u16() as i32);
-        let took = started.elapsed();
         if status == reqwest::StatusCode::GONE {
-            return (Outcome::Gone, code, Some("410 Gone".into()), took);
+            return (Outcome::Gone, code, Some("410 Gone".into()));
         }
         if !status.is_success() {
             let err = Some(format!("HTTP {status}"));
+            // Only these two answers ask for a pause (RFC 9110 §10.2.3); elsewhere the header
+            // means nothing and is not read.
+            let retry_after = match status.as_u16() {
+                429 | 503 => resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, now)),
+                _ => None,
+            };
             return match retry_after {
-                Some(wait) if status.as_u16() == 429 || status.is_server_error() => {
-                    (Outcome::Later(wait), code, err, took)
-                }
-                _ if status.as_u16() == 429 => (Outcome::Later(robot_throttle()), code, err, took),
-                _ => (Outcome::Failed, code, err, took),
+                Some(wait) => (Outcome::Later(wait), code, err),
+                None if status.as_u16() == 429 => (Outcome::Later(robot_throttle()), code, err),
+                None => (Outcome::Failed, code, err),
             };
         }
-        match robot_error(hook.format, &body) {
-            None => (Outcome::Delivered, code, None, took),
-            Some((msg, true)) => (Outcome::Later(robot_throttle()), code, Some(msg), took),
-            Some((msg, false)) => (Outcome::Failed, code, Some(msg), took),
+        // Only chat robots put a verdict in the body; nobody else's is read at all.
+        if !format.is_chat() {
+            return (Outcome::Delivered, code, None);
+        }
+        let body = match read_capped(resp, MAX_ANSWER_BYTES).await {
+            Ok(b) => b,
+            Err(e) => return (Outcome::Failed, code, Some(error_chain(e))),
+        };
+        match robot_error(format, &body) {
+            None => (Outcome::Delivered, code, None),
+            Some((msg, true)) => (Outcome::Later(robot_throttle()), code, Some(msg)),
+            Some((msg, false)) => (Outcome::Failed, code, Some(msg)),
         }
     }
 
@@ -280,7 +430,9 @@ impl Worker {
         message::single(target, event, &self.ctx, now)
     }
 
-    /// Records what an attempt means for one delivery: delivered, retried later, or given up.
+    /// Records what an attempt that started at `now` and was answered at `answered` means for
+    /// one delivery: delivered, retried later, or given up.
+    #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
         tx: &Transaction<'_>,
@@ -289,22 +441,27 @@ impl Worker {
         status: Option<i32>,
         error: Option<&str>,
         now: DateTime<Utc>,
+        answered: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         let first = d.first_attempt_at.unwrap_or(now);
         let (state, next) = match outcome {
             Outcome::Delivered => ("delivered", None),
             Outcome::Gone => ("cancelled", None),
             Outcome::Later(_) | Outcome::Failed => {
-                let deadline = first + chrono::Duration::hours(self.cfg.max_retry_hours.into());
+                let deadline = later(
+                    first,
+                    chrono::Duration::hours(self.cfg.max_retry_hours.into()),
+                );
                 if now >= deadline || d.event.is_err() {
                     ("failed", None)
                 } else {
-                    let mut wait = backoff(&self.cfg, d.attempts + 1);
+                    // Full jitter per delivery: deliveries that failed together come back apart.
+                    let mut wait = backoff(&self.cfg, d.attempts.saturating_add(1));
                     if let Outcome::Later(at_least) = outcome {
                         wait = wait.max(*at_least);
                     }
                     // The last try happens at the deadline, not never.
-                    ("pending", Some((now + wait).min(deadline)))
+                    ("pending", Some(later(answered, wait).min(deadline)))
                 }
             }
         };
@@ -321,16 +478,25 @@ impl Worker {
     }
 }
 
-async fn claim(tx: &Transaction<'_>, now: DateTime<Utc>) -> anyhow::Result<Option<Hook>> {
+async fn claim(
+    tx: &Transaction<'_>,
+    now: DateTime<Utc>,
+    lane: Lane,
+) -> anyhow::Result<Option<Hook>> {
     // The same "due and not waiting behind an earlier delivery of its alert" test as
     // `due_deliveries`, or a webhook whose due rows are all blocked would be claimed forever.
-    // NO KEY UPDATE: producers' foreign-key checks (KEY SHARE) on this row must not wait
-    // for a slow receiver.
+    // The least recently tried webhook first: one with a long queue, or a slow receiver, takes
+    // its turn and no more. NO KEY UPDATE: producers' foreign-key checks (KEY SHARE) on this
+    // row must not wait for a slow receiver.
     let row = tx
         .query_opt(
             "SELECT w.id, w.name, w.url, w.secret, w.format, w.rate_per_minute
              FROM webhooks w
+             LEFT JOIN LATERAL (SELECT a.at, a.ok FROM webhook_attempts a
+                                WHERE a.webhook_id = w.id
+                                ORDER BY a.at DESC, a.id DESC LIMIT 1) last ON true
              WHERE w.enabled AND (w.paused_until IS NULL OR w.paused_until <= $1)
+               AND (NOT $2 OR COALESCE(last.ok, true))
                AND EXISTS (SELECT 1 FROM webhook_deliveries d
                            WHERE d.webhook_id = w.id AND d.state = 'pending'
                              AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $1)
@@ -338,10 +504,10 @@ async fn claim(tx: &Transaction<'_>, now: DateTime<Utc>) -> anyhow::Result<Optio
                                  WHERE p.webhook_id = d.webhook_id AND p.alert_id = d.alert_id
                                    AND p.state = 'pending' AND p.id < d.id
                                    AND p.next_attempt_at > $1))
-             ORDER BY w.id
+             ORDER BY last.at NULLS FIRST, w.id
              LIMIT 1
              FOR NO KEY UPDATE OF w SKIP LOCKED",
-            &[&now],
+            &[&now, &(lane == Lane::Healthy)],
         )
         .await
         .context("claiming a webhook")?;
@@ -409,6 +575,20 @@ async fn recent_attempts(
     Ok((r.get(0), r.get(1)))
 }
 
+/// At most `cap` bytes of the body; the rest is never read (dropping the response closes the
+/// connection).
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> reqwest::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = cap - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == cap {
+            break;
+        }
+    }
+    Ok(body)
+}
+
 async fn pause(tx: &Transaction<'_>, webhook_id: i64, until: DateTime<Utc>) -> anyhow::Result<()> {
     tx.execute(
         "UPDATE webhooks SET paused_until = $2 WHERE id = $1",
@@ -419,7 +599,8 @@ async fn pause(tx: &Transaction<'_>, webhook_id: i64, until: DateTime<Utc>) -> a
 }
 
 /// Runs `cfg.concurrency` delivery loops until `shutdown` completes; each finishes the message
-/// it is sending before it stops.
+/// it is sending before it stops. With two or more, half of them (rounded down) serve only
+/// webhooks whose last attempt succeeded: receivers that fail or hang cannot take every loop.
 pub fn spawn_worker(
     pool: Pool,
     cfg: NotifyConfig,
@@ -450,13 +631,18 @@ pub fn spawn_worker_with_wake(
     let worker = Arc::new(Worker::new(pool, cfg, clock)?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let handles: Vec<_> = (0..loops)
-        .map(|_| {
+        .map(|n| {
+            let lane = if n < loops - loops / 2 {
+                Lane::Any
+            } else {
+                Lane::Healthy
+            };
             let worker = worker.clone();
             let wake = wake.clone();
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
                 while !*stop.borrow() {
-                    let idle = match worker.step().await {
+                    let idle = match worker.supervised_step(lane).await {
                         Ok(true) => false,
                         Ok(false) => true,
                         Err(e) => {

@@ -295,3 +295,130 @@ async fn receive(
         }
     }
 }
+
+/// What a [`RawReceiver`] does once it has read a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Raw {
+    /// 200 with a `Content-Length` of this many bytes, written as fast as the client reads.
+    Huge(usize),
+    /// 200 with a long body, one byte a second.
+    Trickle,
+    /// 200, empty body: stands for any server that answers, such as a proxy.
+    Ok,
+}
+
+/// A receiver written on a bare socket, to answer in ways a well-behaved HTTP server would not,
+/// and to count what it manages to send before the client hangs up.
+#[derive(Clone)]
+pub struct RawReceiver {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawReceiver {
+    pub async fn start(mode: Raw) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let rx = RawReceiver {
+            addr: listener.local_addr().unwrap(),
+            requests: Arc::default(),
+            sent: Arc::default(),
+            open: Arc::default(),
+        };
+        let r = rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let r = r.clone();
+                r.open.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                r.open.fetch_sub(1, SeqCst);
+                                return;
+                            }
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head);
+                    r.requests
+                        .lock()
+                        .unwrap()
+                        .push(text.lines().next().unwrap_or("").to_owned());
+                    let _ = match mode {
+                        Raw::Ok => {
+                            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                                .await
+                        }
+                        Raw::Huge(len) => {
+                            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                            let mut res = sock.write_all(head.as_bytes()).await;
+                            let chunk = vec![b' '; 64 * 1024];
+                            let mut left = len;
+                            while res.is_ok() && left > 0 {
+                                let n = left.min(chunk.len());
+                                res = sock.write_all(&chunk[..n]).await;
+                                if res.is_ok() {
+                                    r.sent.fetch_add(n, SeqCst);
+                                    left -= n;
+                                }
+                            }
+                            res
+                        }
+                        Raw::Trickle => {
+                            let mut res = sock
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+                                .await;
+                            while res.is_ok() {
+                                res = sock.write_all(b" ").await;
+                                r.sent.fetch_add(1, SeqCst);
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            res
+                        }
+                    };
+                    r.open.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+        rx
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The request lines received.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Body bytes the client took before it closed the connection.
+    pub fn sent(&self) -> usize {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections not yet closed.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Waits up to 30 s for an asynchronous condition.
+pub async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
