@@ -169,9 +169,15 @@ impl Worker {
                     "webhook delivery panicked: its deliveries are marked failed"
                 );
                 if let Some(c) = claimed {
-                    self.fail_after_panic(&c, &what)
+                    // Recording reads the same clock and database: a fault there must not
+                    // take the loop down either.
+                    match AssertUnwindSafe(self.fail_after_panic(&c, &what))
+                        .catch_unwind()
                         .await
-                        .context("recording a delivery that panicked")?;
+                    {
+                        Ok(r) => r.context("recording a delivery that panicked")?,
+                        Err(_) => anyhow::bail!("recording a delivery that panicked panicked too"),
+                    }
                 }
                 // Like an error: the loop rests a poll interval rather than spin.
                 Ok(false)
