@@ -342,8 +342,8 @@ impl Worker {
         for (k, v) in request.headers {
             req = req.header(k, v);
         }
-        // The client's own timeout covers the body too; this one also names the limit in the
-        // attempt's record.
+        // One deadline over resolving, connecting, sending and the whole answer: a receiver
+        // that trickles its body cannot hold the loop past it.
         let limit = self.cfg.http_timeout();
         match tokio::time::timeout(limit, self.exchange(req, hook.format, now)).await {
             Ok((outcome, status, error)) => (outcome, status, error, started.elapsed()),
