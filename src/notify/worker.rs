@@ -169,9 +169,15 @@ impl Worker {
                     "webhook delivery panicked: its deliveries are marked failed"
                 );
                 if let Some(c) = claimed {
-                    self.fail_after_panic(&c, &what)
+                    // Recording reads the same clock and database: a fault there must not
+                    // take the loop down either.
+                    match AssertUnwindSafe(self.fail_after_panic(&c, &what))
+                        .catch_unwind()
                         .await
-                        .context("recording a delivery that panicked")?;
+                    {
+                        Ok(r) => r.context("recording a delivery that panicked")?,
+                        Err(_) => anyhow::bail!("recording a delivery that panicked panicked too"),
+                    }
                 }
                 // Like an error: the loop rests a poll interval rather than spin.
                 Ok(false)
@@ -336,8 +342,8 @@ impl Worker {
         for (k, v) in request.headers {
             req = req.header(k, v);
         }
-        // The client's own timeout covers the body too; this one also names the limit in the
-        // attempt's record.
+        // One deadline over resolving, connecting, sending and the whole answer: a receiver
+        // that trickles its body cannot hold the loop past it.
         let limit = self.cfg.http_timeout();
         match tokio::time::timeout(limit, self.exchange(req, hook.format, now)).await {
             Ok((outcome, status, error)) => (outcome, status, error, started.elapsed()),
