@@ -233,8 +233,8 @@ struct Group {
 }
 
 impl Group {
-    /// `retiring` sets `mqtt.retire_on_shutdown` on the third instance.
-    async fn start(retiring: bool) -> Group {
+    /// `retiring[n]` sets `mqtt.retire_on_shutdown` on instance `n`.
+    async fn start(retiring: [bool; 3]) -> Group {
         let broker = ShippedBroker::start().await;
         let db = TestDb::new().await;
         let mut group = Group {
@@ -244,10 +244,10 @@ impl Group {
             ids: Vec::new(),
             instances: Vec::new(),
         };
-        for n in 0..3 {
+        for (n, retire) in retiring.into_iter().enumerate() {
             group.dirs.push(temp_dir());
             group.ids.push(unique(&format!("hyfleet-{n}")));
-            let toml = group.toml(n, retiring && n == 2);
+            let toml = group.toml(n, retire);
             let svc = ChildService::start(&toml, &group.dirs[n]).await;
             group.instances.push(Some(svc));
         }
@@ -275,13 +275,13 @@ batch_max_rows = 500
         )
     }
 
-    /// SIGTERM instance `n` and wait for it to exit; its exit status.
-    async fn stop(&mut self, n: usize) -> std::process::ExitStatus {
+    /// Send `signal` to instance `n` and wait for it to exit; its exit status.
+    async fn stop(&mut self, n: usize, signal: &str) -> std::process::ExitStatus {
         let mut svc = self.instances[n].take().expect("running");
         let pid = svc.child.id().to_string();
         assert!(
             Command::new("kill")
-                .args(["-TERM", &pid])
+                .args([signal, &pid])
                 .status()
                 .unwrap()
                 .success()
@@ -339,29 +339,41 @@ impl Drop for Group {
 }
 
 #[tokio::test]
-async fn an_instance_retired_mid_stream_strands_nothing() {
-    let mut group = Group::start(true).await;
+async fn instances_retired_mid_stream_strand_nothing() {
+    // The second instance retires on any stop (`mqtt.retire_on_shutdown`); the third is told
+    // to by SIGUSR1.
+    let mut group = Group::start([false, true, false]).await;
     let mut fleet = Fleet::connect(&group.broker).await;
     fleet.publish(0..PER_BIKE / 3).await;
     group.wait_storing().await;
-    // The third instance leaves for good while the stream goes on around it.
+    // Each leaves for good while the stream goes on around it.
     let more = tokio::spawn(async move {
-        fleet.publish(PER_BIKE / 3..PER_BIKE).await;
+        fleet.publish(PER_BIKE / 3..PER_BIKE * 2 / 3).await;
         fleet
     });
-    let status = group.stop(2).await;
+    let status = group.stop(2, "-USR1").await;
+    assert!(status.success(), "the retiring instance failed: {status}");
+    let mut fleet = more.await.unwrap();
+    let more = tokio::spawn(async move {
+        fleet.publish(PER_BIKE * 2 / 3..PER_BIKE).await;
+        fleet
+    });
+    let status = group.stop(1, "-TERM").await;
     assert!(status.success(), "the retiring instance failed: {status}");
     let _fleet = more.await.unwrap();
     group.assert_all_stored_once().await;
-    assert!(
-        !group.broker.has_session(&group.ids[2]).await,
-        "the retired instance's session is gone from the broker"
-    );
+    for n in [1, 2] {
+        assert!(
+            !group.broker.has_session(&group.ids[n]).await,
+            "the retired instance's session is gone from the broker"
+        );
+    }
+    assert!(group.broker.has_session(&group.ids[0]).await);
 }
 
 #[tokio::test]
 async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
-    let mut group = Group::start(false).await;
+    let mut group = Group::start([false; 3]).await;
     let mut fleet = Fleet::connect(&group.broker).await;
     fleet.publish(0..PER_BIKE / 3).await;
     group.wait_storing().await;
@@ -409,11 +421,11 @@ async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
 
 #[tokio::test]
 async fn a_restarting_instance_keeps_its_session() {
-    let mut group = Group::start(false).await;
+    let mut group = Group::start([false; 3]).await;
     let mut fleet = Fleet::connect(&group.broker).await;
     fleet.publish(0..PER_BIKE / 3).await;
     group.wait_storing().await;
-    let status = group.stop(1).await;
+    let status = group.stop(1, "-TERM").await;
     assert!(status.success(), "the stopping instance failed: {status}");
     fleet.publish(PER_BIKE / 3..PER_BIKE).await;
 
