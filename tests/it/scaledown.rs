@@ -572,3 +572,100 @@ async fn a_retirement_during_a_database_outage_keeps_the_session_for_the_operato
     );
     assert!(!broker.has_session(&config.mqtt.client_id).await);
 }
+
+/// What leaving relies on, checked on the shipped broker: after an UNSUBSCRIBE, the broker
+/// still delivers what it had queued for the session (here beyond the in-flight window, so
+/// that some of it is sent only after the unsubscription), routes nothing new to it, and
+/// answers an UNSUBSCRIBE sent behind the last acknowledgement with nothing ahead of it once
+/// the queue is empty.
+#[tokio::test]
+async fn the_shipped_broker_delivers_a_queue_after_an_unsubscription_and_nothing_new() {
+    const QUEUED: u64 = 6000; // max_inflight_messages is 5000
+    let broker = ShippedBroker::start().await;
+    let id = unique("probe");
+    let filter = format!("$share/hyfleet/{ROOT}/#");
+    let connect = || {
+        let mut opts = MqttOptions::new(&id, "127.0.0.1", broker.port);
+        opts.set_clean_session(false)
+            .set_manual_acks(true)
+            .set_credentials(BACKEND, &broker.passwords[BACKEND]);
+        AsyncClient::new(opts, 20_000)
+    };
+
+    // The session exists, subscribed, and its client is away.
+    let (client, mut eventloop) = connect();
+    loop {
+        match next(&mut eventloop).await {
+            Event::Incoming(Packet::ConnAck(_)) => client
+                .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                .unwrap(),
+            Event::Incoming(Packet::SubAck(_)) => break,
+            _ => {}
+        }
+    }
+    client.try_disconnect().unwrap();
+    while !matches!(
+        next(&mut eventloop).await,
+        Event::Outgoing(rumqttc::Outgoing::Disconnect)
+    ) {}
+    drop(eventloop);
+
+    let mut fleet = Fleet::connect(&broker).await;
+    let per_bike = (QUEUED / u64::from(BIKES)) as u32;
+    fleet.publish(0..per_bike).await;
+
+    // Back: unsubscribe before acknowledging anything, then take and acknowledge everything.
+    let (client, mut eventloop) = connect();
+    let mut held = Vec::new();
+    let mut got = 0u64;
+    let mut at_unsuback = None;
+    while got < QUEUED {
+        match next(&mut eventloop).await {
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                assert!(ack.session_present);
+                client.try_unsubscribe(filter.clone()).unwrap();
+            }
+            Event::Incoming(Packet::UnsubAck(_)) => {
+                at_unsuback = Some(got);
+                for p in held.drain(..) {
+                    client.try_ack(&p).unwrap();
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                got += 1;
+                if at_unsuback.is_some() {
+                    client.try_ack(&p).unwrap();
+                } else {
+                    held.push(p);
+                }
+            }
+            _ => {}
+        }
+    }
+    let at_unsuback = at_unsuback.expect("UNSUBACK before the queue ran out");
+    assert!(
+        at_unsuback < QUEUED,
+        "part of the queue is delivered after the unsubscription ({at_unsuback} before)"
+    );
+
+    // Published now, with no member left in the group: nothing of it reaches the session. An
+    // UNSUBSCRIBE sent behind the last acknowledgement comes back with nothing ahead of it.
+    fleet.publish(per_bike..per_bike + 1).await;
+    client.try_unsubscribe(filter.clone()).unwrap();
+    loop {
+        match next(&mut eventloop).await {
+            Event::Incoming(Packet::UnsubAck(_)) => break,
+            Event::Incoming(Packet::Publish(p)) => {
+                panic!("{} delivered after the unsubscription", p.topic)
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn next(eventloop: &mut rumqttc::EventLoop) -> Event {
+    tokio::time::timeout(Duration::from_secs(30), eventloop.poll())
+        .await
+        .expect("the broker answers within 30 s")
+        .expect("connected")
+}
