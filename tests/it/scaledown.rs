@@ -199,9 +199,12 @@ impl Fleet {
         for seq in seqs {
             for (id, client) in &self.bikes {
                 let ts = self.start + chrono::Duration::seconds(i64::from(seq));
+                // Riding in the service area from 14 g down to 6 g: one low_hydrogen alert
+                // (warning below 10 g, never critical below 5 g) past the middle of the stream.
+                let h2 = 14.0 - 8.0 * f64::from(seq) / f64::from(PER_BIKE);
                 let r = json!({
                     "ts": ts.to_rfc3339(), "seq": seq, "lat": 37.1466, "lon": 111.7817,
-                    "speed_kmh": 12.0, "h2_g": 30.0, "locked": false
+                    "speed_kmh": 12.0, "h2_g": h2, "locked": false
                 });
                 client
                     .publish(
@@ -326,6 +329,18 @@ batch_max_rows = 500
             "no reading stored twice"
         );
         assert_eq!(count(&client, "SELECT count(*) FROM rejects").await, 0);
+        // The rules saw every reading once, whichever instance or command took it.
+        let per_bike =
+            "SELECT count(*) FROM alerts WHERE rule = 'low_hydrogen' GROUP BY vehicle_id";
+        assert_eq!(
+            count(&client, &format!("SELECT count(*) FROM ({per_bike}) a")).await,
+            i64::from(BIKES)
+        );
+        assert_eq!(
+            count(&client, &format!("SELECT max(count) FROM ({per_bike}) a")).await,
+            1,
+            "one low_hydrogen alert per bike"
+        );
     }
 }
 
