@@ -35,7 +35,7 @@ impl Trigger {
     }
 
     /// Stop for good: leave the shared subscription, drain what the broker already handed
-    /// over, end the session. Also upgrades a stop already under way.
+    /// over, end the session. Ingest reads which stop it is when the stop begins.
     pub fn retire(&self) {
         self.0.send_if_modified(|s| {
             let changed = *s != State::Retire;

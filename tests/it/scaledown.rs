@@ -199,9 +199,12 @@ impl Fleet {
         for seq in seqs {
             for (id, client) in &self.bikes {
                 let ts = self.start + chrono::Duration::seconds(i64::from(seq));
+                // Riding in the service area from 14 g down to 6 g: one low_hydrogen alert
+                // (warning below 10 g, never critical below 5 g) past the middle of the stream.
+                let h2 = 14.0 - 8.0 * f64::from(seq) / f64::from(PER_BIKE);
                 let r = json!({
                     "ts": ts.to_rfc3339(), "seq": seq, "lat": 37.1466, "lon": 111.7817,
-                    "speed_kmh": 12.0, "h2_g": 30.0, "locked": false
+                    "speed_kmh": 12.0, "h2_g": h2, "locked": false
                 });
                 client
                     .publish(
@@ -233,8 +236,8 @@ struct Group {
 }
 
 impl Group {
-    /// `retiring` sets `mqtt.retire_on_shutdown` on the third instance.
-    async fn start(retiring: bool) -> Group {
+    /// `retiring[n]` sets `mqtt.retire_on_shutdown` on instance `n`.
+    async fn start(retiring: [bool; 3]) -> Group {
         let broker = ShippedBroker::start().await;
         let db = TestDb::new().await;
         let mut group = Group {
@@ -244,10 +247,10 @@ impl Group {
             ids: Vec::new(),
             instances: Vec::new(),
         };
-        for n in 0..3 {
+        for (n, retire) in retiring.into_iter().enumerate() {
             group.dirs.push(temp_dir());
             group.ids.push(unique(&format!("hyfleet-{n}")));
-            let toml = group.toml(n, retiring && n == 2);
+            let toml = group.toml(n, retire);
             let svc = ChildService::start(&toml, &group.dirs[n]).await;
             group.instances.push(Some(svc));
         }
@@ -275,13 +278,13 @@ batch_max_rows = 500
         )
     }
 
-    /// SIGTERM instance `n` and wait for it to exit; its exit status.
-    async fn stop(&mut self, n: usize) -> std::process::ExitStatus {
+    /// Send `signal` to instance `n` and wait for it to exit; its exit status.
+    async fn stop(&mut self, n: usize, signal: &str) -> std::process::ExitStatus {
         let mut svc = self.instances[n].take().expect("running");
         let pid = svc.child.id().to_string();
         assert!(
             Command::new("kill")
-                .args(["-TERM", &pid])
+                .args([signal, &pid])
                 .status()
                 .unwrap()
                 .success()
@@ -326,6 +329,18 @@ batch_max_rows = 500
             "no reading stored twice"
         );
         assert_eq!(count(&client, "SELECT count(*) FROM rejects").await, 0);
+        // The rules saw every reading once, whichever instance or command took it.
+        let per_bike =
+            "SELECT count(*) FROM alerts WHERE rule = 'low_hydrogen' GROUP BY vehicle_id";
+        assert_eq!(
+            count(&client, &format!("SELECT count(*) FROM ({per_bike}) a")).await,
+            i64::from(BIKES)
+        );
+        assert_eq!(
+            count(&client, &format!("SELECT max(count) FROM ({per_bike}) a")).await,
+            1,
+            "one low_hydrogen alert per bike"
+        );
     }
 }
 
@@ -339,29 +354,41 @@ impl Drop for Group {
 }
 
 #[tokio::test]
-async fn an_instance_retired_mid_stream_strands_nothing() {
-    let mut group = Group::start(true).await;
+async fn instances_retired_mid_stream_strand_nothing() {
+    // The second instance retires on any stop (`mqtt.retire_on_shutdown`); the third is told
+    // to by SIGUSR1.
+    let mut group = Group::start([false, true, false]).await;
     let mut fleet = Fleet::connect(&group.broker).await;
     fleet.publish(0..PER_BIKE / 3).await;
     group.wait_storing().await;
-    // The third instance leaves for good while the stream goes on around it.
+    // Each leaves for good while the stream goes on around it.
     let more = tokio::spawn(async move {
-        fleet.publish(PER_BIKE / 3..PER_BIKE).await;
+        fleet.publish(PER_BIKE / 3..PER_BIKE * 2 / 3).await;
         fleet
     });
-    let status = group.stop(2).await;
+    let status = group.stop(2, "-USR1").await;
+    assert!(status.success(), "the retiring instance failed: {status}");
+    let mut fleet = more.await.unwrap();
+    let more = tokio::spawn(async move {
+        fleet.publish(PER_BIKE * 2 / 3..PER_BIKE).await;
+        fleet
+    });
+    let status = group.stop(1, "-TERM").await;
     assert!(status.success(), "the retiring instance failed: {status}");
     let _fleet = more.await.unwrap();
     group.assert_all_stored_once().await;
-    assert!(
-        !group.broker.has_session(&group.ids[2]).await,
-        "the retired instance's session is gone from the broker"
-    );
+    for n in [1, 2] {
+        assert!(
+            !group.broker.has_session(&group.ids[n]).await,
+            "the retired instance's session is gone from the broker"
+        );
+    }
+    assert!(group.broker.has_session(&group.ids[0]).await);
 }
 
 #[tokio::test]
 async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
-    let mut group = Group::start(false).await;
+    let mut group = Group::start([false; 3]).await;
     let mut fleet = Fleet::connect(&group.broker).await;
     fleet.publish(0..PER_BIKE / 3).await;
     group.wait_storing().await;
@@ -409,11 +436,11 @@ async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
 
 #[tokio::test]
 async fn a_restarting_instance_keeps_its_session() {
-    let mut group = Group::start(false).await;
+    let mut group = Group::start([false; 3]).await;
     let mut fleet = Fleet::connect(&group.broker).await;
     fleet.publish(0..PER_BIKE / 3).await;
     group.wait_storing().await;
-    let status = group.stop(1).await;
+    let status = group.stop(1, "-TERM").await;
     assert!(status.success(), "the stopping instance failed: {status}");
     fleet.publish(PER_BIKE / 3..PER_BIKE).await;
 
@@ -559,4 +586,101 @@ async fn a_retirement_during_a_database_outage_keeps_the_session_for_the_operato
         TOTAL
     );
     assert!(!broker.has_session(&config.mqtt.client_id).await);
+}
+
+/// What leaving relies on, checked on the shipped broker: after an UNSUBSCRIBE, the broker
+/// still delivers what it had queued for the session (here beyond the in-flight window, so
+/// that some of it is sent only after the unsubscription), routes nothing new to it, and
+/// answers an UNSUBSCRIBE sent behind the last acknowledgement with nothing ahead of it once
+/// the queue is empty.
+#[tokio::test]
+async fn the_shipped_broker_delivers_a_queue_after_an_unsubscription_and_nothing_new() {
+    const QUEUED: u64 = 6000; // max_inflight_messages is 5000
+    let broker = ShippedBroker::start().await;
+    let id = unique("probe");
+    let filter = format!("$share/hyfleet/{ROOT}/#");
+    let connect = || {
+        let mut opts = MqttOptions::new(&id, "127.0.0.1", broker.port);
+        opts.set_clean_session(false)
+            .set_manual_acks(true)
+            .set_credentials(BACKEND, &broker.passwords[BACKEND]);
+        AsyncClient::new(opts, 20_000)
+    };
+
+    // The session exists, subscribed, and its client is away.
+    let (client, mut eventloop) = connect();
+    loop {
+        match next(&mut eventloop).await {
+            Event::Incoming(Packet::ConnAck(_)) => client
+                .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                .unwrap(),
+            Event::Incoming(Packet::SubAck(_)) => break,
+            _ => {}
+        }
+    }
+    client.try_disconnect().unwrap();
+    while !matches!(
+        next(&mut eventloop).await,
+        Event::Outgoing(rumqttc::Outgoing::Disconnect)
+    ) {}
+    drop(eventloop);
+
+    let mut fleet = Fleet::connect(&broker).await;
+    let per_bike = (QUEUED / u64::from(BIKES)) as u32;
+    fleet.publish(0..per_bike).await;
+
+    // Back: unsubscribe before acknowledging anything, then take and acknowledge everything.
+    let (client, mut eventloop) = connect();
+    let mut held = Vec::new();
+    let mut got = 0u64;
+    let mut at_unsuback = None;
+    while got < QUEUED {
+        match next(&mut eventloop).await {
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                assert!(ack.session_present);
+                client.try_unsubscribe(filter.clone()).unwrap();
+            }
+            Event::Incoming(Packet::UnsubAck(_)) => {
+                at_unsuback = Some(got);
+                for p in held.drain(..) {
+                    client.try_ack(&p).unwrap();
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                got += 1;
+                if at_unsuback.is_some() {
+                    client.try_ack(&p).unwrap();
+                } else {
+                    held.push(p);
+                }
+            }
+            _ => {}
+        }
+    }
+    let at_unsuback = at_unsuback.expect("UNSUBACK before the queue ran out");
+    assert!(
+        at_unsuback < QUEUED,
+        "part of the queue is delivered after the unsubscription ({at_unsuback} before)"
+    );
+
+    // Published now, with no member left in the group: nothing of it reaches the session. An
+    // UNSUBSCRIBE sent behind the last acknowledgement comes back with nothing ahead of it.
+    fleet.publish(per_bike..per_bike + 1).await;
+    client.try_unsubscribe(filter.clone()).unwrap();
+    loop {
+        match next(&mut eventloop).await {
+            Event::Incoming(Packet::UnsubAck(_)) => break,
+            Event::Incoming(Packet::Publish(p)) => {
+                panic!("{} delivered after the unsubscription", p.topic)
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn next(eventloop: &mut rumqttc::EventLoop) -> Event {
+    tokio::time::timeout(Duration::from_secs(30), eventloop.poll())
+        .await
+        .expect("the broker answers within 30 s")
+        .expect("connected")
 }
