@@ -13,12 +13,15 @@ Every `--fine-secs` (2 s) it reads hyfleet's RSS (/proc VmRSS) and /metrics; eve
 `--sample-secs` (30 s) it prints one line: RSS, ingest lag, unacked messages, write errors,
 MQTT reconnects, rejects by reason, readings stored (metrics and a count in PostgreSQL) and
 webhook deliveries received. At the end: the zero-loss check against the simulator's report and
-a verdict on flatness. Writes bench/results/soak-<UTC date-time>.json. See BENCHMARKS.md, "Soak".
+a verdict on flatness. Writes bench/results/soak-<UTC date-time>.json.gz (every 2 s sample makes
+thousands of lines: compressed, a run costs the repository ~17 KB instead of ~220 KB; read it
+with `zcat` or `gzip.open`). See BENCHMARKS.md, "Soak".
 Never run by CI: nothing here is a test.
 """
 
 import argparse
 import datetime as dt
+import gzip
 import json
 import os
 import signal
@@ -179,7 +182,7 @@ def main():
     args = ap.parse_args()
 
     started = dt.datetime.now(dt.timezone.utc)
-    out = args.out or ROOT / "bench/results" / f"soak-{started:%Y-%m-%dT%H%M%SZ}.json"
+    out = args.out or ROOT / "bench/results" / f"soak-{started:%Y-%m-%dT%H%M%SZ}.json.gz"
     out.parent.mkdir(parents=True, exist_ok=True)
     broker = lib.Broker()
     hook = lib.WebhookReceiver()
@@ -205,7 +208,8 @@ def main():
 
     def save():
         results.update(samples=samples, fine=fine, faults=faults)
-        out.write_text(json.dumps(results, indent=1))
+        with (gzip.open if out.suffix == ".gz" else open)(out, "wt") as f:
+            json.dump(results, f, indent=1)
 
     try:
         proc = run.start_hyfleet(args, cfg, http_port, log)

@@ -127,7 +127,7 @@ impl Reading {
     }
 }
 
-/// Event types of the MQTT contract (DESIGN §3).
+/// Event types of the MQTT contract (docs/mqtt.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
@@ -169,7 +169,7 @@ pub struct Status {
     pub received_at: DateTime<Utc>,
 }
 
-/// Why a message, or one record of a backlog, was refused (DESIGN §4).
+/// Why a message, or one record of a backlog, was refused (docs/rejects.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
@@ -262,7 +262,7 @@ fn storable(s: &str) -> String {
     s.replace('\0', "\\u0000")
 }
 
-/// Where an alert is in its lifecycle (DESIGN §7). `Resolved` is final.
+/// Where an alert is in its lifecycle (docs/alerts.md). `Resolved` is final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertState {
@@ -299,7 +299,7 @@ impl Severity {
     }
 }
 
-/// What happened to an alert: the webhook event types of DESIGN §10.
+/// What happened to an alert: the webhook event types of docs/alerts.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AlertEventType {
     #[serde(rename = "alert.opened")]

@@ -28,7 +28,7 @@ pub(super) struct CommandRequest {
     args: Map<String, Value>,
 }
 
-/// The command object of the MQTT contract (DESIGN §3).
+/// The command object of the MQTT contract (docs/mqtt.md).
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct Command {
     pub id: uuid::Uuid,

@@ -1,4 +1,4 @@
-//! The HTTP face: health, metrics and the operator API under `/api/v1` (DESIGN §9). Every
+//! The HTTP face: health, metrics and the operator API under `/api/v1` (docs/api.md). Every
 //! endpoint is declared once in [`routes::OPS`], which the router and `/openapi.json` are both
 //! built from.
 

@@ -1,4 +1,4 @@
-//! Bytes and a topic in, validated readings, events, statuses and rejects out (DESIGN §3–§4).
+//! Bytes and a topic in, validated readings, events, statuses and rejects out (docs/mqtt.md).
 //! Pure: no I/O, the clock is a parameter, so every rule here is tested exhaustively.
 
 mod topic;
@@ -53,7 +53,7 @@ pub struct Decoder {
 
 /// A record refused with a reason and an explanation.
 /// Panics unless `out` keeps the contract: every accepted reading within the ranges of
-/// DESIGN §3 and not from the future, every refusal saying why and keeping no more of the
+/// docs/mqtt.md and not from the future, every refusal saying why and keeping no more of the
 /// payload than it may. The decoder's fuzz test and `fuzz/` targets check each output with it.
 #[doc(hidden)]
 pub fn assert_within_contract(out: &Decoded, now: DateTime<Utc>) {

@@ -1,4 +1,4 @@
-//! Public GBFS v3.0 feeds under `/gbfs/`, without a token (DESIGN §12): the fleet as open
+//! Public GBFS v3.0 feeds under `/gbfs/`, without a token (docs/api.md): the fleet as open
 //! data for journey planners and the city, with vehicle ids rotated after every ride.
 
 mod config;

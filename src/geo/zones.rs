@@ -1,4 +1,4 @@
-//! Zones (DESIGN §6) and the R-tree index over them.
+//! Zones (docs/alerts.md) and the R-tree index over them.
 //!
 //! Geometry is kept in WGS-84 degrees; every distance is measured in metres in a flat frame
 //! centred on the point asked about. The R-tree holds bounding boxes in a scaled space

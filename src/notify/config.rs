@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::AlertEventType;
 
-/// How a webhook's messages are shaped and signed (DESIGN §10).
+/// How a webhook's messages are shaped and signed (docs/alerts.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {

@@ -1,4 +1,4 @@
-//! Alert notifications (DESIGN §10): a transactional outbox and its delivery worker.
+//! Alert notifications (docs/alerts.md): a transactional outbox and its delivery worker.
 //!
 //! Producers call [`enqueue`] in the transaction that changes an alert; [`spawn_worker`] sends
 //! what is due to each webhook in its [`Format`], signed, retried with backoff, folded into

@@ -1,4 +1,4 @@
-//! The built-in rules of DESIGN §7, each a function from what is known to a [`Verdict`].
+//! The built-in rules of docs/alerts.md, each a function from what is known to a [`Verdict`].
 //! The engine turns verdicts into alert transitions with hold times and hysteresis.
 
 use serde_json::{Value, json};

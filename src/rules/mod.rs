@@ -1,5 +1,5 @@
 //! The rules engine: readings, events and per-vehicle state in; alert transitions and rides
-//! out (DESIGN §7).
+//! out (docs/alerts.md).
 //!
 //! [`Engine`] is pure: it reads a [`VehicleRuleState`] and a message and returns
 //! [`Output`]s, touching nothing else, so every rule is tested without a database. The state

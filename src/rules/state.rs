@@ -1,6 +1,6 @@
 //! What the rules remember about one vehicle between batches. Stored as jsonb in
 //! `vehicles.rule_state` and read under the vehicle's row lock, so that any ingest instance
-//! can process any vehicle (DESIGN §13). Kept small: a few slots and trackers, no history.
+//! can process any vehicle (docs/delivery.md). Kept small: a few slots and trackers, no history.
 
 use std::collections::BTreeMap;
 

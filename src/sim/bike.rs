@@ -1,5 +1,5 @@
 //! One hydrogen bike: parked in a parking area, ridden to another one (via a station when it
-//! runs low), locked again. Its figures follow the published fleet facts (DESIGN §1).
+//! runs low), locked again. Its figures follow the published fleet facts (README).
 
 use serde_json::{Value, json};
 

@@ -1,5 +1,5 @@
 //! The fleet simulator (`hyfleet simulate`): a realistic Xiaoyi fleet publishing over MQTT per
-//! the contract of DESIGN §3, with faults and incidents on demand, and the load generator of the
+//! the contract of docs/mqtt.md, with faults and incidents on demand, and the load generator of the
 //! benchmarks (`--rate-per-sec`).
 //!
 //! [`fleet::Fleet`] is the model: pure, seeded, stepped by an explicit clock. [`run`] drives it

@@ -1,4 +1,4 @@
-//! The JSON the simulated firmware sends (DESIGN §3), and the broken variants it sends when
+//! The JSON the simulated firmware sends (docs/mqtt.md), and the broken variants it sends when
 //! faults are injected.
 
 use chrono::{DateTime, SecondsFormat, Utc};
