@@ -6,6 +6,7 @@ mod api;
 mod dashboard;
 mod deploy;
 mod faults;
+mod fences;
 mod gbfs;
 mod ingest;
 mod limits;
