@@ -349,3 +349,95 @@ async fn the_bus_corridor_is_a_service_area_for_buses_not_for_bikes() {
     assert_eq!(kinds, Some(vec!["bus".to_owned()]));
     site.stop().await;
 }
+
+/// The sample with every position moved by `f`: a file drawn elsewhere, or on another datum.
+fn sample_moved(f: impl Fn(f64, f64) -> (f64, f64)) -> String {
+    fn walk(v: &mut Value, f: &dyn Fn(f64, f64) -> (f64, f64)) {
+        match v {
+            Value::Array(a) if a.len() == 2 && a.iter().all(Value::is_f64) => {
+                let (lat, lon) = f(a[1].as_f64().unwrap(), a[0].as_f64().unwrap());
+                *v = json!([lon, lat]);
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, f)),
+            _ => {}
+        }
+    }
+    let mut doc: Value = serde_json::from_str(hyfleet::sim::data::ZONES_GEOJSON).unwrap();
+    for feature in doc["features"].as_array_mut().unwrap() {
+        walk(&mut feature["geometry"]["coordinates"], &f);
+    }
+    doc.to_string()
+}
+
+#[tokio::test]
+async fn zones_import_names_its_coordinate_system_and_refuses_a_file_of_another_place() {
+    let db = TestDb::new().await;
+    let dir = temp_dir();
+    let import = |file: &std::path::Path, zones_crs: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hyfleet"));
+        cmd.args(["zones", "import", file.to_str().unwrap()])
+            .env("DATABASE_URL", db.url())
+            .env("RUST_LOG", "warn")
+            .env_remove("HYFLEET_CONFIG")
+            .env_remove("HYFLEET_GEO__CRS")
+            .env_remove("HYFLEET_GEO__ZONES_CRS");
+        if let Some(c) = zones_crs {
+            cmd.env("HYFLEET_GEO__ZONES_CRS", c);
+        }
+        let out = cmd.output().expect("run hyfleet zones import");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let p01 = |client: tokio_postgres::Client| async move {
+        let g: Value = client
+            .query_one("SELECT geometry FROM zones WHERE id = 'P01'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let c = &g["coordinates"][0][0];
+        (c[1].as_f64().unwrap(), c[0].as_f64().unwrap())
+    };
+
+    let sample = dir.join("xiaoyi.geojson");
+    std::fs::write(&sample, hyfleet::sim::data::ZONES_GEOJSON).unwrap();
+    let (ok, stdout, stderr) = import(&sample, None);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("read as WGS-84 (geo.zones_crs is unset"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: zone `NP05` (no_parking) is 5."),
+        "{stderr}"
+    );
+    let original = p01(db.client().await).await;
+
+    // The same fences 0.3° (33 km) north: a file of another place, not an offset.
+    let far = dir.join("far.geojson");
+    std::fs::write(&far, sample_moved(|lat, lon| (lat + 0.3, lon))).unwrap();
+    let (ok, stdout, stderr) = import(&far, None);
+    assert!(!ok, "refused: {stdout}");
+    assert!(stderr.contains("outside every service area"), "{stderr}");
+    assert!(stderr.contains("nothing was imported"), "{stderr}");
+    assert_eq!(
+        p01(db.client().await).await,
+        original,
+        "nothing was imported"
+    );
+
+    // Drawn on a Chinese map and imported as such: back on the WGS-84 fences.
+    let gcj = dir.join("gcj02.geojson");
+    std::fs::write(&gcj, sample_moved(hyfleet::geo::gcj02::wgs84_to_gcj02)).unwrap();
+    let (ok, stdout, stderr) = import(&gcj, Some("gcj02"));
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("GCJ-02 (converted to WGS-84) (geo.zones_crs)"),
+        "{stdout}"
+    );
+    let (lat, lon) = p01(db.client().await).await;
+    assert!((lat - original.0).abs() < 1e-6 && (lon - original.1).abs() < 1e-6);
+    let _ = std::fs::remove_dir_all(&dir);
+}
