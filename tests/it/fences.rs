@@ -441,3 +441,55 @@ async fn zones_import_names_its_coordinate_system_and_refuses_a_file_of_another_
     assert!((lat - original.0).abs() < 1e-6 && (lon - original.1).abs() < 1e-6);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_narrow_zone_put_through_the_api_is_stored_with_a_warning_and_its_kinds() {
+    let site = Site::start().await;
+    // A 4 m fire lane across P01, for bikes.
+    let (lat0, lat1) = (37.1464, 37.1468);
+    let (lon0, lon1) = (111.7816, 111.7816 + 4.0 / m_lon(37.1466));
+    let lane = json!({"type": "Feature", "properties": {"name": "P01 west fire lane",
+        "kind": "no_parking", "kinds": ["bike"]}, "geometry": {"type": "Polygon",
+        "coordinates": [[[lon0, lat0], [lon1, lat0], [lon1, lat1], [lon0, lat1], [lon0, lat0]]]}});
+    let r = reqwest::Client::new()
+        .put(site.svc.url("/api/v1/zones/NP90"))
+        .bearer_auth(TOKEN)
+        .json(&lane)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    let warnings = body["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{body}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .contains("zone `NP90` (no_parking) is 4."),
+        "{body}"
+    );
+    assert_eq!(body["properties"]["kinds"], json!(["bike"]));
+    let back = site.api("/api/v1/zones/NP90").await;
+    assert_eq!(back["properties"]["kinds"], json!(["bike"]));
+    // Kinds that are not vehicle kinds are refused.
+    let mut bad = lane.clone();
+    bad["properties"]["kinds"] = json!(["tram"]);
+    let r = reqwest::Client::new()
+        .put(site.svc.url("/api/v1/zones/NP91"))
+        .bearer_auth(TOKEN)
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("properties.kinds"),
+        "{problem}"
+    );
+    site.stop().await;
+}
