@@ -209,12 +209,20 @@ async fn build_engine(
             }
             Err(e) => return Err(e).with_context(|| format!("geo.zones_file {}", path.display())),
         };
+        let parsed = crate::geo::parse_zones(&text, config.geo.zones_crs())
+            .with_context(|| format!("cannot import zones from {}", path.display()))?;
+        crate::geo::check_place(&parsed, &[], &config.geo)
+            .map_err(|e| anyhow::anyhow!("geo.zones_file {}: {e}", path.display()))?;
         let n = crate::rules::store::import_zones(&client, &text, config.geo.zones_crs())
             .await
             .with_context(|| format!("cannot import zones from {}", path.display()))?;
-        tracing::info!(zones = n, file = %path.display(), "imported zones");
+        let crs = crate::geo::crs_note(&config.geo);
+        tracing::info!(zones = n, file = %path.display(), crs, "imported zones");
     }
     let zones = crate::rules::store::load_zones(&client).await?;
+    for w in crate::geo::narrow_zones(zones.zones(), config.rules.gps_tolerance_m) {
+        tracing::warn!("{w}");
+    }
     Ok(crate::rules::Engine::new(config, Arc::new(zones))?)
 }
 

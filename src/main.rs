@@ -58,7 +58,9 @@ enum MqttCommand {
 #[derive(Subcommand)]
 enum ZonesCommand {
     /// Import a GeoJSON FeatureCollection of zones (converted from `geo.zones_crs`); zones
-    /// with the same id are replaced. A running service picks them up on restart.
+    /// with the same id are replaced. Says which coordinate system it assumed, warns about
+    /// zones too narrow for the GPS tolerance, and refuses a file that lies outside the
+    /// service areas. A running service picks them up within seconds.
     Import { file: PathBuf },
 }
 
@@ -122,6 +124,18 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 store::prepare_database(&config.database.url).await?;
                 let client = store::connect(&config.database.url).await?;
+                println!("{}", hyfleet::geo::crs_note(&config.geo));
+                let zones = hyfleet::geo::parse_zones(&text, config.geo.zones_crs())
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let known = hyfleet::rules::store::load_zones(&client).await?;
+                let placed = hyfleet::geo::check_place(&zones, known.zones(), &config.geo)
+                    .map_err(|e| {
+                        anyhow::anyhow!("{}: {e}; nothing was imported", file.display())
+                    })?;
+                let narrow = hyfleet::geo::narrow_zones(&zones, config.rules.gps_tolerance_m);
+                for w in placed.warnings.iter().chain(&narrow) {
+                    eprintln!("warning: {w}");
+                }
                 let n = hyfleet::rules::store::import_zones(&client, &text, config.geo.zones_crs())
                     .await?;
                 println!("imported {n} zones from {}", file.display());

@@ -352,11 +352,22 @@ pub(super) async fn track(
     let (from, to) = range(p.from.as_deref(), p.to.as_deref())?;
     let client = s.pool.get().await?;
     let (vehicle, _) = vehicle_key(&client, &id).await?;
+    // A reading without a usable fix is stored, but it is no point of the track.
+    let sql = format!(
+        "SELECT lon, lat, ts FROM telemetry_between($1, $2, $3) WHERE {}
+         ORDER BY ts, COALESCE(seq, -1) LIMIT $4",
+        crate::decode::sql_has_fix("$5")
+    );
     let rows = client
         .query(
-            "SELECT lon, lat, ts FROM telemetry_between($1, $2, $3)
-             ORDER BY ts, COALESCE(seq, -1) LIMIT $4",
-            &[&vehicle, &from, &to, &(MAX_TRACK_POINTS + 1)],
+            &sql,
+            &[
+                &vehicle,
+                &from,
+                &to,
+                &(MAX_TRACK_POINTS + 1),
+                &s.config.rules.max_hdop,
+            ],
         )
         .await?;
     let truncated = rows.len() as i64 > MAX_TRACK_POINTS;

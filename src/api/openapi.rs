@@ -163,6 +163,7 @@ fn schemas() -> Value {
                 "range_km": nullable("number"), "locked": nullable("boolean"),
                 "odo_km": nullable("number"), "tank_g": {"type": "number"},
                 "km_per_g": {"type": "number"},
+                "last_fix": ntime,
             },
         },
         "VehiclePage": page("Vehicle", "string"),

@@ -90,6 +90,34 @@ fn zone_problem(e: crate::geo::ZoneError) -> Problem {
     Problem::bad_request(format!("not a valid zone: {e}"))
 }
 
+/// What the import checks say about new zones: narrow zones, and zones outside the service
+/// areas (by about a GCJ-02 offset, or farther), are warnings returned with the result (a
+/// GeoJSON foreign member `warnings`) and logged. Unlike `hyfleet zones import`, the API
+/// refuses nothing for its place: an operator drawing a new district zone by zone may add
+/// its service area last.
+fn checked(s: &AppState, zones: &[Zone]) -> Result<Vec<String>, Problem> {
+    let known = s.hooks.engine();
+    let mut warnings = match crate::geo::check_place(zones, known.zones().zones(), &s.config.geo) {
+        Ok(placed) => placed.warnings,
+        Err(far) => vec![far],
+    };
+    warnings.extend(crate::geo::narrow_zones(
+        zones,
+        s.config.rules.gps_tolerance_m,
+    ));
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(warnings)
+}
+
+fn with_warnings(mut body: Value, warnings: Vec<String>) -> Value {
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    body
+}
+
 /// A Feature creates one zone, a FeatureCollection several, all or none; an id that exists
 /// already is a conflict (replace with PUT).
 pub(super) async fn create(
@@ -100,6 +128,7 @@ pub(super) async fn create(
     if zones.is_empty() {
         return Err(Problem::bad_request("the FeatureCollection has no feature"));
     }
+    let warnings = checked(&s, &zones)?;
     let mut client = s.pool.get().await?;
     let tx = client.transaction().await?;
     for z in &zones {
@@ -125,7 +154,7 @@ pub(super) async fn create(
     } else {
         json!({"type": "FeatureCollection", "features": features})
     };
-    Ok((StatusCode::CREATED, Json(out)))
+    Ok((StatusCode::CREATED, Json(with_warnings(out, warnings))))
 }
 
 /// Creates or replaces the zone `id`; the feature's own id, if any, must agree.
@@ -153,6 +182,7 @@ pub(super) async fn put(
         }
     }
     let zone = parse_feature(&body, s.config.geo.zones_crs()).map_err(zone_problem)?;
+    let warnings = checked(&s, std::slice::from_ref(&zone))?;
     let (id, name, kind, props, geom) = columns(&zone);
     let client = s.pool.get().await?;
     let created: bool = client
@@ -171,7 +201,7 @@ pub(super) async fn put(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(zone.to_feature())))
+    Ok((status, Json(with_warnings(zone.to_feature(), warnings))))
 }
 
 pub(super) async fn delete(

@@ -1,9 +1,11 @@
 //! Bytes and a topic in, validated readings, events, statuses and rejects out (docs/mqtt.md).
 //! Pure: no I/O, the clock is a parameter, so every rule here is tested exhaustively.
 
+mod fix;
 mod topic;
 mod wire;
 
+pub use fix::{NoFix, no_value_fix, sql_has_fix};
 pub use topic::{Channel, Topic};
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};

@@ -6,15 +6,17 @@ use serde_json::{Value, json};
 
 use super::config::GbfsConfig;
 use super::rotate::IdRotation;
+use super::stations::Station;
 use crate::config::{Profile, Profiles};
 use crate::domain::VehicleKind;
 
 /// The feeds every system of ours publishes, in the order `gbfs.json` lists them.
-pub const FEEDS: [&str; 5] = [
+pub const FEEDS: [&str; 6] = [
     "system_information",
     "vehicle_types",
     "vehicle_status",
     "station_information",
+    "station_status",
     "geofencing_zones",
 ];
 
@@ -107,11 +109,16 @@ pub fn vehicle_types(p: &Profiles, language: &str) -> Value {
 /// Vehicles not in a ride, as GBFS defines the feed. Buses run a scheduled line and are never
 /// for hire, so only bikes appear; a bike whose lock state is unknown is shown, since it is
 /// not known to be in a ride.
-pub fn vehicle_status(vehicles: &[VehicleRow], ids: &IdRotation) -> Value {
+/// A bike parked at a station carries its `station_id`, so that `station_status` counts and
+/// this list agree.
+pub fn vehicle_status(
+    vehicles: &[VehicleRow],
+    stations: &[Station<'_>],
+    ids: &IdRotation,
+) -> Value {
     let items: Vec<Value> = vehicles
         .iter()
-        .filter(|v| v.kind == VehicleKind::Bike && v.locked != Some(false))
-        .filter(|v| v.lat.is_finite() && v.lon.is_finite())
+        .filter(|v| super::stations::listed(v))
         .map(|v| {
             let h2 = v.h2_g.unwrap_or(0.0).max(0.0);
             let fuel = if v.tank_g > 0.0 {
@@ -125,13 +132,16 @@ pub fn vehicle_status(vehicles: &[VehicleRow], ids: &IdRotation) -> Value {
                 "lat": round6(v.lat),
                 "lon": round6(v.lon),
                 "is_reserved": false,
-                "is_disabled": v.online == Some(false) || v.safety_alert || h2 <= 0.0,
+                "is_disabled": super::stations::disabled(v),
                 "vehicle_type_id": type_id(v.kind),
                 "current_fuel_percent": (f64::from(fuel) * 100.0).round() / 100.0,
                 "current_range_meters": (f64::from(range_km) * 1000.0).round(),
             });
             if let Some(t) = v.last_ts {
                 o["last_reported"] = json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            }
+            if let Some(s) = super::stations::station_of(stations, v) {
+                o["station_id"] = json!(s.zone.id);
             }
             o
         })
@@ -140,25 +150,23 @@ pub fn vehicle_status(vehicles: &[VehicleRow], ids: &IdRotation) -> Value {
 }
 
 /// Parking areas as virtual stations: a free-floating system with designated parking, which
-/// is what GBFS virtual stations are for.
-pub fn station_information(zones: &[ZoneRow], language: &str) -> Value {
-    let stations: Vec<Value> = zones
+/// is what GBFS virtual stations are for. Their areas exclude the no-parking zones inside them
+/// (see [`super::stations`]).
+pub fn station_information(stations: &[Station<'_>], language: &str) -> Value {
+    let items: Vec<Value> = stations
         .iter()
-        .filter(|z| z.kind == "parking")
-        .filter_map(|z| {
-            let area = multipolygon(&z.geometry, &z.properties)?;
-            let (lat, lon) = centroid(&area)?;
-            Some(json!({
-                "station_id": z.id,
-                "name": text(&z.name, language),
-                "lat": round6(lat),
-                "lon": round6(lon),
+        .map(|s| {
+            json!({
+                "station_id": s.zone.id,
+                "name": text(&s.zone.name, language),
+                "lat": round6(s.lat),
+                "lon": round6(s.lon),
                 "is_virtual_station": true,
-                "station_area": area,
-            }))
+                "station_area": s.area_geojson,
+            })
         })
         .collect();
-    json!({ "stations": stations })
+    json!({ "stations": items })
 }
 
 /// Zone kinds as GBFS rules. Where zones overlap, GBFS lets the earlier feature win, so the
@@ -206,10 +214,38 @@ pub fn geofencing_zones(zones: &[ZoneRow], p: &Profiles, language: &str) -> Valu
     };
     let mut ordered: Vec<&ZoneRow> = zones.iter().collect();
     ordered.sort_by(|a, b| (precedence(&a.kind), &a.id).cmp(&(precedence(&b.kind), &b.id)));
+    // A zone scoped to some kinds (`properties.kinds`) binds only their vehicle types.
+    let scoped = |z: &ZoneRow, rules: Vec<Value>| -> Vec<Value> {
+        if z.properties.get("kinds").is_none() {
+            return rules;
+        }
+        let kinds: Vec<&str> = super::stations::kinds_of(z)
+            .into_iter()
+            .map(type_id)
+            .collect();
+        rules
+            .into_iter()
+            .filter_map(
+                |mut r| match r.get("vehicle_type_ids").and_then(Value::as_array) {
+                    Some(ids) => ids
+                        .iter()
+                        .any(|id| id.as_str().is_some_and(|id| kinds.contains(&id)))
+                        .then_some(r),
+                    None => {
+                        r["vehicle_type_ids"] = json!(kinds);
+                        Some(r)
+                    }
+                },
+            )
+            .collect()
+    };
     let features: Vec<Value> = ordered
         .into_iter()
         .filter_map(|z| {
-            let rules = rules_for(z)?;
+            let rules = scoped(z, rules_for(z)?);
+            if rules.is_empty() {
+                return None;
+            }
             let geometry = multipolygon(&z.geometry, &z.properties)?;
             Some(json!({
                 "type": "Feature",
@@ -263,7 +299,7 @@ fn circle(lat: f64, lon: f64, radius_m: f64) -> Vec<[f64; 2]> {
 /// Area-weighted centroid of the exterior rings: inside any convex parking area. Worked out
 /// relative to the first vertex: with raw longitudes near 111° the cross products would cancel
 /// away the digits a parking area of a few metres needs.
-fn centroid(mp: &Value) -> Option<(f64, f64)> {
+pub(super) fn centroid(mp: &Value) -> Option<(f64, f64)> {
     let (mut a_sum, mut x_sum, mut y_sum) = (0.0_f64, 0.0_f64, 0.0_f64);
     let mut origin = None;
     for poly in mp.get("coordinates")?.as_array()? {

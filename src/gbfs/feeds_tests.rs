@@ -45,7 +45,7 @@ fn vehicle_status_shows_parked_bikes_with_fuel_as_a_fraction_and_hides_rides_and
     unknown_lock.locked = None;
     unknown_lock.range_km = None;
     unknown_lock.h2_g = Some(10.0);
-    let data = vehicle_status(&[bike("XY-B0001"), riding, bus, unknown_lock], &ids);
+    let data = vehicle_status(&[bike("XY-B0001"), riding, bus, unknown_lock], &[], &ids);
     let v = data["vehicles"].as_array().unwrap();
     assert_eq!(v.len(), 2, "{v:?}");
     assert_eq!(v[0]["current_fuel_percent"], json!(0.8));
@@ -72,7 +72,7 @@ fn offline_empty_or_unsafe_bikes_are_disabled_and_fuel_stays_in_0_to_1() {
     unsafe_.safety_alert = true;
     let mut overfull = bike("D");
     overfull.h2_g = Some(60.0);
-    let data = vehicle_status(&[offline, empty, unsafe_, overfull], &ids);
+    let data = vehicle_status(&[offline, empty, unsafe_, overfull], &[], &ids);
     let v = data["vehicles"].as_array().unwrap();
     let disabled: Vec<bool> = v
         .iter()
@@ -109,7 +109,7 @@ fn parking_areas_become_virtual_stations_with_their_area_and_a_point_inside() {
         ),
         zone("SA", "service_area", json!({}), square(111.7, 37.1, 0.2)),
     ];
-    let data = station_information(&zones, "en");
+    let data = station_information(&super::super::stations::stations(&zones), "en");
     let s = data["stations"].as_array().unwrap();
     assert_eq!(s.len(), 2);
     assert_eq!(s[0]["station_id"], "P1");
@@ -195,4 +195,119 @@ fn discovery_lists_every_feed_under_the_base() {
     let e = envelope(d, 60, Utc.with_ymd_and_hms(2024, 5, 1, 8, 0, 0).unwrap());
     assert_eq!(e["version"], "3.0");
     assert_eq!(e["last_updated"], "2024-05-01T08:00:00Z");
+}
+
+#[test]
+fn a_station_area_excludes_the_no_parking_lane_across_it_and_counts_bikes_outside_it() {
+    use super::super::stations::{station_status, stations};
+    // A 100 m parking area with a lane 0.00006° (≈ 5 m) wide across its middle, north-south.
+    let lane = json!({"type": "Polygon", "coordinates": [[[111.78047, 37.1399], [111.78053, 37.1399],
+        [111.78053, 37.1411], [111.78047, 37.1411], [111.78047, 37.1399]]]});
+    let zones = [
+        zone(
+            "P1",
+            "parking",
+            json!({"kinds": ["bike"]}),
+            square(111.78, 37.14, 0.001),
+        ),
+        zone("NP", "no_parking", json!({"kinds": ["bike"]}), lane),
+        zone("P2", "parking", json!({}), square(111.79, 37.14, 0.001)),
+        zone(
+            "DEPOT",
+            "parking",
+            json!({"kinds": ["bus"]}),
+            square(111.8, 37.14, 0.001),
+        ),
+        zone(
+            "NPBUS",
+            "no_parking",
+            json!({"kinds": ["bus"]}),
+            square(111.79, 37.14, 0.001),
+        ),
+    ];
+    let st = stations(&zones);
+    assert_eq!(
+        st.len(),
+        2,
+        "a bus-only no-parking zone cuts nothing out of a bike area; a bus depot is no station"
+    );
+    let p1 = &st[0];
+    let in_lane = geo::Point::new(111.7805, 37.1405);
+    let beside = geo::Point::new(111.7802, 37.1405);
+    use geo::Contains as _;
+    assert!(!p1.area.contains(&in_lane) && p1.area.contains(&beside));
+    assert!(
+        p1.area.contains(&geo::Point::new(p1.lon, p1.lat)),
+        "its point is in what is left"
+    );
+    let info = station_information(&st, "en");
+    assert_eq!(
+        info["stations"][0]["station_area"]["coordinates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let mut in_area = bike("XY-B0001");
+    (in_area.lat, in_area.lon) = (37.1405, 111.7802);
+    let mut in_the_lane = bike("XY-B0002");
+    (in_the_lane.lat, in_the_lane.lon) = (37.1405, 111.7805);
+    let mut dead = bike("XY-B0003");
+    (dead.lat, dead.lon, dead.h2_g) = (37.1404, 111.7802, Some(0.0));
+    let now = Utc.with_ymd_and_hms(2024, 5, 1, 8, 0, 0).unwrap();
+    let status = station_status(&st, &[in_area.clone(), in_the_lane.clone(), dead], now);
+    let s = status["stations"].as_array().unwrap();
+    assert_eq!(s.len(), 2, "a status for every station");
+    assert_eq!(s[0]["station_id"], "P1");
+    assert_eq!(s[0]["num_vehicles_available"], 1);
+    assert_eq!(s[0]["num_vehicles_disabled"], 1);
+    assert_eq!(
+        s[0]["vehicle_types_available"],
+        json!([{"vehicle_type_id": "bike", "count": 1}])
+    );
+    assert_eq!(s[0]["is_returning"], true);
+    assert_eq!(s[0]["last_reported"], "2024-05-01T08:00:00Z");
+    assert!(
+        s[0].get("num_docks_available").is_none(),
+        "virtual: no docks"
+    );
+    assert_eq!(s[1]["num_vehicles_available"], 0);
+    let ids = IdRotation::new(b"0123456789abcdef");
+    let v = vehicle_status(&[in_area, in_the_lane], &st, &ids);
+    assert_eq!(v["vehicles"][0]["station_id"], "P1");
+    assert!(v["vehicles"][1].get("station_id").is_none());
+}
+
+#[test]
+fn zones_scoped_to_a_kind_bind_only_its_vehicle_type() {
+    let zones = [
+        zone(
+            "SA02",
+            "service_area",
+            json!({"kinds": ["bus"]}),
+            square(111.8, 37.0, 0.1),
+        ),
+        zone(
+            "SL01",
+            "slow",
+            json!({"max_speed_kmh": 10, "kinds": ["bike"]}),
+            square(111.75, 37.12, 0.01),
+        ),
+        zone(
+            "P01",
+            "parking",
+            json!({"kinds": ["bike"]}),
+            square(111.78, 37.14, 0.001),
+        ),
+    ];
+    let data = geofencing_zones(&zones, &Profiles::default(), "en");
+    let f = data["geofencing_zones"]["features"].as_array().unwrap();
+    let rules = |i: usize| f[i]["properties"]["rules"].as_array().unwrap().clone();
+    assert_eq!(rules(0)[0]["vehicle_type_ids"], json!(["bike"]), "parking");
+    assert_eq!(rules(1)[0]["vehicle_type_ids"], json!(["bike"]), "slow");
+    let corridor = rules(2);
+    assert_eq!(corridor.len(), 1, "{corridor:?}");
+    assert_eq!(corridor[0]["vehicle_type_ids"], json!(["bus"]));
+    assert_eq!(corridor[0]["ride_through_allowed"], true);
 }

@@ -5,6 +5,7 @@ mod config;
 pub mod feeds;
 mod rotate;
 mod source;
+pub mod stations;
 
 use std::sync::{Arc, OnceLock};
 
@@ -52,16 +53,23 @@ async fn feed(
         "gbfs" => (feeds::discovery(&base_url(c, &headers)), 300),
         "system_information" => (feeds::system_information(c), 3600),
         "vehicle_types" => (feeds::vehicle_types(&s.config.profiles, lang), 3600),
-        "vehicle_status" => {
+        "vehicle_status" | "station_status" => {
             let client = s.pool.get().await?;
             let vehicles = source::vehicles(&client).await.map_err(Problem::internal)?;
-            (feeds::vehicle_status(&vehicles, &rotation(c)), 15)
+            let zones = source::zones(&client).await.map_err(Problem::internal)?;
+            let stations = stations::stations(&zones);
+            let data = if name == "vehicle_status" {
+                feeds::vehicle_status(&vehicles, &stations, &rotation(c))
+            } else {
+                stations::station_status(&stations, &vehicles, Utc::now())
+            };
+            (data, 15)
         }
         "station_information" | "geofencing_zones" => {
             let client = s.pool.get().await?;
             let zones = source::zones(&client).await.map_err(Problem::internal)?;
             let data = if name == "station_information" {
-                feeds::station_information(&zones, lang)
+                feeds::station_information(&stations::stations(&zones), lang)
             } else {
                 feeds::geofencing_zones(&zones, &s.config.profiles, lang)
             };

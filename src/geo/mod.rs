@@ -2,6 +2,7 @@
 //! in, and how far is the nearest parking area".
 
 pub mod gcj02;
+mod import;
 pub mod metric;
 mod zones;
 
@@ -9,8 +10,12 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use import::{Placement, check_place, crs_note, gcj02_offset_m, narrow_zones};
 pub use metric::{LocalFrame, distance_m};
-pub use zones::{Shape, Zone, ZoneError, ZoneHit, ZoneIndex, ZoneKind, parse_feature, parse_zones};
+pub use zones::{
+    Shape, Zone, ZoneError, ZoneHit, ZoneIndex, ZoneKind, at_margin_m, parse_feature, parse_zones,
+    width_m,
+};
 
 /// The coordinate system that vehicles report and zone files are drawn in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -25,10 +30,11 @@ pub enum Crs {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GeoConfig {
-    /// Coordinate system of vehicle positions.
+    /// Coordinate system of vehicle positions (what the GPS modules report).
     pub crs: Crs,
     /// Coordinate system of zone files; when unset, the same as `crs` (a fence drawn on the
-    /// same Chinese map the vehicles' modules use).
+    /// same Chinese map the vehicles' modules use). Fences drawn on a Chinese map for a fleet
+    /// whose modules report WGS-84 need this one alone: `crs` would move every vehicle too.
     pub zones_crs: Option<Crs>,
     /// GeoJSON FeatureCollection loaded into the `zones` table when it is empty.
     pub zones_file: PathBuf,

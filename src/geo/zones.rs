@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::Crs;
 use super::metric::{LocalFrame, M_PER_DEG_LAT, distance_m, origin_to_ring, ring_contains_origin};
+use crate::domain::VehicleKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,11 +62,20 @@ pub struct Zone {
     /// The lower speed cap of a `slow` zone.
     pub max_speed_kmh: Option<f32>,
     pub shape: Shape,
+    /// The vehicle kinds it applies to (`properties.kinds`); `None`: every kind.
+    pub kinds: Option<Vec<VehicleKind>>,
+    /// Its narrowest extent in metres (see [`width_m`]), worked out once at parsing.
+    pub width_m: f64,
     /// The feature's properties as given (kept for the API and GBFS).
     pub properties: Map<String, Value>,
 }
 
 impl Zone {
+    /// Whether the zone's rules bind a vehicle of this kind.
+    pub fn applies_to(&self, kind: VehicleKind) -> bool {
+        self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
+    }
+
     /// Metres from the boundary: negative inside, positive outside.
     pub fn signed_distance_m(&self, lat: f64, lon: f64) -> f64 {
         match &self.shape {
@@ -99,7 +109,7 @@ impl Zone {
     }
 
     /// `(min_lat, min_lon, max_lat, max_lon)`.
-    fn bounds(&self) -> (f64, f64, f64, f64) {
+    pub(crate) fn bounds(&self) -> (f64, f64, f64, f64) {
         match &self.shape {
             Shape::Circle { lat, lon, radius_m } => {
                 let dlat = radius_m / M_PER_DEG_LAT;
@@ -256,6 +266,7 @@ pub fn parse_feature(f: &Value, crs: Crs) -> Result<Zone, ZoneError> {
         ));
     }
     let radius_m = number("radius_m")?;
+    let kinds = vehicle_kinds(props.get("kinds"))?;
     let geom = f
         .get("geometry")
         .filter(|g| !g.is_null())
@@ -266,9 +277,103 @@ pub fn parse_feature(f: &Value, crs: Crs) -> Result<Zone, ZoneError> {
         name,
         kind,
         max_speed_kmh,
+        width_m: width_m(&shape),
         shape,
+        kinds,
         properties: props,
     })
+}
+
+/// `properties.kinds`: absent or null for every kind, else a non-empty list of kinds.
+fn vehicle_kinds(v: Option<&Value>) -> Result<Option<Vec<VehicleKind>>, ZoneError> {
+    let bad = || {
+        feature_err(
+            "properties.kinds",
+            "must be a non-empty list of vehicle kinds (\"bike\", \"bus\")",
+        )
+    };
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) if !items.is_empty() => {
+            let mut kinds = Vec::with_capacity(items.len());
+            for item in items {
+                let k = item.as_str().and_then(VehicleKind::parse).ok_or_else(bad)?;
+                if !kinds.contains(&k) {
+                    kinds.push(k);
+                }
+            }
+            Ok(Some(kinds))
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+/// A zone's narrowest extent, in metres: a circle's diameter; for polygons the smaller of the
+/// convex hull's least caliper width and 4 × area / perimeter (which catches an L-shaped or
+/// bent lane that a hull makes look wide). A multipolygon is as narrow as its narrowest part.
+pub fn width_m(shape: &Shape) -> f64 {
+    match shape {
+        Shape::Circle { radius_m, .. } => 2.0 * radius_m,
+        Shape::Polygons(polys) => polys
+            .iter()
+            .filter_map(|rings| {
+                let &(lat0, lon0) = rings.first()?.first()?;
+                let frame = LocalFrame::new(lat0, lon0);
+                let flat: Vec<Vec<(f64, f64)>> = rings
+                    .iter()
+                    .map(|r| r.iter().map(|&(la, lo)| frame.project(la, lo)).collect())
+                    .collect();
+                Some(polygon_width(&flat))
+            })
+            .reduce(f64::min)
+            .unwrap_or(0.0),
+    }
+}
+
+fn polygon_width(rings: &[Vec<(f64, f64)>]) -> f64 {
+    use geo::ConvexHull as _;
+    let ring_area = |r: &[(f64, f64)]| {
+        r.windows(2)
+            .map(|w| w[0].0 * w[1].1 - w[1].0 * w[0].1)
+            .sum::<f64>()
+            .abs()
+            / 2.0
+    };
+    let ring_length = |r: &[(f64, f64)]| {
+        r.windows(2)
+            .map(|w| (w[1].0 - w[0].0).hypot(w[1].1 - w[0].1))
+            .sum::<f64>()
+    };
+    let Some(outer) = rings.first() else {
+        return 0.0;
+    };
+    let area = ring_area(outer) - rings[1..].iter().map(|r| ring_area(r)).sum::<f64>();
+    let perimeter: f64 = rings.iter().map(|r| ring_length(r)).sum();
+    let shape_bound = if perimeter > 0.0 {
+        4.0 * area.max(0.0) / perimeter
+    } else {
+        0.0
+    };
+    let line: geo::LineString<f64> = outer
+        .iter()
+        .map(|&(x, y)| geo::coord! {x: x, y: y})
+        .collect();
+    let hull = geo::Polygon::new(line, vec![]).convex_hull();
+    let pts: Vec<(f64, f64)> = hull.exterior().points().map(|p| (p.x(), p.y())).collect();
+    let mut caliper = f64::INFINITY;
+    for w in pts.windows(2) {
+        let (dx, dy) = (w[1].0 - w[0].0, w[1].1 - w[0].1);
+        let len = dx.hypot(dy);
+        if len == 0.0 {
+            continue;
+        }
+        let across = pts
+            .iter()
+            .map(|p| ((p.0 - w[0].0) * dy - (p.1 - w[0].1) * dx).abs() / len)
+            .fold(0.0, f64::max);
+        caliper = caliper.min(across);
+    }
+    caliper.min(shape_bound)
 }
 
 fn parse_geometry(g: &Value, crs: Crs, radius_m: Option<f64>) -> Result<Shape, ZoneError> {
@@ -350,6 +455,13 @@ fn position(v: &Value, crs: Crs) -> Result<(f64, f64), ZoneError> {
         ));
     }
     Ok(crs.to_wgs84(lat, lon))
+}
+
+/// How close to a zone a fix counts as "at" it although outside: half the zone's width, at
+/// most half the GPS tolerance. A fire lane is enforced however narrow it is, and a bike parked
+/// beside a wide no-parking plaza is not caught by a margin as wide as the tolerance.
+pub fn at_margin_m(width_m: f64, tolerance_m: f64) -> f64 {
+    (width_m / 2.0).min(tolerance_m / 2.0).max(0.0)
 }
 
 /// A zone the query point is in or near.
@@ -436,6 +548,25 @@ impl ZoneIndex {
         self.has_service_area
     }
 
+    /// Whether any service area binds vehicles of this kind (a bus corridor does not bind
+    /// bikes, which are then judged by the service areas that do, if any).
+    pub fn has_service_area_for(&self, kind: VehicleKind) -> bool {
+        self.has_service_area
+            && self
+                .zones
+                .iter()
+                .any(|z| z.kind == ZoneKind::ServiceArea && z.applies_to(kind))
+    }
+
+    /// Whether any parking area binds vehicles of this kind.
+    pub fn has_parking_for(&self, kind: VehicleKind) -> bool {
+        self.has_parking()
+            && self
+                .zones
+                .iter()
+                .any(|z| z.kind == ZoneKind::Parking && z.applies_to(kind))
+    }
+
     /// Zones whose boundary is at most `margin_m` outside the point (so every zone containing
     /// it, plus those within the margin), with the signed distance to each.
     pub fn near(&self, lat: f64, lon: f64, margin_m: f64) -> Vec<ZoneHit<'_>> {
@@ -459,15 +590,41 @@ impl ZoneIndex {
 
     /// The nearest parking area and the distance to it in metres (0 when inside).
     pub fn nearest_parking(&self, lat: f64, lon: f64) -> Option<(&Zone, f64)> {
-        self.nearest_in(&self.parking, lat, lon)
+        self.nearest_in(&self.parking, lat, lon, None)
+    }
+
+    /// The nearest parking area open to this kind of vehicle, and the distance to it.
+    pub fn nearest_parking_for(
+        &self,
+        kind: VehicleKind,
+        lat: f64,
+        lon: f64,
+    ) -> Option<(&Zone, f64)> {
+        self.nearest_in(&self.parking, lat, lon, Some(kind))
     }
 
     /// The nearest refuelling station and the distance to it in metres (0 when inside).
     pub fn nearest_station(&self, lat: f64, lon: f64) -> Option<(&Zone, f64)> {
-        self.nearest_in(&self.stations, lat, lon)
+        self.nearest_in(&self.stations, lat, lon, None)
     }
 
-    fn nearest_in(&self, tree: &RTree<Entry>, lat: f64, lon: f64) -> Option<(&Zone, f64)> {
+    /// The nearest refuelling station that serves this kind of vehicle.
+    pub fn nearest_station_for(
+        &self,
+        kind: VehicleKind,
+        lat: f64,
+        lon: f64,
+    ) -> Option<(&Zone, f64)> {
+        self.nearest_in(&self.stations, lat, lon, Some(kind))
+    }
+
+    fn nearest_in(
+        &self,
+        tree: &RTree<Entry>,
+        lat: f64,
+        lon: f64,
+        kind: Option<VehicleKind>,
+    ) -> Option<(&Zone, f64)> {
         let mut best: Option<(&Zone, f64)> = None;
         for (e, d2) in tree.nearest_neighbor_iter_with_distance_2(&[lon * self.kx, lat]) {
             // The box distance is a lower bound of the real one up to the scale error of
@@ -479,6 +636,9 @@ impl ZoneIndex {
                 break;
             }
             let zone = &self.zones[e.data];
+            if kind.is_some_and(|k| !zone.applies_to(k)) {
+                continue;
+            }
             let d = zone.signed_distance_m(lat, lon).max(0.0);
             if best.is_none_or(|(_, b)| d < b) {
                 best = Some((zone, d));

@@ -7,8 +7,8 @@ use super::config::Thresholds;
 use super::engine::{GeoFix, VehicleInfo};
 use super::state::{Fix, Rest, VehicleRuleState};
 use crate::config::{Profile, Profiles};
-use crate::domain::{Reading, Severity};
-use crate::geo::{Zone, ZoneIndex, ZoneKind, distance_m};
+use crate::domain::{Reading, Severity, VehicleKind};
+use crate::geo::{Zone, ZoneIndex, ZoneKind, at_margin_m, distance_m};
 
 pub const LOW_HYDROGEN: &str = "low_hydrogen";
 pub const PARKING_VIOLATION: &str = "parking_violation";
@@ -162,12 +162,13 @@ pub(crate) fn low_h2(
     }
 }
 
-/// The slow zone with the lowest cap that the fix is surely inside.
-pub(crate) fn slow_zone(zones: &ZoneIndex, g: GeoFix) -> Option<&Zone> {
+/// The slow zone for this kind of vehicle with the lowest cap that the fix is surely inside.
+pub(crate) fn slow_zone(zones: &ZoneIndex, g: GeoFix, kind: VehicleKind) -> Option<&Zone> {
     zones
         .near(g.lat, g.lon, 0.0)
         .into_iter()
-        .filter(|h| h.zone.kind == ZoneKind::Slow && h.signed_m <= -g.tol_m)
+        .filter(|h| h.zone.kind == ZoneKind::Slow && h.zone.applies_to(kind))
+        .filter(|h| h.signed_m <= -g.tol_m)
         .map(|h| h.zone)
         .min_by(|a, b| {
             a.max_speed_kmh
@@ -201,16 +202,17 @@ pub(crate) fn overspeed(
     }
 }
 
-/// `out_of_service_area`: beyond the tolerance outside every service area opens; inside one
-/// clears. Without service areas, or without a trustworthy fix, it says nothing.
-pub(crate) fn service_area(zones: &ZoneIndex, g: Option<GeoFix>) -> Verdict {
-    let Some(g) = g.filter(|_| zones.has_service_area()) else {
+/// `out_of_service_area`: beyond the tolerance outside every service area of the vehicle's
+/// kind opens; inside one clears. Without such service areas, or without a trustworthy fix,
+/// it says nothing.
+pub(crate) fn service_area(zones: &ZoneIndex, g: Option<GeoFix>, kind: VehicleKind) -> Verdict {
+    let Some(g) = g.filter(|_| zones.has_service_area_for(kind)) else {
         return Verdict::Unknown;
     };
     let best = zones
         .near(g.lat, g.lon, g.tol_m)
         .into_iter()
-        .filter(|h| h.zone.kind == ZoneKind::ServiceArea)
+        .filter(|h| h.zone.kind == ZoneKind::ServiceArea && h.zone.applies_to(kind))
         .map(|h| h.signed_m)
         .reduce(f64::min);
     match best {
@@ -299,8 +301,8 @@ pub(crate) fn leak(
 pub(crate) struct ParkingCheck {
     /// The parking area it ended in (within tolerance), and the signed distance.
     pub parking: Option<(String, f64)>,
-    /// The no-parking zone it surely ended in.
-    pub no_parking: Option<(String, String)>,
+    /// The no-parking zone it ended at: id, name and signed distance.
+    pub no_parking: Option<(String, String, f64)>,
     pub nearest: Option<(String, String, f64)>,
     pub tol_m: f64,
 }
@@ -316,25 +318,35 @@ impl ParkingCheck {
             "nearest_zone_name": self.nearest.as_ref().map(|n| &n.1),
             "distance_m": self.nearest.as_ref().map(|n| round1(n.2)),
             "no_parking_zone": self.no_parking.as_ref().map(|n| &n.0),
+            "no_parking_zone_name": self.no_parking.as_ref().map(|n| &n.1),
             "tolerance_m": round1(self.tol_m),
         })
     }
 }
 
-/// A ride's end is inside a parking area when within the GPS tolerance of one, and in a
-/// no-parking zone only when surely inside it: a doubtful fix is given the benefit.
-pub(crate) fn parking(zones: &ZoneIndex, g: GeoFix) -> ParkingCheck {
-    let hits = zones.near(g.lat, g.lon, g.tol_m);
+/// Where a ride of a vehicle of `kind` ended. The GPS tolerance means opposite things per zone
+/// kind: within it of a parking area is inside (the rider gets the benefit of a doubtful fix),
+/// while a fix at a no-parking zone (inside it, or within a margin of half its width and at
+/// most half the tolerance) is a violation however narrow the zone: a fire lane is never
+/// wider than GPS error, so "surely inside" would never enforce one.
+pub(crate) fn parking(zones: &ZoneIndex, g: GeoFix, kind: VehicleKind) -> ParkingCheck {
+    let hits: Vec<_> = zones
+        .near(g.lat, g.lon, g.tol_m)
+        .into_iter()
+        .filter(|h| h.zone.applies_to(kind))
+        .collect();
     let parking = hits
         .iter()
         .find(|h| h.zone.kind == ZoneKind::Parking)
         .map(|h| (h.zone.id.clone(), h.signed_m));
     let no_parking = hits
         .iter()
-        .find(|h| h.zone.kind == ZoneKind::NoParking && h.signed_m <= -g.tol_m)
-        .map(|h| (h.zone.id.clone(), h.zone.name.clone()));
+        .find(|h| {
+            h.zone.kind == ZoneKind::NoParking && h.signed_m <= at_margin_m(h.zone.width_m, g.tol_m)
+        })
+        .map(|h| (h.zone.id.clone(), h.zone.name.clone(), h.signed_m));
     let nearest = zones
-        .nearest_parking(g.lat, g.lon)
+        .nearest_parking_for(kind, g.lat, g.lon)
         .map(|(z, d)| (z.id.clone(), z.name.clone(), d));
     ParkingCheck {
         parking,

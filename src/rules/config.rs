@@ -13,6 +13,12 @@ pub struct RulesConfig {
     pub gps_tolerance_m: f64,
     /// Extra tolerance per unit of hdop above 1, when the fix carries hdop.
     pub hdop_tolerance_m: f64,
+    /// The most the tolerance grows to however poor the fix: past it, a bad fix would excuse
+    /// any parking place.
+    pub max_gps_tolerance_m: f64,
+    /// A fix with an hdop above this is no position at all: stored, never used for fences,
+    /// tracks, rides or the latest position.
+    pub max_hdop: f32,
     pub bike: Thresholds,
     pub bus: Thresholds,
     pub custom: Vec<CustomRuleConfig>,
@@ -23,6 +29,8 @@ impl Default for RulesConfig {
         Self {
             gps_tolerance_m: 10.0,
             hdop_tolerance_m: 5.0,
+            max_gps_tolerance_m: 15.0,
+            max_hdop: 10.0,
             bike: Thresholds::bike(),
             bus: Thresholds::bus(),
             custom: Vec::new(),
@@ -159,6 +167,17 @@ impl RulesConfig {
             if !(v.is_finite() && v >= 0.0) {
                 return err(name.into(), "must be a number ≥ 0");
             }
+        }
+        if !(self.max_gps_tolerance_m.is_finite()
+            && self.max_gps_tolerance_m >= self.gps_tolerance_m)
+        {
+            return err(
+                "max_gps_tolerance_m".into(),
+                "must be a number ≥ gps_tolerance_m",
+            );
+        }
+        if !(self.max_hdop.is_finite() && self.max_hdop >= 1.0) {
+            return err("max_hdop".into(), "must be a number ≥ 1");
         }
         for kind in VehicleKind::ALL {
             let t = self.thresholds(kind);

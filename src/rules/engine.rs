@@ -146,10 +146,21 @@ impl Engine {
         &self.rules
     }
 
-    /// GPS error to allow at a fence for a fix of this quality.
+    /// GPS error to allow at a fence for a fix of this quality, capped: a poor fix must not
+    /// excuse any parking place.
     pub fn tolerance_m(&self, hdop: Option<f32>) -> f64 {
         let extra = hdop.map_or(0.0, |h| (h as f64 - 1.0).max(0.0));
-        self.rules.gps_tolerance_m + self.rules.hdop_tolerance_m * extra
+        let tol = self.rules.gps_tolerance_m + self.rules.hdop_tolerance_m * extra;
+        tol.min(
+            self.rules
+                .max_gps_tolerance_m
+                .max(self.rules.gps_tolerance_m),
+        )
+    }
+
+    /// Whether a reading's position may be used at all (DESIGN §14).
+    pub fn has_fix(&self, r: &Reading) -> bool {
+        crate::decode::no_value_fix(r, self.rules.max_hdop).is_none()
     }
 
     /// Kilometres per gram to predict range with: learned, else set, else nominal.
@@ -174,13 +185,28 @@ impl Engine {
         }
         state.last_ts = Some(r.ts);
         let t = self.rules.thresholds(info.kind).clone();
+        // A position of no value says nothing about where the vehicle is: the rules keep to
+        // the last good fix, and it does not count towards (or against) plausibility.
+        let has_fix = self.has_fix(r);
         let here = Moment {
             at: r.ts,
-            pos: Some((r.lat, r.lon)),
+            pos: if has_fix {
+                Some((r.lat, r.lon))
+            } else {
+                self.fix_pos(state)
+            },
         };
 
         let tol = self.tolerance_m(r.hdop);
-        let gps = builtin::gps_check(state, r, tol, &t);
+        let gps = if has_fix {
+            builtin::gps_check(state, r, tol, &t)
+        } else {
+            builtin::GpsCheck {
+                plausible: false,
+                step_m: 0.0,
+                verdict: Verdict::Unknown,
+            }
+        };
         self.step(
             state,
             &mut out,
@@ -233,7 +259,7 @@ impl Engine {
             here,
         );
 
-        let slow = geo.and_then(|g| builtin::slow_zone(&self.zones, g));
+        let slow = geo.and_then(|g| builtin::slow_zone(&self.zones, g, info.kind));
         let speed = builtin::overspeed(r.speed_kmh, self.profiles.get(info.kind), slow, &t);
         self.step(
             state,
@@ -245,7 +271,7 @@ impl Engine {
             here,
         );
 
-        let service = builtin::service_area(&self.zones, geo);
+        let service = builtin::service_area(&self.zones, geo, info.kind);
         let hold = t.out_of_service_hold_secs;
         self.step(
             state,
@@ -268,7 +294,21 @@ impl Engine {
             here,
         );
 
-        let leak = builtin::leak(state, r, refuelled, tol, &t);
+        // The leak rule measures rest from the vehicle's position: a fix of no value must not
+        // look like a move away and restart it.
+        let placed;
+        let r_at = match (has_fix, state.fix) {
+            (false, Some(f)) => {
+                placed = Reading {
+                    lat: f.lat,
+                    lon: f.lon,
+                    ..r.clone()
+                };
+                &placed
+            }
+            _ => r,
+        };
+        let leak = builtin::leak(state, r_at, refuelled, tol, &t);
         self.step(
             state,
             &mut out,
@@ -459,8 +499,14 @@ impl Engine {
         if !((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)) {
             return None;
         }
-        let (lat, lon) = self.crs.to_wgs84(lat, lon);
         let hdop = body.get("hdop").and_then(Value::as_f64).map(|h| h as f32);
+        let no_fix = (lat == 0.0 && lon == 0.0)
+            || body.get("fix") == Some(&Value::Bool(false))
+            || hdop.is_some_and(|h| h.is_nan() || h > self.rules.max_hdop);
+        if no_fix {
+            return None;
+        }
+        let (lat, lon) = self.crs.to_wgs84(lat, lon);
         Some(GeoFix {
             lat,
             lon,
@@ -495,14 +541,14 @@ impl Engine {
             2.0 * profile.range_km as f64,
         );
         let t = self.rules.thresholds(info.kind);
-        let check = end.map(|g| builtin::parking(&self.zones, g));
+        let check = end.map(|g| builtin::parking(&self.zones, g, info.kind));
         let moment = Moment {
             at: state.last_ts.map_or(ended_at, |t| t.max(ended_at)),
             pos: end.map(|g| (g.lat, g.lon)),
         };
         if let Some(check) = &check
             && t.parking_required
-            && self.zones.has_parking()
+            && self.zones.has_parking_for(info.kind)
         {
             self.parking_outcome(state, out, check, moment);
         }
@@ -543,7 +589,7 @@ impl Engine {
         // Each ride's end is its own judgement: report it even when the rules believe an
         // alert is open, since an operator may have resolved that one. The store opens
         // nothing (and notifies no one) when one is in fact still open.
-        let zone = check.no_parking.as_ref().map(|(id, _)| id.clone());
+        let zone = check.no_parking.as_ref().map(|(id, _, _)| id.clone());
         let slot = state
             .alerts
             .entry(slot_key(rule, zone.as_deref()))

@@ -399,12 +399,20 @@ fn a_ride_ending_40_m_outside_names_the_nearest_parking_area_and_its_distance() 
 }
 
 #[test]
-fn a_poor_fix_widens_the_tolerance() {
+fn a_poor_fix_widens_the_tolerance_up_to_its_cap() {
     let e = engine();
     let mut s = VehicleRuleState::default();
-    // hdop 8 allows 10 + 5 × 7 = 45 m: 40 m outside is not proof of a violation.
-    let out = ride_and_lock(&e, &mut s, 0, 90.0, 0.0, Some(8.0));
+    // hdop 1.8 allows 10 + 5 × 0.8 = 14 m: 13 m outside is not proof of a violation.
+    let out = ride_and_lock(&e, &mut s, 0, 63.0, 0.0, Some(1.8));
     assert!(of_rule(&out, "parking_violation").is_empty(), "{out:?}");
+    // hdop 8 would allow 45 m; the cap (rules.max_gps_tolerance_m = 15) does not: 40 m
+    // outside is a violation however poor the fix.
+    let out = ride_and_lock(&e, &mut s, 1000, 90.0, 0.0, Some(8.0));
+    assert_eq!(
+        of_rule(&out, "parking_violation"),
+        vec![AlertAction::Open(Severity::Warning)]
+    );
+    assert_eq!(e.tolerance_m(Some(8.0)), 15.0);
 }
 
 #[test]
@@ -852,4 +860,146 @@ fn the_engine_is_shared_across_ingest_tasks() {
 fn a_syntax_error_points_at_its_column() {
     let err = super::custom::compile("reading.speed_kmh >> 3.0").unwrap_err();
     assert!(err.contains("line 1, column 20"), "{err}");
+}
+
+/// Zones of their own: a 5 m no-parking lane across `P1` (north-south, 45–50 m east), a bus
+/// corridor far east, and a slow zone for bikes only.
+fn field_zones() -> Arc<ZoneIndex> {
+    let lane = |id: &str, east: f64, width: f64| {
+        let (la0, lo0) = at(east, -5.0);
+        let (la1, lo1) = at(east + width, 105.0);
+        json!({"type": "Feature", "properties": {"id": id, "name": format!("{id} lane"),
+            "kind": "no_parking", "kinds": ["bike"]}, "geometry": {"type": "Polygon",
+            "coordinates": [[[lo0, la0], [lo1, la0], [lo1, la1], [lo0, la1], [lo0, la0]]]}})
+    };
+    let fc = json!({"type": "FeatureCollection", "features": [
+        square("CITY", "service_area", -2500.0, -2500.0, 5000.0, json!({})),
+        square("ROAD", "service_area", 2500.0, -100.0, 5000.0, json!({"kinds": ["bus"]})),
+        square("P1", "parking", 0.0, 0.0, 100.0, json!({"kinds": ["bike"]})),
+        lane("LANE", 45.0, 5.0),
+        square("S", "slow", 500.0, 0.0, 200.0, json!({"max_speed_kmh": 10, "kinds": ["bike"]})),
+    ]});
+    Arc::new(ZoneIndex::from_geojson(&fc.to_string(), Crs::Wgs84).unwrap())
+}
+
+#[test]
+fn a_ride_ending_in_a_lane_narrower_than_gps_error_is_a_violation_naming_it() {
+    let e = Engine::new(&Config::default(), field_zones()).unwrap();
+    // In the lane (47.5 m east, its middle), 1.5 m beside it (half its width is the margin),
+    // and 4 m beside it.
+    for (n, east) in [(0, -2.5), (1, 1.5), (2, -9.0)] {
+        let mut s = VehicleRuleState::default();
+        let out = ride_and_lock(&e, &mut s, n * 1000, east, 0.0, Some(0.9));
+        let v = alerts(&out);
+        if east > -3.0 {
+            assert_eq!(
+                v,
+                vec![(
+                    "parking_violation".into(),
+                    Some("LANE".into()),
+                    AlertAction::Open(Severity::Warning)
+                )],
+                "{east}"
+            );
+            assert!(!rides(&out)[0].ended_in_parking);
+        } else {
+            assert!(
+                v.is_empty(),
+                "4 m beside a 5 m lane is the parking area: {v:?}"
+            );
+            assert!(rides(&out)[0].ended_in_parking);
+        }
+    }
+}
+
+#[test]
+fn zones_bind_only_the_kinds_they_name() {
+    let e = Engine::new(&Config::default(), field_zones()).unwrap();
+    let bus = VehicleInfo {
+        kind: VehicleKind::Bus,
+        tank_g: 25_000.0,
+        km_per_g: None,
+    };
+    // On the road 3 km east, outside CITY: out of service for a bike, not for a bus.
+    let on_road = |secs: i64, kind: VehicleKind| {
+        let mut r = placed(rd(secs), 3000.0 + secs as f64, 50.0);
+        r.kind = kind;
+        r.h2_g = if kind == VehicleKind::Bus {
+            20_000.0
+        } else {
+            40.0
+        };
+        r.locked = (kind == VehicleKind::Bike).then_some(false);
+        r
+    };
+    let (mut sb, mut sh) = (VehicleRuleState::default(), VehicleRuleState::default());
+    let mut bike_out = Vec::new();
+    let mut bus_out = Vec::new();
+    for i in 0..20 {
+        bike_out.extend(e.on_reading(&mut sb, &on_road(i * 10, VehicleKind::Bike), &bike()));
+        bus_out.extend(e.on_reading(&mut sh, &on_road(i * 10, VehicleKind::Bus), &bus));
+    }
+    assert_eq!(
+        of_rule(&bike_out, "out_of_service_area"),
+        vec![AlertAction::Open(Severity::Warning)]
+    );
+    assert!(
+        of_rule(&bus_out, "out_of_service_area").is_empty(),
+        "{bus_out:?}"
+    );
+    // In the slow zone at 40 km/h: a bus is under its own cap; the zone is not for it.
+    let mut s = VehicleRuleState::default();
+    let mut out = Vec::new();
+    for i in 0..5 {
+        let mut r = placed(rd(i * 10), 600.0, 100.0);
+        r.kind = VehicleKind::Bus;
+        r.speed_kmh = 40.0;
+        r.h2_g = 20_000.0;
+        r.locked = None;
+        out.extend(e.on_reading(&mut s, &r, &bus));
+    }
+    assert!(of_rule(&out, "overspeed").is_empty(), "{out:?}");
+}
+
+#[test]
+fn positions_of_no_value_move_nothing_and_do_not_become_plausible_by_repeating() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let mut out = feed(&e, &mut s, (0..5).map(|i| placed(rd(i * 10), 50.0, 50.0)));
+    let mut flagged = placed(rd(55), 3000.0, 3000.0);
+    flagged.extra = Some(json!({"fix": false}).as_object().unwrap().clone());
+    let mut wide = placed(rd(58), 3000.0, 3000.0);
+    wide.hdop = Some(25.0);
+    out.extend(feed(
+        &e,
+        &mut s,
+        [
+            Reading {
+                lat: 0.0,
+                lon: 0.0,
+                ..rd(52)
+            },
+            Reading {
+                lat: 0.0,
+                lon: 0.0,
+                ..rd(54)
+            },
+            flagged,
+            wide,
+        ],
+    ));
+    let mut lock = Reading {
+        lat: 0.0,
+        lon: 0.0,
+        ..rd(60)
+    };
+    lock.locked = Some(true);
+    out.extend(e.on_reading(&mut s, &lock, &bike()));
+    assert!(alerts(&out).is_empty(), "{:?}", alerts(&out));
+    let ride = &rides(&out)[0];
+    let (la, lo) = at(50.0, 50.0);
+    assert_eq!(ride.end, Some((la, lo)), "the last good fix");
+    assert!(ride.ended_in_parking);
+    assert!(ride.distance_km < 0.01, "{}", ride.distance_km);
+    assert_eq!(s.fix.map(|f| (f.lat, f.lon)), Some((la, lo)));
 }

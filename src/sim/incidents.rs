@@ -10,6 +10,7 @@
 //! | `XY-B0005` | parked and locked for good, reports every 10 s and loses 0.1 g each time (0.6 g/min) | `h2_leak_suspected` |
 //! | `XY-B0006` | parked, reports every 15 s, goes silent 20 s after the start for 15 minutes | `offline` |
 //! | `XY-B0007` | rides ~330 m to a no-parking zone that overlaps a parking area and locks inside it (ends ≈ 55 s) | `parking_violation` (no-parking) |
+//! | `XY-B0008` | rides to a fire lane a few metres wide across a parking area (`NP05` in the sample) and locks in it (ends ≈ 40 s) | `parking_violation` (the lane named) |
 //! | `XY-H0001` | waits at the Jiexiu terminal with 1.4 kg (5.6 % of its tank), 16 km from the nearest station, then drives back | `low_hydrogen` |
 //!
 //! The spots are derived from the zones (the first parking area, in file order, where each
@@ -20,7 +21,7 @@ use super::data::MapData;
 use super::geom::LatLon;
 
 /// How many bikes at the start of the fleet carry scripts.
-pub const SCRIPTED_BIKES: usize = 7;
+pub const SCRIPTED_BIKES: usize = 8;
 /// The silent bike: index, from and until (ms after the start).
 pub const SILENT: (usize, i64, i64) = (5, 20_000, 20_000 + 15 * 60_000);
 /// The bus with little hydrogen far from a station: index and grams.
@@ -101,8 +102,50 @@ pub fn bike(index: usize, map: &MapData) -> Option<(usize, BikeScript)> {
                 },
             )
         }
+        7 => {
+            let (area, spot) = in_fire_lane(map)?;
+            (
+                area,
+                BikeScript {
+                    first_ride_at_ms: Some(1_000),
+                    first_ride_to: Some(spot),
+                    cruise_kmh: Some(20.0),
+                    ..s()
+                },
+            )
+        }
         _ => return None,
     })
+}
+
+/// The middle of a no-parking lane at most 10 m across that runs through a parking area (a
+/// fire lane through a plaza's bike parking), reached from the nearest other parking area.
+fn in_fire_lane(map: &MapData) -> Option<(usize, LatLon)> {
+    let narrow = |z: &super::data::Area| {
+        [0.0, 45.0, 90.0, 135.0].iter().any(|&b: &f64| {
+            let (s, c) = b.to_radians().sin_cos();
+            let a = z.centre.offset_m(5.5 * s, 5.5 * c);
+            let b = z.centre.offset_m(-5.5 * s, -5.5 * c);
+            !z.poly.contains(a) && !z.poly.contains(b)
+        })
+    };
+    let spot = map
+        .no_parking
+        .iter()
+        .find(|z| map.in_parking(z.centre) && narrow(z))?
+        .centre;
+    let start = map
+        .parking
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| !a.poly.contains(spot))
+        .min_by(|a, b| {
+            a.1.centre
+                .distance_m(spot)
+                .total_cmp(&b.1.centre.distance_m(spot))
+        })?
+        .0;
+    Some((start, spot))
 }
 
 fn fine_to_ride(map: &MapData, p: LatLon) -> bool {
@@ -187,5 +230,12 @@ mod tests {
         );
         let (_, spot) = in_no_parking(&map).unwrap();
         assert!(map.in_no_parking(spot) && map.in_parking(spot));
+        let (area, lane) = in_fire_lane(&map).unwrap();
+        assert!(map.in_no_parking(lane) && map.in_parking(lane));
+        assert_ne!(
+            lane, spot,
+            "a lane of its own, not the wide no-parking corner"
+        );
+        assert!(!map.parking[area].poly.contains(lane));
     }
 }

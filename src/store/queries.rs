@@ -24,10 +24,13 @@ pub struct VehicleView {
     pub odo_km: Option<f64>,
     pub tank_g: f32,
     pub km_per_g: f32,
+    /// When `lat`/`lon` were measured: older than `last_ts` when the newest readings had no
+    /// usable fix.
+    pub last_fix: Option<DateTime<Utc>>,
 }
 
 pub const VEHICLE_COLUMNS: &str = "code, kind, registered_at, online, last_seen, last_ts, lat, lon,
-    speed_kmh, heading_deg, h2_g, range_km, locked, odo_km, tank_g, km_per_g";
+    speed_kmh, heading_deg, h2_g, range_km, locked, odo_km, tank_g, km_per_g, last_fix";
 
 pub fn vehicle(row: &Row) -> VehicleView {
     let h2_g: Option<f32> = row.get(10);
@@ -50,6 +53,7 @@ pub fn vehicle(row: &Row) -> VehicleView {
         odo_km: row.get(13),
         tank_g,
         km_per_g: row.get(15),
+        last_fix: row.get(16),
     }
 }
 

@@ -36,12 +36,26 @@ impl Prior {
 
     /// Kilometres and grams of hydrogen from `self` to the later reading `r`: the odometer when
     /// both carry one and it did not go back, else the straight line; a refuel is no negative use.
-    fn step_to(&self, r: &Reading) -> (f64, f64) {
+    /// A reading without a usable fix (`fixed` false) adds no straight-line distance.
+    fn step_to(&self, r: &Reading, fixed: bool) -> (f64, f64) {
         let km = match (self.odo_km, r.odo_km) {
             (Some(a), Some(b)) if b >= a => b - a,
-            _ => distance_m(self.lat, self.lon, r.lat, r.lon) / 1000.0,
+            _ if fixed && self.lat.is_finite() => {
+                distance_m(self.lat, self.lon, r.lat, r.lon) / 1000.0
+            }
+            _ => 0.0,
         };
         (km, f64::from((self.h2_g - r.h2_g).max(0.0)))
+    }
+
+    /// The state after `r`: its figures, and its position only when it has a fix (else the
+    /// last known one, or none).
+    fn then(r: &Reading, fixed: bool, before: Option<&Prior>) -> Prior {
+        let mut p = Prior::of(r);
+        if !fixed {
+            (p.lat, p.lon) = before.map_or((f64::NAN, f64::NAN), |b| (b.lat, b.lon));
+        }
+        p
     }
 }
 
@@ -114,6 +128,17 @@ pub fn accumulate(
     id: impl Fn(&Reading) -> i32,
     prior: &HashMap<i32, Prior>,
 ) -> (Buckets, Buckets) {
+    accumulate_with(fresh, id, prior, |_| true)
+}
+
+/// [`accumulate`], where `has_fix` tells the readings whose position is of no value: they add
+/// their figures but no distance, and do not become a bucket's last position.
+pub fn accumulate_with(
+    fresh: &[&Reading],
+    id: impl Fn(&Reading) -> i32,
+    prior: &HashMap<i32, Prior>,
+    has_fix: impl Fn(&Reading) -> bool,
+) -> (Buckets, Buckets) {
     let (mut minutes, mut days) = (Buckets::new(), Buckets::new());
     let mut current: Option<(i32, Option<Prior>)> = None;
     for r in fresh {
@@ -122,17 +147,35 @@ pub fn accumulate(
             Some((v, prev)) if *v == vehicle => prev,
             _ => &mut current.insert((vehicle, prior.get(&vehicle).copied())).1,
         };
+        let fixed = has_fix(r);
         let step = match prev {
             Some(p) if p.ts < r.ts => {
-                let step = p.step_to(r);
-                *prev = Some(Prior::of(r));
+                let step = p.step_to(r, fixed);
+                *prev = Some(Prior::then(r, fixed, Some(p)));
                 step
             }
             Some(_) => (0.0, 0.0),
             None => {
-                *prev = Some(Prior::of(r));
+                *prev = Some(Prior::then(r, fixed, None));
                 (0.0, 0.0)
             }
+        };
+        // A bucket's last position is the last known one, never a fix of no value.
+        let at = match prev {
+            Some(p) if !fixed && p.lat.is_finite() => Some((p.lat, p.lon)),
+            _ => None,
+        };
+        let placed;
+        let r = match at {
+            Some((lat, lon)) => {
+                placed = Reading {
+                    lat,
+                    lon,
+                    ..(*r).clone()
+                };
+                &placed
+            }
+            None => *r,
         };
         let secs = r.ts.timestamp();
         let minute = secs - secs.rem_euclid(60);

@@ -182,6 +182,7 @@ impl BatchWriter {
         clock.lap(WritePhase::Lock);
         let mut outcome = WriteOutcome::default();
         let mut fresh: Vec<&Reading> = Vec::new();
+        let engine = self.hooks.engine();
         if !batch.readings.is_empty() {
             let sink = tx.copy_in::<_, bytes::Bytes>(COPY_IN).await?;
             let data = encode_readings(&batch.readings, &refs);
@@ -205,7 +206,12 @@ impl BatchWriter {
                 .filter(|r| new.contains(&(refs[&r.vehicle].id, r.ts, r.seq.map(i64::from))))
                 .collect();
             fresh.sort_by(|a, b| a.vehicle.cmp(&b.vehicle).then(a.ts.cmp(&b.ts)));
-            let (minutes, days) = rollup::accumulate(&fresh, |r| refs[&r.vehicle].id, &prior);
+            let (minutes, days) = rollup::accumulate_with(
+                &fresh,
+                |r| refs[&r.vehicle].id,
+                &prior,
+                |r| engine.has_fix(r),
+            );
             rollup::upsert(&tx, rollup::Table::Minute, &minutes).await?;
             rollup::upsert(&tx, rollup::Table::Day, &days).await?;
         }
@@ -223,7 +229,6 @@ impl BatchWriter {
             })
             .collect();
         clock.lap(WritePhase::State);
-        let engine = self.hooks.engine();
         let (alerts, saved) = crate::rules::store::apply_batch_loaded(
             &tx,
             &engine,
@@ -235,7 +240,9 @@ impl BatchWriter {
         )
         .await
         .context("rules")?;
-        save_vehicles(&tx, &ids, now, &latest(&fresh, &refs, &prior), &saved).await?;
+        let fixes = latest_fixes(&fresh, &refs, |r| engine.has_fix(r));
+        let newest = latest(&fresh, &refs, &prior);
+        save_vehicles(&tx, &ids, now, &newest, &fixes, &saved).await?;
         crate::notify::enqueue(&tx, &alerts)
             .await
             .context("webhook outbox")?;
@@ -248,7 +255,17 @@ impl BatchWriter {
         if !alerts.is_empty() {
             self.hooks.outbox_wake.notify_one();
         }
-        self.publish_live(&fresh, alerts);
+        // The live map shows where vehicles are: a reading without a usable fix moves nothing.
+        let placed: Vec<&Reading> = if self.hooks.live.has_listeners() {
+            fresh
+                .iter()
+                .copied()
+                .filter(|r| engine.has_fix(r))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.publish_live(&placed, alerts);
         Ok(outcome)
     }
 
@@ -320,6 +337,21 @@ fn latest<'a>(
     out
 }
 
+/// Each vehicle's newest fresh reading with a usable fix: where it is. Whether that is newer
+/// than the stored position is decided in SQL (`vehicles.last_fix`).
+fn latest_fixes<'a>(
+    fresh: &[&'a Reading],
+    refs: &HashMap<VehicleId, VehicleRef>,
+    has_fix: impl Fn(&Reading) -> bool,
+) -> HashMap<i32, &'a Reading> {
+    let mut out = HashMap::new();
+    for r in fresh.iter().filter(|r| has_fix(r)) {
+        // `fresh` is sorted by vehicle then time: the last one kept is the newest.
+        out.insert(refs[&r.vehicle].id, *r);
+    }
+    out
+}
+
 /// One update of every vehicle in the batch: when it was last heard from, its latest state
 /// where a fresh reading is newer, and what the rules remember. One row version per vehicle
 /// and batch, however many readings it sent.
@@ -328,12 +360,14 @@ async fn save_vehicles(
     ids: &[i32],
     now: DateTime<Utc>,
     latest: &HashMap<i32, &Reading>,
+    fixes: &HashMap<i32, &Reading>,
     saved: &[crate::rules::store::SavedState],
 ) -> Result<(), tokio_postgres::Error> {
     let rules: HashMap<i32, &crate::rules::store::SavedState> =
         saved.iter().map(|s| (s.id, s)).collect();
     let n = ids.len();
-    let (mut ts, mut lat, mut lon) = (
+    let (mut ts, mut lat, mut lon, mut fix_ts) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -348,8 +382,10 @@ async fn save_vehicles(
     for id in ids {
         let r = latest.get(id);
         ts.push(r.map(|r| r.ts));
-        lat.push(r.map(|r| r.lat));
-        lon.push(r.map(|r| r.lon));
+        let f = fixes.get(id);
+        fix_ts.push(f.map(|f| f.ts));
+        lat.push(f.map(|f| f.lat));
+        lon.push(f.map(|f| f.lon));
         speed.push(r.map(|r| r.speed_kmh));
         heading.push(r.and_then(|r| r.heading_deg));
         h2.push(r.map(|r| r.h2_g));
@@ -363,8 +399,11 @@ async fn save_vehicles(
         "UPDATE vehicles v SET
             last_seen = $2,
             last_ts = coalesce(u.ts, v.last_ts),
-            lat = CASE WHEN u.ts IS NULL THEN v.lat ELSE u.lat END,
-            lon = CASE WHEN u.ts IS NULL THEN v.lon ELSE u.lon END,
+            lat = CASE WHEN u.fix_ts >= coalesce(v.last_fix, '-infinity') THEN u.lat
+                  ELSE v.lat END,
+            lon = CASE WHEN u.fix_ts >= coalesce(v.last_fix, '-infinity') THEN u.lon
+                  ELSE v.lon END,
+            last_fix = greatest(v.last_fix, u.fix_ts),
             speed_kmh = CASE WHEN u.ts IS NULL THEN v.speed_kmh ELSE u.speed END,
             heading_deg = CASE WHEN u.ts IS NULL THEN v.heading_deg ELSE u.heading END,
             h2_g = CASE WHEN u.ts IS NULL THEN v.h2_g ELSE u.h2 END,
@@ -376,11 +415,12 @@ async fn save_vehicles(
             km_per_g = coalesce(u.kpg, v.km_per_g)
          FROM unnest($1::int4[], $3::timestamptz[], $4::float8[], $5::float8[], $6::float4[],
                      $7::float4[], $8::float4[], $9::bool[], $10::float8[], $11::jsonb[],
-                     $12::float4[])
-              AS u(id, ts, lat, lon, speed, heading, h2, locked, odo, state, kpg)
+                     $12::float4[], $13::timestamptz[])
+              AS u(id, ts, lat, lon, speed, heading, h2, locked, odo, state, kpg, fix_ts)
          WHERE v.id = u.id",
         &[
             &ids, &now, &ts, &lat, &lon, &speed, &heading, &h2, &locked, &odo, &state, &kpg,
+            &fix_ts,
         ],
     )
     .await?;

@@ -111,6 +111,27 @@ async fn gbfs_feeds_publish_the_fleet_rotate_ids_and_validate_against_the_offici
         true,
     )
     .await;
+    // Parked in People's Square (P26), and in the fire lane across it (NP05).
+    seed_vehicle(
+        &client,
+        "XY-B0004",
+        "bike",
+        (37.1504, 111.7825),
+        40.0,
+        true,
+        true,
+    )
+    .await;
+    seed_vehicle(
+        &client,
+        "XY-B0005",
+        "bike",
+        (37.1504, 111.7826905),
+        40.0,
+        true,
+        true,
+    )
+    .await;
     let svc = InProcess::start(config(&db, BROKER)).await;
 
     // Discovery: every feed, at an absolute URL of this server, reachable without a token.
@@ -119,7 +140,7 @@ async fn gbfs_feeds_publish_the_fleet_rotate_ids_and_validate_against_the_offici
     assert_eq!(headers["access-control-allow-origin"], "*");
     assert_eq!(gbfs["version"], "3.0");
     let feeds = gbfs["data"]["feeds"].as_array().unwrap();
-    assert_eq!(feeds.len(), 5);
+    assert_eq!(feeds.len(), 6);
     for f in feeds {
         let url = f["url"].as_str().unwrap();
         assert!(url.starts_with(&svc.url("/gbfs/")), "{url}");
@@ -131,7 +152,7 @@ async fn gbfs_feeds_publish_the_fleet_rotate_ids_and_validate_against_the_offici
     // Vehicles: parked bikes only, fleet ids never shown, fuel as a fraction.
     let (_, _, status_feed) = get(&svc.url("/gbfs/vehicle_status.json")).await;
     let vehicles = status_feed["data"]["vehicles"].as_array().unwrap();
-    assert_eq!(vehicles.len(), 2, "{status_feed}");
+    assert_eq!(vehicles.len(), 4, "{status_feed}");
     assert!(!status_feed.to_string().contains("XY-"));
     let b1 = vehicle_at(&status_feed, 37.1461);
     assert_eq!(b1["current_fuel_percent"], serde_json::json!(0.8));
@@ -148,6 +169,38 @@ async fn gbfs_feeds_publish_the_fleet_rotate_ids_and_validate_against_the_offici
         stations["data"]["stations"].as_array().unwrap().len(),
         parking
     );
+    // Every station has a status; bikes parked in an area count, one in the lane does not.
+    let (_, _, status) = get(&svc.url("/gbfs/station_status.json")).await;
+    let statuses = status["data"]["stations"].as_array().unwrap();
+    let ids = |v: &Value, key: &str| -> Vec<String> {
+        v["data"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["station_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&status, "stations"), ids(&stations, "stations"));
+    let p26 = statuses.iter().find(|s| s["station_id"] == "P26").unwrap();
+    assert_eq!(p26["num_vehicles_available"], 1, "{p26}");
+    assert_eq!(
+        p26["vehicle_types_available"],
+        serde_json::json!([{"vehicle_type_id": "bike", "count": 1}])
+    );
+    assert!(p26.get("num_docks_available").is_none());
+    let parked: i64 = statuses
+        .iter()
+        .map(|s| s["num_vehicles_available"].as_i64().unwrap())
+        .sum();
+    assert_eq!(parked, 1, "only B0004 is parked inside a station area");
+    let in_station: Vec<&Value> = vehicles
+        .iter()
+        .filter(|v| v.get("station_id").is_some())
+        .collect();
+    assert_eq!(in_station.len(), 1);
+    assert_eq!(in_station[0]["station_id"], "P26");
+    no_station_area_overlaps_a_no_parking_zone(&stations, &client).await;
+
     let (_, _, fences) = get(&svc.url("/gbfs/geofencing_zones")).await;
     let features = fences["data"]["geofencing_zones"]["features"]
         .as_array()
@@ -212,6 +265,7 @@ fn validate(url: &str) {
         "vehicle_types.json",
         "vehicle_status.json",
         "station_information.json",
+        "station_status.json",
         "geofencing_zones.json",
     ] {
         let f = &report["files"][file];
@@ -219,4 +273,83 @@ fn validate(url: &str) {
         assert_eq!(f["errors"], serde_json::json!([]), "{file}: {report:#}");
     }
     assert!(out.status.success(), "{report:#}\n{stderr}");
+}
+
+/// The cross-file rule the validator does not check: GBFS lets a station area win over the
+/// geofencing rules, so no station area may overlap a no-parking zone that binds bikes.
+async fn no_station_area_overlaps_a_no_parking_zone(
+    stations: &Value,
+    client: &tokio_postgres::Client,
+) {
+    use geo::{Area as _, BooleanOps as _};
+    let to_geo = |mp: &Value| -> geo::MultiPolygon<f64> {
+        let polys = mp["coordinates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let rings: Vec<geo::LineString<f64>> = p
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        r.as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|c| (c[0].as_f64().unwrap(), c[1].as_f64().unwrap()))
+                            .collect()
+                    })
+                    .collect();
+                geo::Polygon::new(rings[0].clone(), rings[1..].to_vec())
+            })
+            .collect::<Vec<_>>();
+        geo::MultiPolygon::new(polys)
+    };
+    let rows = client
+        .query(
+            "SELECT id, geometry FROM zones WHERE kind = 'no_parking' \
+             AND (kinds IS NULL OR 'bike' = ANY(kinds))",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        rows.len() >= 2,
+        "the sample has no-parking zones inside parking areas"
+    );
+    let parking: Vec<geo::MultiPolygon<f64>> = client
+        .query("SELECT geometry FROM zones WHERE kind = 'parking'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let g: Value = r.get(0);
+            to_geo(&serde_json::json!({"coordinates": [g["coordinates"]]}))
+        })
+        .collect();
+    let mut overlapping = 0;
+    for row in &rows {
+        let np_id: String = row.get(0);
+        let g: Value = row.get(1);
+        let np = to_geo(&serde_json::json!({"coordinates": [g["coordinates"]]}));
+        for st in stations["data"]["stations"].as_array().unwrap() {
+            let area = to_geo(&st["station_area"]);
+            // In square degrees: 1e-12 is about 0.01 m², rounding at the shared edge.
+            let shared = area.intersection(&np).unsigned_area();
+            assert!(
+                shared < 1e-12,
+                "station {} overlaps no-parking zone {np_id} by {shared} deg²",
+                st["station_id"]
+            );
+        }
+        // The check is not vacuous: the areas as drawn do overlap these zones.
+        overlapping += parking
+            .iter()
+            .filter(|p| p.intersection(&np).unsigned_area() > 1e-10)
+            .count();
+    }
+    assert!(
+        overlapping >= 2,
+        "NP03 and NP05 lie across parking areas as drawn"
+    );
 }

@@ -6,6 +6,7 @@ mod api;
 mod dashboard;
 mod deploy;
 mod faults;
+mod fences;
 mod firsthour;
 mod gbfs;
 mod ingest;

@@ -106,7 +106,9 @@ function drawZones() {
   for (const f of sorted) {
     const p = f.properties || {};
     const title = document.createElementNS(SVG, "title");
-    title.textContent = `${p.name || p.id} (${p.kind})`;
+    // A zone scoped to some kinds of vehicle says so, and is drawn apart (dashed).
+    const kinds = Array.isArray(p.kinds) ? p.kinds : null;
+    title.textContent = `${p.name || p.id} (${p.kind}${kinds ? ", " + kinds.join(" and ") + " only" : ""})`;
     let el;
     if (f.geometry && f.geometry.type === "Point") {
       const [x, y] = project(f.geometry.coordinates[0], f.geometry.coordinates[1]);
@@ -122,8 +124,9 @@ function drawZones() {
       el.setAttribute("d", d);
       el.setAttribute("fill-rule", "evenodd");
     }
-    el.setAttribute("class", "zone " + p.kind);
+    el.setAttribute("class", "zone " + p.kind + (kinds ? " scoped " + kinds.map((k) => "only-" + k).join(" ") : ""));
     el.dataset.zone = p.id || "";
+    el.dataset.kinds = kinds ? kinds.join(" ") : "all";
     el.appendChild(title);
     g.appendChild(el);
   }
@@ -376,7 +379,9 @@ function drawFacts() {
   const pct = h2Percent(v);
   $("vehicle-facts").textContent = `${v.id} (${v.kind}) · ${v.online === false ? "offline" : "online"} · ` +
     `${v.locked === false ? "riding" : "parked"} · H₂ ${fmt(v.h2_g, 1)} g (${pct == null ? "?" : pct.toFixed(0)} %) · ` +
-    `range ${fmt(v.range_km, 1)} km · last seen ${timeOf(v.last_seen || v.last_ts)}`;
+    `range ${fmt(v.range_km, 1)} km · last seen ${timeOf(v.last_seen || v.last_ts)}` +
+    // Readings without a usable fix leave the position where the last good one put it.
+    (v.last_fix && v.last_ts && v.last_fix < v.last_ts ? ` · position from ${timeOf(v.last_fix)} (no fix since)` : "");
 }
 
 function selectVehicle(id) {
