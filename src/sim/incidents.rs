@@ -11,6 +11,7 @@
 //! | `XY-B0006` | parked, reports every 15 s, goes silent 20 s after the start for 15 minutes | `offline` |
 //! | `XY-B0007` | rides ~330 m to a no-parking zone that overlaps a parking area and locks inside it (ends ≈ 55 s) | `parking_violation` (no-parking) |
 //! | `XY-H0001` | waits at the Jiexiu terminal with 1.4 kg (5.6 % of its tank), 16 km from the nearest station, then drives back | `low_hydrogen` |
+//! | `XY-H0002` | parked at the Xiaoyi terminal with its stack off (no lock: at rest by its fuel cell), loses 2 g/s (opens ≈ 7 min) | `h2_leak_suspected` |
 //!
 //! The spots are derived from the zones (the first parking area, in file order, where each
 //! scenario fits), so other zone files get the same incidents at their own sites.
@@ -25,6 +26,9 @@ pub const SCRIPTED_BIKES: usize = 7;
 pub const SILENT: (usize, i64, i64) = (5, 20_000, 20_000 + 15 * 60_000);
 /// The bus with little hydrogen far from a station: index and grams.
 pub const LOW_BUS: (usize, f64) = (0, 1_400.0);
+/// The bus parked with a leak: index and grams lost per second. A bus's leak tolerance is
+/// 200 g over a 300 s hold: past it after about 100 s, open about five minutes later.
+pub const LEAKING_BUS: (usize, f64) = (1, 2.0);
 
 /// The parking area a scripted bike starts in, and its script.
 pub fn bike(index: usize, map: &MapData) -> Option<(usize, BikeScript)> {

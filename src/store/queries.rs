@@ -23,11 +23,14 @@ pub struct VehicleView {
     pub locked: Option<bool>,
     pub odo_km: Option<f64>,
     pub tank_g: f32,
+    /// Configured: the profile's at registration, or what an operator set.
     pub km_per_g: f32,
+    /// Learned between refuels, once there is enough distance to trust it.
+    pub learned_km_per_g: Option<f32>,
 }
 
 pub const VEHICLE_COLUMNS: &str = "code, kind, registered_at, online, last_seen, last_ts, lat, lon,
-    speed_kmh, heading_deg, h2_g, range_km, locked, odo_km, tank_g, km_per_g";
+    speed_kmh, heading_deg, h2_g, range_km, locked, odo_km, tank_g, km_per_g, learned_km_per_g";
 
 pub fn vehicle(row: &Row) -> VehicleView {
     let h2_g: Option<f32> = row.get(10);
@@ -50,6 +53,7 @@ pub fn vehicle(row: &Row) -> VehicleView {
         odo_km: row.get(13),
         tank_g,
         km_per_g: row.get(15),
+        learned_km_per_g: row.get(16),
     }
 }
 
