@@ -192,4 +192,67 @@ mod tests {
         let (_, spot) = in_no_parking(&map).unwrap();
         assert!(map.in_no_parking(spot) && map.in_parking(spot));
     }
+
+    /// The leaking bus, as the demo publishes it, through the decoder and the rules: a
+    /// suspected leak opens within ten minutes, with no lock to tell it is parked.
+    #[test]
+    fn the_parked_bus_with_a_leak_raises_h2_leak_suspected() {
+        use std::sync::Arc;
+
+        use crate::config::Config;
+        use crate::decode::{Decoded, Decoder};
+        use crate::domain::{Severity, VehicleKind};
+        use crate::geo::ZoneIndex;
+        use crate::rules::{AlertAction, Engine, Output, VehicleInfo, VehicleRuleState};
+        use crate::sim::fleet::{Faults, Fleet, FleetConfig};
+
+        let mut config = Config::default();
+        config.mqtt.topic_root = "sim".into();
+        let cfg = FleetConfig {
+            topic_root: "sim".into(),
+            bikes: 0,
+            buses: 2,
+            seed: 7,
+            riding_every_ms: 1_000,
+            parked_every_ms: 10_000,
+            mean_idle_secs: 60.0,
+            faults: Faults::default(),
+            incidents: true,
+        };
+        let start = chrono::Utc::now() - chrono::Duration::hours(1);
+        let mut fleet = Fleet::new(cfg, Arc::new(MapData::xiaoyi()), start);
+        let decoder = Decoder::new(&config);
+        let engine = Engine::new(&config, Arc::new(ZoneIndex::default())).unwrap();
+        let info = VehicleInfo {
+            kind: VehicleKind::Bus,
+            tank_g: 25_000.0,
+            km_per_g: None,
+        };
+        let mut state = VehicleRuleState::default();
+        let mut opened = None;
+        for s in 0..600 {
+            let now = start + chrono::Duration::seconds(s);
+            for o in fleet.step(now) {
+                let mut d = Decoded::default();
+                decoder.decode(&o.topic, &o.payload, now, &mut d);
+                for r in d
+                    .readings
+                    .iter()
+                    .filter(|r| r.vehicle.as_str() == "XY-H0002")
+                {
+                    assert_eq!(r.locked, None, "a bus has no lock");
+                    for out in engine.on_reading(&mut state, r, &info) {
+                        if let Output::Alert(a) = out
+                            && a.rule == "h2_leak_suspected"
+                            && a.action == AlertAction::Open(Severity::Critical)
+                        {
+                            opened.get_or_insert(s);
+                        }
+                    }
+                }
+            }
+        }
+        let at = opened.expect("a leak opens within ten minutes");
+        assert!(at >= 300, "after the 300 s hold, not at once: {at} s");
+    }
 }
