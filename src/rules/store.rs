@@ -234,7 +234,12 @@ fn alert_from_row(row: &Row) -> Alert {
         resolved_at: row.get(7),
         lat: row.get(8),
         lon: row.get(9),
-        details: row.get(10),
+        // Alerts stored before numbers were tidied at the source print as sent, too.
+        details: {
+            let mut d: Value = row.get(10);
+            crate::domain::tidy_numbers(&mut d);
+            d
+        },
     }
 }
 
