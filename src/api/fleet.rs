@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
 use serde::Serialize;
 
-use super::vehicles::low_h2_pcts;
+use super::vehicles::{low_h2_pcts, low_h2_sql, nominal_km_per_g};
 use super::{AppState, Problem};
 use crate::domain::VehicleKind;
 use crate::geo::{Zone, ZoneIndex, ZoneKind};
@@ -37,7 +37,8 @@ pub struct KindSummary {
     pub online: i64,
     /// Online and unlocked (bikes), or online and moving (buses, which have no lock).
     pub riding: i64,
-    /// Below the low-hydrogen warning share of the tank.
+    /// Below the low-hydrogen warning level, measured as the rule measures it (the lower of
+    /// the tank share and the share of nominal range left).
     pub low_hydrogen: i64,
 }
 
@@ -64,20 +65,21 @@ pub struct Summary {
 
 pub(super) async fn summary(State(s): State<AppState>) -> Result<impl IntoResponse, Problem> {
     let (bike_pct, bus_pct) = low_h2_pcts(&s);
+    let (bike_kpg, bus_kpg) = nominal_km_per_g(&s);
     let now = Utc::now();
     let since = local_day_start(now);
     let client = s.pool.get().await?;
+    let sql = format!(
+        "SELECT kind, count(*),
+                count(*) FILTER (WHERE online),
+                count(*) FILTER (WHERE online AND (locked = false
+                                 OR (locked IS NULL AND speed_kmh > 1))),
+                count(*) FILTER (WHERE {})
+         FROM vehicles GROUP BY kind",
+        low_h2_sql(1)
+    );
     let rows = client
-        .query(
-            "SELECT kind, count(*),
-                    count(*) FILTER (WHERE online),
-                    count(*) FILTER (WHERE online AND (locked = false
-                                     OR (locked IS NULL AND speed_kmh > 1))),
-                    count(*) FILTER (WHERE h2_g * 100 <
-                                     tank_g * CASE kind WHEN 'bike' THEN $1::real ELSE $2::real END)
-             FROM vehicles GROUP BY kind",
-            &[&bike_pct, &bus_pct],
-        )
+        .query(&sql, &[&bike_pct, &bus_pct, &bike_kpg, &bus_kpg])
         .await?;
     let mut total = KindSummary::default();
     let mut by_kind = BTreeMap::new();
@@ -203,25 +205,18 @@ pub fn nearest_station_for(
 /// quickest to bring back to service).
 pub(super) async fn refuel_plan(State(s): State<AppState>) -> Result<impl IntoResponse, Problem> {
     let (bike_pct, bus_pct) = low_h2_pcts(&s);
+    let (bike_kpg, bus_kpg) = nominal_km_per_g(&s);
     let nominal = |k: VehicleKind| s.config.profiles.get(k).km_per_g();
     let client = s.pool.get().await?;
-    // A first cut in SQL (either share below warning), the exact measure below.
+    // A first cut in SQL, the exact measure (and the thresholds' own rounding) below.
+    let sql = format!(
+        "SELECT code, kind, h2_g, tank_g, COALESCE(learned_km_per_g, km_per_g), online, lat, lon
+         FROM vehicles
+         WHERE lat IS NOT NULL AND lon IS NOT NULL AND tank_g > 0 AND {}",
+        low_h2_sql(1)
+    );
     let rows = client
-        .query(
-            "SELECT code, kind, h2_g, tank_g, COALESCE(learned_km_per_g, km_per_g), online, lat, lon
-             FROM vehicles
-             WHERE h2_g IS NOT NULL AND lat IS NOT NULL AND lon IS NOT NULL AND tank_g > 0
-               AND (h2_g * 100 < tank_g * CASE kind WHEN 'bike' THEN $1::real ELSE $2::real END
-                 OR h2_g * COALESCE(learned_km_per_g, km_per_g) * 100
-                    < tank_g * CASE kind WHEN 'bike' THEN $1::real * $3::real
-                                         ELSE $2::real * $4::real END)",
-            &[
-                &bike_pct,
-                &bus_pct,
-                &nominal(VehicleKind::Bike),
-                &nominal(VehicleKind::Bus),
-            ],
-        )
+        .query(&sql, &[&bike_pct, &bus_pct, &bike_kpg, &bus_kpg])
         .await?;
     let zones = crate::rules::store::load_zones(&client).await?;
     let mut items: Vec<RefuelStop> = rows

@@ -446,6 +446,18 @@ async fn the_refuel_plan_measures_as_the_rule_does_and_sends_each_kind_to_its_ow
     assert_eq!(bike["urgency"], "warning");
     assert_eq!(bike["station_id"], "BIKES");
     assert_eq!(bike["reaches_station"], true);
+    // The fleet summary and the vehicle filter count low hydrogen the same way.
+    let summary = f.get("/api/v1/fleet/summary").await;
+    assert_eq!(summary["by_kind"]["bus"]["low_hydrogen"], 1, "{summary}");
+    assert_eq!(summary["by_kind"]["bike"]["low_hydrogen"], 1, "{summary}");
+    let low = f.get("/api/v1/vehicles?low_h2=true").await;
+    let low: Vec<&str> = low["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(low, ["XY-B0300", "XY-H0300"]);
     // Drained to 1 km/kg, the bus no longer reaches its island.
     db.execute(
         "UPDATE vehicles SET km_per_g = 0.001 WHERE code = 'XY-H0300'",
