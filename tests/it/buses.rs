@@ -594,6 +594,9 @@ async fn every_json_the_service_emits_prints_numbers_as_they_were_sent() {
         "/api/v1/vehicles/XY-B0400/rides".to_owned(),
         "/api/v1/fleet/summary".to_owned(),
         "/api/v1/refuel-plan".to_owned(),
+        "/api/v1/zones".to_owned(),
+        "/api/v1/rejects".to_owned(),
+        "/api/v1/webhooks".to_owned(),
     ];
     for p in paths {
         let p = p.replace('+', "%2B");
