@@ -32,7 +32,7 @@ pub struct VehicleRuleState {
     pub locked: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ride: Option<RideTrack>,
-    /// Since when the vehicle has been locked and still, and the hydrogen it then held.
+    /// Since when the vehicle has been at rest (see `builtin::at_rest`), and the hydrogen it held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rest: Option<Rest>,
     /// Decayed sums of kilometres and grams between recent refuels: the learned consumption.
