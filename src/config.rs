@@ -222,6 +222,11 @@ pub struct Profile {
     pub tank_g: f32,
     pub range_km: f32,
     pub speed_cap_kmh: f32,
+    /// The tank's nominal working pressure (rated at 15 °C), bar; absent: the kind's default
+    /// ([`Profiles::nominal_pressure_bar`]). The pressure band of `tank_fault` tops out at the
+    /// maximum operating pressure, 1.25 × this.
+    #[serde(default)]
+    pub nominal_pressure_bar: Option<f32>,
 }
 
 impl Profile {
@@ -246,12 +251,14 @@ impl Default for Profiles {
                 tank_g: 50.0,
                 range_km: 60.0,
                 speed_cap_kmh: 23.0,
+                nominal_pressure_bar: Some(30.0),
             },
             // Not published: assumed defaults for a 12 m fuel-cell coach, to be configured.
             bus: Profile {
                 tank_g: 25_000.0,
                 range_km: 350.0,
                 speed_cap_kmh: 80.0,
+                nominal_pressure_bar: Some(350.0),
             },
         }
     }
@@ -263,6 +270,17 @@ impl Profiles {
             VehicleKind::Bike => &self.bike,
             VehicleKind::Bus => &self.bus,
         }
+    }
+
+    /// Nominal working pressure of a kind's tank, bar: the profile's, else the kind's default.
+    /// A bus carries 35 MPa (350 bar) type III/IV cylinders. A bike's metal-hydride canister
+    /// is charged at low pressure: such stores work between about 1 and 25 bar and are charged
+    /// at up to 30 bar, so 30 bar is its nominal pressure (a band up to 37.5 bar).
+    pub fn nominal_pressure_bar(&self, kind: VehicleKind) -> f32 {
+        self.get(kind).nominal_pressure_bar.unwrap_or(match kind {
+            VehicleKind::Bike => 30.0,
+            VehicleKind::Bus => 350.0,
+        })
     }
 }
 
@@ -428,6 +446,10 @@ impl Config {
                 ("tank_g", p.tank_g),
                 ("range_km", p.range_km),
                 ("speed_cap_kmh", p.speed_cap_kmh),
+                (
+                    "nominal_pressure_bar",
+                    self.profiles.nominal_pressure_bar(kind),
+                ),
             ] {
                 if !(v.is_finite() && v > 0.0) {
                     return Err(invalid(

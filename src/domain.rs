@@ -6,6 +6,41 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The `f64` that prints as `x` does: the shortest decimal that reads back as the same `f32`.
+/// A value sent as `1.2` and kept as `real` is, widened bit for bit, `1.2000000476837158`;
+/// every number the service emits from an `f32` goes through here (or [`tidy_numbers`]).
+pub fn as_sent(x: f32) -> f64 {
+    if !x.is_finite() {
+        return f64::from(x);
+    }
+    // Rust prints a float as the shortest decimal that parses back to it.
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
+/// [`as_sent`] over a JSON tree: a number that is exactly a widened `f32` and prints longer
+/// than that `f32` does is replaced. A genuine `f64` (a position, a rounded figure) is almost
+/// never exactly an `f32`, and one that is and prints short is left as it is.
+pub fn tidy_numbers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let Some(x) = n.as_f64() else { return };
+            let narrow = x as f32;
+            if f64::from(narrow) == x {
+                let y = as_sent(narrow);
+                if y != x
+                    && let Some(m) = serde_json::Number::from_f64(y)
+                {
+                    *n = m;
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(tidy_numbers),
+        Value::Object(map) => map.values_mut().for_each(tidy_numbers),
+        _ => {}
+    }
+}
+
 /// What sort of vehicle a topic or a record belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -306,6 +341,9 @@ pub enum AlertEventType {
     Opened,
     #[serde(rename = "alert.escalated")]
     Escalated,
+    /// Back to a lower severity, still open (a partial refuel).
+    #[serde(rename = "alert.deescalated")]
+    Deescalated,
     #[serde(rename = "alert.acknowledged")]
     Acknowledged,
     #[serde(rename = "alert.resolved")]
@@ -313,9 +351,10 @@ pub enum AlertEventType {
 }
 
 impl AlertEventType {
-    pub const ALL: [AlertEventType; 4] = [
+    pub const ALL: [AlertEventType; 5] = [
         AlertEventType::Opened,
         AlertEventType::Escalated,
+        AlertEventType::Deescalated,
         AlertEventType::Acknowledged,
         AlertEventType::Resolved,
     ];
@@ -324,6 +363,7 @@ impl AlertEventType {
         match self {
             AlertEventType::Opened => "alert.opened",
             AlertEventType::Escalated => "alert.escalated",
+            AlertEventType::Deescalated => "alert.deescalated",
             AlertEventType::Acknowledged => "alert.acknowledged",
             AlertEventType::Resolved => "alert.resolved",
         }

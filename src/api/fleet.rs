@@ -8,9 +8,11 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
 use serde::Serialize;
 
-use super::vehicles::low_h2_pcts;
+use super::vehicles::{low_h2_pcts, low_h2_sql, nominal_km_per_g};
 use super::{AppState, Problem};
 use crate::domain::VehicleKind;
+use crate::geo::{Zone, ZoneIndex, ZoneKind};
+use crate::rules::hydrogen_level;
 
 /// Xiaoyi's local time (Asia/Shanghai, UTC+8 all year: China has no daylight saving).
 fn local_offset() -> FixedOffset {
@@ -35,7 +37,8 @@ pub struct KindSummary {
     pub online: i64,
     /// Online and unlocked (bikes), or online and moving (buses, which have no lock).
     pub riding: i64,
-    /// Below the low-hydrogen warning share of the tank.
+    /// Below the low-hydrogen warning level, measured as the rule measures it (the lower of
+    /// the tank share and the share of nominal range left).
     pub low_hydrogen: i64,
 }
 
@@ -62,20 +65,21 @@ pub struct Summary {
 
 pub(super) async fn summary(State(s): State<AppState>) -> Result<impl IntoResponse, Problem> {
     let (bike_pct, bus_pct) = low_h2_pcts(&s);
+    let (bike_kpg, bus_kpg) = nominal_km_per_g(&s);
     let now = Utc::now();
     let since = local_day_start(now);
     let client = s.pool.get().await?;
+    let sql = format!(
+        "SELECT kind, count(*),
+                count(*) FILTER (WHERE online),
+                count(*) FILTER (WHERE online AND (locked = false
+                                 OR (locked IS NULL AND speed_kmh > 1))),
+                count(*) FILTER (WHERE {})
+         FROM vehicles GROUP BY kind",
+        low_h2_sql(1)
+    );
     let rows = client
-        .query(
-            "SELECT kind, count(*),
-                    count(*) FILTER (WHERE online),
-                    count(*) FILTER (WHERE online AND (locked = false
-                                     OR (locked IS NULL AND speed_kmh > 1))),
-                    count(*) FILTER (WHERE h2_g * 100 <
-                                     tank_g * CASE kind WHEN 'bike' THEN $1::real ELSE $2::real END)
-             FROM vehicles GROUP BY kind",
-            &[&bike_pct, &bus_pct],
-        )
+        .query(&sql, &[&bike_pct, &bus_pct, &bike_kpg, &bus_kpg])
         .await?;
     let mut total = KindSummary::default();
     let mut by_kind = BTreeMap::new();
@@ -110,7 +114,7 @@ pub(super) async fn summary(State(s): State<AppState>) -> Result<impl IntoRespon
     let t = client
         .query_one(
             "SELECT count(*), COALESCE(sum(distance_km), 0)::float8,
-                    COALESCE(sum(h2_used_g), 0)::float8
+                    COALESCE(sum(h2_used_g), 0)::float4
              FROM rides WHERE ended_at >= $1 AND ended_at <= $2",
             &[&since, &now],
         )
@@ -124,7 +128,7 @@ pub(super) async fn summary(State(s): State<AppState>) -> Result<impl IntoRespon
             since,
             rides: t.get(0),
             km: t.get(1),
-            h2_used_g: t.get(2),
+            h2_used_g: crate::domain::as_sent(t.get(2)),
         },
     }))
 }
@@ -144,16 +148,27 @@ pub struct RefuelStop {
     pub urgency: Urgency,
     pub h2_g: f32,
     pub h2_percent: f32,
+    /// Predicted range with the vehicle's consumption (learned, else configured).
     pub range_km: Option<f32>,
+    /// The lower of the tank share and the share of nominal range left, percent: what the
+    /// low-hydrogen rule compares with its thresholds.
+    pub level_percent: f32,
     pub online: Option<bool>,
     pub lat: f64,
     pub lon: f64,
-    /// The nearest refuelling station, absent when no station zone is defined.
+    /// The nearest refuelling station that serves the vehicle's kind, absent when none does.
     pub station_id: Option<String>,
     pub station_name: Option<String>,
     /// Straight-line distance to it, metres (0 inside it).
     pub distance_m: Option<f64>,
+    /// Whether the predicted range covers the way there, taken as the straight line times
+    /// [`ROAD_FACTOR`]; absent when there is no station.
+    pub reaches_station: Option<bool>,
 }
+
+/// Roads are longer than the straight line: typical circuity of urban and intercity road
+/// networks is 1.2–1.4, and a plan that errs should send a vehicle early, not strand it.
+pub const ROAD_FACTOR: f64 = 1.4;
 
 #[derive(Serialize)]
 pub struct RefuelPlan {
@@ -161,46 +176,81 @@ pub struct RefuelPlan {
     pub items: Vec<RefuelStop>,
 }
 
-/// Vehicles below their kind's low-hydrogen warning share, the most urgent first and, within
-/// one urgency, the nearest to a station first (the quickest to bring back to service).
+/// Whether a station zone serves vehicles of `kind`: `properties.kinds` lists them, absent
+/// (or empty) meaning every kind.
+pub fn serves(zone: &Zone, kind: VehicleKind) -> bool {
+    match zone.properties.get("kinds").and_then(|k| k.as_array()) {
+        Some(kinds) if !kinds.is_empty() => kinds.iter().any(|k| k.as_str() == Some(kind.as_str())),
+        _ => true,
+    }
+}
+
+/// The nearest station serving `kind`, and the distance to it in metres (0 inside).
+pub fn nearest_station_for(
+    zones: &ZoneIndex,
+    kind: VehicleKind,
+    lat: f64,
+    lon: f64,
+) -> Option<(&Zone, f64)> {
+    zones
+        .zones()
+        .iter()
+        .filter(|z| z.kind == ZoneKind::Station && serves(z, kind))
+        .map(|z| (z, z.signed_distance_m(lat, lon).max(0.0)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// Vehicles below their kind's low-hydrogen warning level (measured as the rule measures it),
+/// the most urgent first and, within one urgency, the nearest to a station first (the
+/// quickest to bring back to service).
 pub(super) async fn refuel_plan(State(s): State<AppState>) -> Result<impl IntoResponse, Problem> {
     let (bike_pct, bus_pct) = low_h2_pcts(&s);
+    let (bike_kpg, bus_kpg) = nominal_km_per_g(&s);
+    let nominal = |k: VehicleKind| s.config.profiles.get(k).km_per_g();
     let client = s.pool.get().await?;
+    // A first cut in SQL, the exact measure (and the thresholds' own rounding) below.
+    let sql = format!(
+        "SELECT code, kind, h2_g, tank_g, COALESCE(learned_km_per_g, km_per_g), online, lat, lon
+         FROM vehicles
+         WHERE lat IS NOT NULL AND lon IS NOT NULL AND tank_g > 0 AND {}",
+        low_h2_sql(1)
+    );
     let rows = client
-        .query(
-            "SELECT code, kind, h2_g, tank_g, range_km, online, lat, lon FROM vehicles
-             WHERE h2_g IS NOT NULL AND lat IS NOT NULL AND lon IS NOT NULL
-               AND h2_g * 100 < tank_g * CASE kind WHEN 'bike' THEN $1::real ELSE $2::real END",
-            &[&bike_pct, &bus_pct],
-        )
+        .query(&sql, &[&bike_pct, &bus_pct, &bike_kpg, &bus_kpg])
         .await?;
     let zones = crate::rules::store::load_zones(&client).await?;
     let mut items: Vec<RefuelStop> = rows
         .iter()
         .filter_map(|r| {
             let kind = VehicleKind::parse(r.get(1))?;
-            let (h2_g, tank_g): (f32, f32) = (r.get(2), r.get(3));
-            let pct = h2_g / tank_g * 100.0;
-            let critical = s.config.rules.thresholds(kind).low_h2_critical_pct;
+            let (h2_g, tank_g, km_per_g): (f32, f32, f32) = (r.get(2), r.get(3), r.get(4));
+            let t = s.config.rules.thresholds(kind);
+            let level = hydrogen_level(h2_g, tank_g, km_per_g, nominal(kind));
+            if level.level >= t.low_h2_warning_pct {
+                return None;
+            }
             let (lat, lon): (f64, f64) = (r.get(6), r.get(7));
-            let station = zones.nearest_station(lat, lon);
+            let station = nearest_station_for(&zones, kind, lat, lon);
+            let range_km = f64::from(level.range_km);
             Some(RefuelStop {
                 vehicle_id: r.get(0),
                 kind,
-                urgency: if pct < critical {
+                urgency: if level.level < t.low_h2_critical_pct {
                     Urgency::Critical
                 } else {
                     Urgency::Warning
                 },
                 h2_g,
-                h2_percent: (pct * 10.0).round() / 10.0,
-                range_km: r.get(4),
+                h2_percent: round1(level.pct),
+                range_km: Some(round1(level.range_km)),
+                level_percent: round1(level.level),
                 online: r.get(5),
                 lat,
                 lon,
                 station_id: station.map(|(z, _)| z.id.clone()),
                 station_name: station.map(|(z, _)| z.name.clone()),
-                distance_m: station.map(|(_, d)| (d.max(0.0) * 10.0).round() / 10.0),
+                distance_m: station.map(|(_, d)| (d * 10.0).round() / 10.0),
+                reaches_station: station.map(|(_, d)| range_km * 1000.0 >= d * ROAD_FACTOR),
             })
         })
         .collect();
@@ -218,6 +268,10 @@ pub(super) async fn refuel_plan(State(s): State<AppState>) -> Result<impl IntoRe
         at: Utc::now(),
         items,
     }))
+}
+
+fn round1(x: f32) -> f32 {
+    (x * 10.0).round() / 10.0
 }
 
 #[cfg(test)]

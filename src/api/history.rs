@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::extract::{P, Q};
 use super::vehicles::{MAX_PAGE, Page, page_limit, vehicle_key};
 use super::{AppState, Problem};
+use crate::domain::as_sent;
 use crate::store::queries::{TELEMETRY_COLUMNS, TelemetryPoint, telemetry_point};
 
 fn time_param(
@@ -242,22 +243,24 @@ async fn buckets(
                 .await?
         }
     };
+    // Averages and sums of `real` readings carry no more precision than the readings did.
+    let f32_precision = |x: f64| as_sent(x as f32);
     Ok(rows
         .iter()
         .map(|r| Bucket {
             ts: r.get(0),
             readings: r.get(1),
             speed_min: r.get(2),
-            speed_avg: r.get(3),
+            speed_avg: f32_precision(r.get(3)),
             speed_max: r.get(4),
             h2_min: r.get(5),
-            h2_avg: r.get(6),
+            h2_avg: f32_precision(r.get(6)),
             h2_max: r.get(7),
             lat: r.get(8),
             lon: r.get(9),
             odo_km: r.get(10),
             distance_km: r.get(11),
-            h2_used_g: r.get(12),
+            h2_used_g: r.get::<_, Option<f64>>(12).map(f32_precision),
         })
         .collect())
 }

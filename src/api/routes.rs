@@ -141,7 +141,7 @@ pub static OPS: &[Op] = &[
         params: &[
             query("kind", Ty::Enum(&["bike", "bus"]), "only this kind"),
             query("status", Ty::Enum(&["online", "offline"]), "only online or offline vehicles"),
-            query("low_h2", Ty::Bool, "only vehicles below (true) or above (false) the low-hydrogen warning share"),
+            query("low_h2", Ty::Bool, "only vehicles below (true) or above (false) the low-hydrogen warning level (the lower of tank share and range share, as the rule measures it)"),
             query("bbox", Ty::Str, "minLon,minLat,maxLon,maxLat (WGS-84)"),
             query("after", Ty::Str, "cursor: `next` of the previous page"),
             LIMIT,

@@ -83,6 +83,24 @@ pub(super) fn low_h2_pcts(s: &AppState) -> (f32, f32) {
     )
 }
 
+/// The nominal consumption of each kind's profile, km per gram: (bike, bus).
+pub(super) fn nominal_km_per_g(s: &AppState) -> (f32, f32) {
+    let p = &s.config.profiles;
+    (p.bike.km_per_g(), p.bus.km_per_g())
+}
+
+/// SQL that is true for a vehicle the low-hydrogen rule measures below warning: the tank share
+/// or the share of nominal range left (with the learned, else configured, consumption) below
+/// it. `$n`, `$n+1` are the warning shares (bike, bus), `$n+2`, `$n+3` the nominal ratios.
+pub(super) fn low_h2_sql(n: usize) -> String {
+    let (wb, ws, kb, ks) = (n, n + 1, n + 2, n + 3);
+    format!(
+        "(h2_g IS NOT NULL AND (h2_g * 100 < tank_g * CASE kind WHEN 'bike' THEN ${wb}::real ELSE ${ws}::real END
+          OR h2_g * COALESCE(learned_km_per_g, km_per_g) * 100 < tank_g *
+             CASE kind WHEN 'bike' THEN ${wb}::real * ${kb}::real ELSE ${ws}::real * ${ks}::real END))"
+    )
+}
+
 pub(super) async fn list(
     State(s): State<AppState>,
     Q(p): Q<ListParams>,
@@ -111,22 +129,23 @@ pub(super) async fn list(
     };
     let limit = page_limit(p.limit, MAX_PAGE)?;
     let (bike_pct, bus_pct) = low_h2_pcts(&s);
+    let (bike_kpg, bus_kpg) = nominal_km_per_g(&s);
+    let low = low_h2_sql(5);
     let sql = format!(
         "SELECT {VEHICLE_COLUMNS} FROM vehicles
          WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR code > $2)
            AND ($3::bool IS NULL OR COALESCE(online, false) = $3)
-           AND ($4::bool IS NULL OR $4 = (h2_g IS NOT NULL AND h2_g * 100 <
-                tank_g * CASE kind WHEN 'bike' THEN $5::real ELSE $6::real END))
-           AND ($7::float8 IS NULL OR (lon BETWEEN $7 AND $9 AND lat BETWEEN $8 AND $10))
-         ORDER BY code LIMIT $11"
+           AND ($4::bool IS NULL OR $4 = {low})
+           AND ($9::float8 IS NULL OR (lon BETWEEN $9 AND $11 AND lat BETWEEN $10 AND $12))
+         ORDER BY code LIMIT $13"
     );
     let client = s.pool.get().await?;
     let rows = client
         .query(
             &sql,
             &[
-                &p.kind, &p.after, &online, &p.low_h2, &bike_pct, &bus_pct, &x0, &y0, &x1, &y1,
-                &limit,
+                &p.kind, &p.after, &online, &p.low_h2, &bike_pct, &bus_pct, &bike_kpg, &bus_kpg,
+                &x0, &y0, &x1, &y1, &limit,
             ],
         )
         .await?;

@@ -427,7 +427,7 @@ mod tests {
         let w: WebhookConfig =
             toml::from_str("name = \"d\"\nurl = \"https://x.test/\"\nformat = \"dingtalk\"")
                 .unwrap();
-        assert_eq!(w.events.len(), 4);
+        assert_eq!(w.events.len(), 5, "every event, alert.deescalated too");
         assert_eq!(w.effective_rate(), Some(20));
         assert!(NotifyConfig::default().validate().is_ok());
     }

@@ -199,6 +199,7 @@ fn event_label(t: AlertEventType) -> &'static str {
     match t {
         AlertEventType::Opened => "告警 Alert opened",
         AlertEventType::Escalated => "告警升级 Alert escalated",
+        AlertEventType::Deescalated => "告警降级 Alert de-escalated",
         AlertEventType::Acknowledged => "已确认 Alert acknowledged",
         AlertEventType::Resolved => "已解除 Alert resolved",
     }

@@ -122,13 +122,44 @@ pub(crate) fn gps_check(
     }
 }
 
+/// How much hydrogen a vehicle has left, as `low_hydrogen` and the refuel plan measure it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct H2Level {
+    /// Share of the tank, percent.
+    pub pct: f32,
+    /// Predicted range with the consumption in use, km.
+    pub range_km: f32,
+    /// That range as a share of the nominal range of a full tank, percent.
+    pub range_pct: f32,
+    /// The lower of the two shares: what the thresholds are compared with.
+    pub level: f32,
+}
+
+/// The level of `h2_g` in a `tank_g` tank for a vehicle doing `km_per_g`, against a profile
+/// whose nominal ratio is `nominal_km_per_g`.
+pub fn hydrogen_level(h2_g: f32, tank_g: f32, km_per_g: f32, nominal_km_per_g: f32) -> H2Level {
+    let pct = h2_g / tank_g * 100.0;
+    let range_km = h2_g * km_per_g;
+    let range_pct = range_km / (tank_g * nominal_km_per_g) * 100.0;
+    H2Level {
+        pct,
+        range_km,
+        range_pct,
+        level: pct.min(range_pct),
+    }
+}
+
 /// `low_hydrogen`: the lower of the tank share and the predicted share of nominal range.
+/// `open` is the severity of the alert in progress: a critical alert goes back to warning
+/// only above critical + hysteresis, so that a level wobbling at the threshold (or a refuel
+/// of a few grams) does not flip it back and forth.
 pub(crate) fn low_h2(
     h2_g: f32,
     km_per_g: f32,
     info: &VehicleInfo,
     profiles: &Profiles,
     t: &Thresholds,
+    open: Option<Severity>,
 ) -> Verdict {
     let profile = profiles.get(info.kind);
     let tank = if info.tank_g > 0.0 {
@@ -136,26 +167,27 @@ pub(crate) fn low_h2(
     } else {
         profile.tank_g
     };
-    let pct = h2_g / tank * 100.0;
-    let range_km = h2_g * km_per_g;
-    let nominal_range = tank * profile.km_per_g();
-    let range_pct = range_km / nominal_range * 100.0;
-    let level = pct.min(range_pct);
+    let l = hydrogen_level(h2_g, tank, km_per_g, profile.km_per_g());
     let details = || {
         json!({
             "h2_g": round1(h2_g as f64),
-            "h2_pct": round1(pct as f64),
-            "range_km": round1(range_km as f64),
-            "km_per_g": (km_per_g * 1000.0).round() / 1000.0,
+            "h2_pct": round1(l.pct as f64),
+            "range_km": round1(l.range_km as f64),
+            "km_per_g": (km_per_g as f64 * 1000.0).round() / 1000.0,
             "warning_pct": t.low_h2_warning_pct,
             "critical_pct": t.low_h2_critical_pct,
         })
     };
-    if level < t.low_h2_critical_pct {
+    let critical_until = if open == Some(Severity::Critical) {
+        t.low_h2_critical_pct + t.low_h2_hysteresis_pct
+    } else {
+        t.low_h2_critical_pct
+    };
+    if l.level < critical_until.min(t.low_h2_warning_pct) {
         Verdict::Active(Severity::Critical, details())
-    } else if level < t.low_h2_warning_pct {
+    } else if l.level < t.low_h2_warning_pct {
         Verdict::Active(Severity::Warning, details())
-    } else if level >= t.low_h2_warning_pct + t.low_h2_hysteresis_pct {
+    } else if l.level >= t.low_h2_warning_pct + t.low_h2_hysteresis_pct {
         Verdict::Clear
     } else {
         Verdict::Keep
@@ -223,10 +255,11 @@ pub(crate) fn service_area(zones: &ZoneIndex, g: Option<GeoFix>, kind: VehicleKi
 }
 
 /// `tank_fault`: pressure or temperature out of band (critical), or fault codes (warning).
-pub(crate) fn tank_fault(r: &Reading, t: &Thresholds) -> Verdict {
+/// The band tops out at `max_bar` (see [`Thresholds::pressure_top_bar`]).
+pub(crate) fn tank_fault(r: &Reading, t: &Thresholds, max_bar: f32) -> Verdict {
     let pressure_bad = r
         .h2_pressure_bar
-        .is_some_and(|p| !(t.tank_pressure_min_bar..=t.tank_pressure_max_bar).contains(&p));
+        .is_some_and(|p| !(t.tank_pressure_min_bar..=max_bar).contains(&p));
     let temp_bad = r
         .tank_temp_c
         .is_some_and(|c| !(t.tank_temp_min_c..=t.tank_temp_max_c).contains(&c));
@@ -243,15 +276,15 @@ pub(crate) fn tank_fault(r: &Reading, t: &Thresholds) -> Verdict {
         json!({
             "h2_pressure_bar": r.h2_pressure_bar,
             "tank_temp_c": r.tank_temp_c,
-            "pressure_band_bar": [t.tank_pressure_min_bar, t.tank_pressure_max_bar],
+            "pressure_band_bar": [t.tank_pressure_min_bar, max_bar],
             "temp_band_c": [t.tank_temp_min_c, t.tank_temp_max_c],
             "faults": r.faults,
         }),
     )
 }
 
-/// `h2_leak_suspected`: hydrogen falling while the vehicle is locked and still. Measured
-/// from the most seen since it came to rest; only a refuel (or an operator) clears it.
+/// `h2_leak_suspected`: hydrogen falling while the vehicle is at rest. Measured from the most
+/// seen since it came to rest; only a refuel (or an operator) clears it.
 pub(crate) fn leak(
     state: &mut VehicleRuleState,
     r: &Reading,
@@ -263,7 +296,7 @@ pub(crate) fn leak(
         state.rest = None;
         return Verdict::Clear;
     }
-    let at_rest = r.locked == Some(true) && r.speed_kmh < 1.0;
+    let at_rest = at_rest(r, t);
     if !at_rest {
         state.rest = None;
         return Verdict::Keep;
@@ -294,6 +327,15 @@ pub(crate) fn leak(
     } else {
         Verdict::Keep
     }
+}
+
+/// At rest: still, and either locked or with the fuel cell off (what a vehicle without a lock,
+/// a bus, shows when parked). A running stack uses hydrogen, so a still vehicle with its
+/// stack on tells nothing about a leak; with the stack off, hydrogen has no way out but one.
+pub(crate) fn at_rest(r: &Reading, t: &Thresholds) -> bool {
+    let still = r.speed_kmh < 1.0;
+    let stack_off = r.fc_power_w.is_some_and(|w| w <= t.rest_max_fc_power_w);
+    still && (r.locked == Some(true) || stack_off)
 }
 
 /// Where a ride ended with respect to parking areas.

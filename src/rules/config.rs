@@ -54,12 +54,16 @@ pub struct Thresholds {
     pub overspeed_hold_secs: u32,
     pub out_of_service_hold_secs: u32,
     pub offline_after_secs: u32,
-    /// `h2_leak_suspected` opens when a locked, still vehicle loses more than this.
+    /// `h2_leak_suspected` opens when a vehicle at rest loses more than this.
     pub leak_tolerance_g: f32,
     pub leak_hold_secs: u32,
-    /// Tank pressure band, bar.
+    /// At rest is locked, or still with the fuel cell delivering at most this (a vehicle
+    /// without a lock, a bus, is at rest with its stack off).
+    pub rest_max_fc_power_w: f32,
+    /// Tank pressure band, bar. The top defaults to the maximum operating pressure of the
+    /// profile's tank, 1.25 × its nominal working pressure (a full tank on a hot day).
     pub tank_pressure_min_bar: f32,
-    pub tank_pressure_max_bar: f32,
+    pub tank_pressure_max_bar: Option<f32>,
     /// Tank temperature band, °C.
     pub tank_temp_min_c: f32,
     pub tank_temp_max_c: f32,
@@ -85,9 +89,9 @@ impl Thresholds {
             offline_after_secs: 600,
             leak_tolerance_g: 2.0,
             leak_hold_secs: 120,
-            // Metal hydride canisters charge at a few tens of bar.
+            rest_max_fc_power_w: 5.0,
             tank_pressure_min_bar: 0.0,
-            tank_pressure_max_bar: 40.0,
+            tank_pressure_max_bar: None,
             tank_temp_min_c: -30.0,
             tank_temp_max_c: 65.0,
             tank_fault_hold_secs: 10,
@@ -109,14 +113,25 @@ impl Thresholds {
             offline_after_secs: 300,
             leak_tolerance_g: 200.0,
             leak_hold_secs: 300,
+            // A running stack idles at kilowatts (air compressor, heating); parked, it is off.
+            rest_max_fc_power_w: 100.0,
             tank_pressure_min_bar: 0.0,
-            tank_pressure_max_bar: 385.0,
+            tank_pressure_max_bar: None,
             tank_temp_min_c: -40.0,
             tank_temp_max_c: 85.0,
             tank_fault_hold_secs: 10,
             gps_max_speed_kmh: 160.0,
             parking_required: false,
         }
+    }
+}
+
+impl Thresholds {
+    /// The top of the pressure band for a tank of this nominal working pressure: the one set,
+    /// else the maximum operating pressure of the standards (GTR 13, SAE J2579), 1.25 × the
+    /// nominal pressure, which a full tank reaches at about 85 °C.
+    pub fn pressure_top_bar(&self, nominal_bar: f32) -> f32 {
+        self.tank_pressure_max_bar.unwrap_or(1.25 * nominal_bar)
     }
 }
 
@@ -195,6 +210,7 @@ impl RulesConfig {
             for (name, v) in [
                 ("overspeed_tolerance_kmh", t.overspeed_tolerance_kmh),
                 ("leak_tolerance_g", t.leak_tolerance_g),
+                ("rest_max_fc_power_w", t.rest_max_fc_power_w),
             ] {
                 if !(v.is_finite() && v >= 0.0) {
                     return err(format!("{k}.{name}"), "must be a number ≥ 0");
@@ -206,9 +222,8 @@ impl RulesConfig {
                     "must be a positive number",
                 );
             }
-            if t.tank_pressure_min_bar
-                .partial_cmp(&t.tank_pressure_max_bar)
-                != Some(Less)
+            if let Some(max) = t.tank_pressure_max_bar
+                && t.tank_pressure_min_bar.partial_cmp(&max) != Some(Less)
             {
                 return err(
                     format!("{k}.tank_pressure_max_bar"),

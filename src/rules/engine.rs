@@ -10,11 +10,12 @@ use serde_json::{Value, json};
 
 use super::builtin::{self, Verdict};
 use super::config::RulesConfig;
+use super::consumption::{self, Learning};
 use super::custom::{self, CustomRule};
 use super::ride;
 use super::state::{Slot, VehicleRuleState, slot_key, split_key};
 use crate::config::{Config, Profiles};
-use crate::domain::{Event, EventType, Reading, Severity, VehicleKind};
+use crate::domain::{Event, EventType, Reading, Severity, VehicleKind, tidy_numbers};
 use crate::geo::{Crs, ZoneIndex};
 
 /// What the engine needs to know about a vehicle beyond its state.
@@ -31,6 +32,8 @@ pub struct VehicleInfo {
 pub enum AlertAction {
     Open(Severity),
     Escalate(Severity),
+    /// The condition fell back to a lower severity without clearing.
+    Deescalate(Severity),
     Resolve,
 }
 
@@ -171,6 +174,18 @@ impl Engine {
             .unwrap_or_else(|| self.profiles.get(info.kind).km_per_g())
     }
 
+    /// How consumption samples of this vehicle are judged.
+    fn learning(&self, info: &VehicleInfo) -> Learning {
+        let profile = self.profiles.get(info.kind);
+        let t = self.rules.thresholds(info.kind);
+        Learning {
+            expected_km_per_g: info.km_per_g.unwrap_or_else(|| profile.km_per_g()),
+            // Recent driving: about two tanks' worth of kilometres.
+            window_km: 2.0 * profile.range_km as f64,
+            refuel_min_g: t.leak_tolerance_g.max(info.tank_g * 0.02),
+        }
+    }
+
     pub fn on_reading(
         &self,
         state: &mut VehicleRuleState,
@@ -221,9 +236,11 @@ impl Engine {
             lon: r.lon,
             tol_m: tol,
         });
+        let learning = self.learning(info);
+        consumption::observe(state, r, gps.plausible.then_some(gps.step_m), learning);
 
         let prev_h2 = state.h2_g.replace(r.h2_g);
-        let refuel_min_g = t.leak_tolerance_g.max(info.tank_g * 0.02);
+        let refuel_min_g = learning.refuel_min_g;
         let refuelled = prev_h2.is_some_and(|p| r.h2_g > p + refuel_min_g);
         if let Some(ride) = &mut state.ride {
             if refuelled {
@@ -248,7 +265,14 @@ impl Engine {
             state.locked = r.locked;
         }
 
-        let level = builtin::low_h2(r.h2_g, self.km_per_g(state, info), info, &self.profiles, &t);
+        let level = builtin::low_h2(
+            r.h2_g,
+            self.km_per_g(state, info),
+            info,
+            &self.profiles,
+            &t,
+            state.open_severity(builtin::LOW_HYDROGEN),
+        );
         self.step(
             state,
             &mut out,
@@ -283,7 +307,8 @@ impl Engine {
             here,
         );
 
-        let tank = builtin::tank_fault(r, &t);
+        let top = t.pressure_top_bar(self.profiles.nominal_pressure_bar(info.kind));
+        let tank = builtin::tank_fault(r, &t, top);
         self.step(
             state,
             &mut out,
@@ -381,14 +406,21 @@ impl Engine {
                     if let (Some(ride), Some(b)) = (&mut state.ride, before) {
                         ride.refuelled_g += (after - b).max(0.0);
                     }
+                    consumption::refuelled(state, before, after, odo, self.learning(info));
                     state.h2_g = Some(after);
                     let t = self.rules.thresholds(info.kind);
                     let at = Moment {
                         at: ev.ts,
                         pos: self.fix_pos(state),
                     };
-                    let level =
-                        builtin::low_h2(after, self.km_per_g(state, info), info, &self.profiles, t);
+                    let level = builtin::low_h2(
+                        after,
+                        self.km_per_g(state, info),
+                        info,
+                        &self.profiles,
+                        t,
+                        state.open_severity(builtin::LOW_HYDROGEN),
+                    );
                     self.step(
                         state,
                         &mut out,
@@ -531,15 +563,6 @@ impl Engine {
         }
         let distance_km = ride::distance_km(&track);
         let h2_used_g = ride::h2_used_g(&track, state.h2_g);
-        let profile = self.profiles.get(info.kind);
-        ride::learn(
-            state,
-            distance_km,
-            h2_used_g,
-            info.km_per_g.unwrap_or_else(|| profile.km_per_g()),
-            // Recent riding: about two tanks' worth of kilometres.
-            2.0 * profile.range_km as f64,
-        );
         let t = self.rules.thresholds(info.kind);
         let check = end.map(|g| builtin::parking(&self.zones, g, info.kind));
         let moment = Moment {
@@ -596,6 +619,8 @@ impl Engine {
             .or_default();
         slot.open = Some(Severity::Warning);
         slot.since.clear();
+        let mut details = check.details();
+        tidy_numbers(&mut details);
         out.push(Output::Alert(AlertChange {
             rule: rule.to_owned(),
             zone,
@@ -603,7 +628,7 @@ impl Engine {
             at: at.at,
             lat: at.pos.map(|p| p.0),
             lon: at.pos.map(|p| p.1),
-            details: check.details(),
+            details,
         }));
     }
 
@@ -626,7 +651,9 @@ impl Engine {
         if slot.is_idle() {
             state.alerts.remove(&key);
         }
-        if let Some((action, details)) = change {
+        if let Some((action, mut details)) = change {
+            // Rules put f32 readings and thresholds into their details: print them as sent.
+            tidy_numbers(&mut details);
             out.push(Output::Alert(AlertChange {
                 rule: rule.to_owned(),
                 zone: zone.map(str::to_owned),
@@ -681,6 +708,12 @@ fn advance_slot(
                 Some(open) if held > open => {
                     slot.open = Some(held);
                     Some((AlertAction::Escalate(held), details))
+                }
+                // The higher severity's condition is gone (it is not in `since` any more) and
+                // the lower one has held: the alert stays open, at the lower severity.
+                Some(open) if held < open => {
+                    slot.open = Some(held);
+                    Some((AlertAction::Deescalate(held), details))
                 }
                 Some(_) => None,
             }

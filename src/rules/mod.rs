@@ -8,6 +8,7 @@
 
 mod builtin;
 mod config;
+mod consumption;
 mod custom;
 mod engine;
 mod ride;
@@ -15,6 +16,7 @@ mod state;
 pub mod store;
 
 pub use builtin::NAMES as BUILTIN_RULES;
+pub use builtin::{H2Level, hydrogen_level};
 pub use config::{CustomRuleConfig, RulesConfig, Thresholds};
 pub use engine::{AlertAction, AlertChange, Engine, EngineError, Output, Ride, VehicleInfo};
 pub use state::{Slot, VehicleRuleState};

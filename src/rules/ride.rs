@@ -1,13 +1,14 @@
-//! Rides from lock transitions and ride events, and the consumption learned from them.
+//! Rides from lock transitions and ride events, and the decayed sums that consumption is
+//! learned in (the samples come from the legs between refuels, see `consumption`).
 
 use chrono::{DateTime, Utc};
 
 use super::state::{Consumption, RideTrack, VehicleRuleState};
 
-/// Below this many kilometres of recent riding the learned ratio is not trusted.
+/// Below this many kilometres of recent driving the learned ratio is not trusted.
 pub const MIN_LEARNED_KM: f64 = 5.0;
 
-/// Rides shorter than this teach nothing: hydrogen readings are too coarse for them.
+/// Samples shorter than this teach nothing: hydrogen readings are too coarse for them.
 const MIN_SAMPLE_KM: f64 = 0.5;
 
 /// Fixes closer than this to the previous one are GPS wander, not riding.
@@ -61,9 +62,9 @@ pub(crate) fn h2_used_g(ride: &RideTrack, end_h2_g: Option<f32>) -> f32 {
     }
 }
 
-/// Fold one ride into the decayed consumption sums. `window_km` is how much recent riding
-/// the learned figure reflects; samples far from `nominal_km_per_g` are sensor faults or
-/// refuels mid-ride and are ignored.
+/// Fold one sample (a leg between refuels) into the decayed consumption sums. `window_km` is
+/// how much recent driving the learned figure reflects; samples far from `nominal_km_per_g`
+/// are sensor faults or refuels not seen, and are ignored.
 pub(crate) fn learn(
     state: &mut VehicleRuleState,
     km: f64,

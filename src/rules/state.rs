@@ -32,12 +32,15 @@ pub struct VehicleRuleState {
     pub locked: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ride: Option<RideTrack>,
-    /// Since when the vehicle has been locked and still, and the hydrogen it then held.
+    /// Since when the vehicle has been at rest (see `builtin::at_rest`), and the hydrogen it held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rest: Option<Rest>,
-    /// Decayed sums of kilometres and grams over recent rides: the learned consumption.
+    /// Decayed sums of kilometres and grams between recent refuels: the learned consumption.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumption: Option<Consumption>,
+    /// The stretch since the last refuel, which the next refuel turns into a sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leg: Option<Leg>,
     /// One slot per `(rule, zone)` that is open or counting towards its hold time, keyed
     /// `rule` or `rule@zone`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -84,6 +87,24 @@ pub struct Consumption {
     pub g: f64,
 }
 
+/// Since the last refuel: how full the tank was, how low it has gone and how far the vehicle
+/// went, for every kind of vehicle (a bus has no rides to learn from).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Leg {
+    /// The most hydrogen seen before the vehicle moved off: a refuel spans several readings.
+    pub full_g: f32,
+    /// The least seen since: the leg used `full_g - low_g`.
+    pub low_g: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_odo_km: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_odo_km: Option<f64>,
+    /// Distance along plausible fixes while moving, for vehicles without an odometer.
+    pub gps_km: f64,
+    /// Whether it has moved since the refuel.
+    pub moving: bool,
+}
+
 /// The rules' view of one `(rule, zone)`: whether its alert is open and at which severity,
 /// and since when each severity's condition has held.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -119,7 +140,7 @@ pub(crate) fn split_key(key: &str) -> (&str, Option<&str>) {
 }
 
 impl VehicleRuleState {
-    /// The learned km per gram, once there is enough riding to trust it.
+    /// The learned km per gram, once there is enough distance to trust it.
     pub fn learned_km_per_g(&self) -> Option<f32> {
         let c = self.consumption?;
         (c.km >= super::ride::MIN_LEARNED_KM && c.g > 0.0).then(|| (c.km / c.g) as f32)
@@ -133,6 +154,11 @@ impl VehicleRuleState {
             // The operator judged the drop so far harmless: measure from here on.
             self.rest = None;
         }
+    }
+
+    /// The severity of the vehicle-wide alert of `rule` that the rules believe open.
+    pub fn open_severity(&self, rule: &str) -> Option<Severity> {
+        self.alerts.get(rule).and_then(|s| s.open)
     }
 
     /// Whether the rules believe an alert of `rule` (any zone) is open.

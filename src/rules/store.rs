@@ -170,7 +170,7 @@ async fn save_states(tx: &Transaction<'_>, saved: &[SavedState]) -> anyhow::Resu
     let states: Vec<&Value> = saved.iter().map(|s| &s.state).collect();
     let km_per_g: Vec<Option<f32>> = saved.iter().map(|s| s.km_per_g).collect();
     tx.execute(
-        "UPDATE vehicles v SET rule_state = u.s, km_per_g = COALESCE(u.k, v.km_per_g) \
+        "UPDATE vehicles v SET rule_state = u.s, learned_km_per_g = COALESCE(u.k, v.learned_km_per_g) \
          FROM unnest($1::int4[], $2::jsonb[], $3::float4[]) AS u(id, s, k) WHERE v.id = u.id",
         &[&ids, &states, &km_per_g],
     )
@@ -234,7 +234,12 @@ fn alert_from_row(row: &Row) -> Alert {
         resolved_at: row.get(7),
         lat: row.get(8),
         lon: row.get(9),
-        details: row.get(10),
+        // Alerts stored before numbers were tidied at the source print as sent, too.
+        details: {
+            let mut d: Value = row.get(10);
+            crate::domain::tidy_numbers(&mut d);
+            d
+        },
     }
 }
 
@@ -332,6 +337,7 @@ async fn apply_change(
             }
         }
         AlertAction::Escalate(sev) => escalate(tx, v, c, sev).await,
+        AlertAction::Deescalate(sev) => deescalate(tx, v, c, sev).await,
         AlertAction::Resolve => {
             let Some(alert) = active_alert(tx, v.id, &c.rule, zone).await? else {
                 return Ok(None);
@@ -357,10 +363,35 @@ async fn escalate(
     c: &AlertChange,
     sev: Severity,
 ) -> anyhow::Result<Option<AlertEvent>> {
+    change_severity(tx, v, c, sev, AlertEventType::Escalated).await
+}
+
+async fn deescalate(
+    tx: &Transaction<'_>,
+    v: &VehicleRow,
+    c: &AlertChange,
+    sev: Severity,
+) -> anyhow::Result<Option<AlertEvent>> {
+    change_severity(tx, v, c, sev, AlertEventType::Deescalated).await
+}
+
+/// Move the alert in progress to `sev`, only in the direction the event says: a change the
+/// stored alert has already made (a redelivery, another instance) records nothing.
+async fn change_severity(
+    tx: &Transaction<'_>,
+    v: &VehicleRow,
+    c: &AlertChange,
+    sev: Severity,
+    event: AlertEventType,
+) -> anyhow::Result<Option<AlertEvent>> {
     let Some(alert) = active_alert(tx, v.id, &c.rule, c.zone.as_deref()).await? else {
         return Ok(None);
     };
-    if sev <= alert.severity {
+    let moves = match event {
+        AlertEventType::Deescalated => sev < alert.severity,
+        _ => sev > alert.severity,
+    };
+    if !moves {
         return Ok(None);
     }
     let sql = format!(
@@ -374,18 +405,10 @@ async fn escalate(
             &[&alert.id, &severity_str(sev), &c.details, &c.lat, &c.lon],
         )
         .await
-        .context("escalating an alert")?;
+        .context("changing an alert's severity")?;
     let alert = alert_from_row(&row);
     Ok(Some(
-        record(
-            tx,
-            alert,
-            AlertEventType::Escalated,
-            c.at,
-            ENGINE_ACTOR,
-            None,
-        )
-        .await?,
+        record(tx, alert, event, c.at, ENGINE_ACTOR, None).await?,
     ))
 }
 

@@ -51,13 +51,17 @@ impl TestDb {
         client
             .batch_execute(
                 "CREATE TABLE vehicles (id serial PRIMARY KEY, code text UNIQUE NOT NULL, \
-                 kind text NOT NULL, tank_g real, km_per_g real, \
+                 kind text NOT NULL, tank_g real, km_per_g real, learned_km_per_g real, \
                  rule_state jsonb NOT NULL DEFAULT '{}')",
             )
             .await
             .unwrap();
         client
             .batch_execute(include_str!("../../schemas/migrations/0002_rules.sql"))
+            .await
+            .unwrap();
+        client
+            .batch_execute(include_str!("../../schemas/migrations/0012_buses.sql"))
             .await
             .unwrap();
         TestDb { name, client }
@@ -409,5 +413,85 @@ async fn zones_are_imported_from_geojson_and_loaded_back() {
         .await
         .unwrap_err();
     assert!(format!("{err:#}").contains("features[0]"), "{err:#}");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_partial_refuel_stores_a_deescalation_and_keeps_the_alert_open() {
+    let mut db = TestDb::new().await;
+    let e = engine();
+    let v = db.vehicle("XY-B0009").await;
+    let drained = (0..5).map(|i| rd(&v, i * 30, 4.0)).collect();
+    let mut events = batch(&mut db, &e, &v, drained, t(150)).await;
+    let partial = (5..10).map(|i| rd(&v, i * 30, 8.0)).collect();
+    events.extend(batch(&mut db, &e, &v, partial, t(300)).await);
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|e| (e.event_type, e.alert.severity, e.alert.state))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (AlertEventType::Opened, Severity::Critical, AlertState::Open),
+            (
+                AlertEventType::Deescalated,
+                Severity::Warning,
+                AlertState::Open
+            ),
+        ]
+    );
+    let row = db
+        .client
+        .query_one(
+            "SELECT t.event_type, t.severity, a.severity FROM alert_transitions t \
+             JOIN alerts a ON a.id = t.alert_id ORDER BY t.at DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "alert.deescalated");
+    assert_eq!(row.get::<_, String>(1), "warning");
+    assert_eq!(row.get::<_, String>(2), "warning");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn learning_never_overwrites_the_operator_set_consumption() {
+    let mut db = TestDb::new().await;
+    let e = engine();
+    let v = db.vehicle("XY-B0010").await;
+    db.client
+        .execute("UPDATE vehicles SET km_per_g = 0.9 WHERE id = $1", &[&v.id])
+        .await
+        .unwrap();
+    // 6 km on 7.2 g, then a refuel: a sample of 0.833 km/g.
+    let ride = (0..=12)
+        .map(|i| {
+            let (lat, lon) = at(50.0 + i as f64 * 500.0, 50.0);
+            let mut r = rd(&v, i * 60, 40.0 - i as f32 * 0.6);
+            (r.lat, r.lon, r.speed_kmh, r.odo_km) = (lat, lon, 20.0, Some(100.0 + i as f64 * 0.5));
+            r
+        })
+        .collect();
+    batch(&mut db, &e, &v, ride, t(720)).await;
+    let mut refuel = rd(&v, 1000, 49.0);
+    (refuel.lat, refuel.lon) = at(6050.0, 50.0);
+    (refuel.speed_kmh, refuel.odo_km) = (0.0, Some(106.0));
+    batch(&mut db, &e, &v, vec![refuel], t(1000)).await;
+    let row = db
+        .client
+        .query_one(
+            "SELECT km_per_g, learned_km_per_g FROM vehicles WHERE id = $1",
+            &[&v.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<f32>>(0),
+        Some(0.9),
+        "the operator's figure"
+    );
+    let learned: f32 = row.get::<_, Option<f32>>(1).expect("learned");
+    assert!((learned - 6.0 / 7.2).abs() < 1e-3, "{learned}");
     db.drop().await;
 }

@@ -620,7 +620,7 @@ fn offline_opens_after_silence_and_clears_on_any_message() {
 }
 
 #[test]
-fn rides_carry_distance_hydrogen_and_teach_consumption() {
+fn rides_carry_distance_and_hydrogen_and_the_refuel_after_teaches_consumption() {
     let e = engine();
     let mut s = VehicleRuleState::default();
     let mut out = Vec::new();
@@ -640,6 +640,15 @@ fn rides_carry_distance_hydrogen_and_teach_consumption() {
         ride.distance_km
     );
     assert!((ride.h2_used_g - 7.2).abs() < 1e-3, "{}", ride.h2_used_g);
+    assert!(
+        s.learned_km_per_g().is_none(),
+        "consumption is learned between refuels"
+    );
+    // Parked, then refuelled: the stretch since the first reading is a sample.
+    let mut refuel = placed(rd(2000), 6050.0, 50.0);
+    (refuel.locked, refuel.speed_kmh, refuel.h2_g, refuel.odo_km) =
+        (Some(true), 0.0, 49.0, Some(106.0));
+    e.on_reading(&mut s, &refuel, &bike());
     let learned = s.learned_km_per_g().expect("6 km is enough to learn");
     assert!((learned - 6.0 / 7.2).abs() < 1e-3, "{learned}");
     assert!((e.km_per_g(&s, &bike()) - learned).abs() < 1e-6);
@@ -1002,4 +1011,276 @@ fn positions_of_no_value_move_nothing_and_do_not_become_plausible_by_repeating()
     assert!(ride.ended_in_parking);
     assert!(ride.distance_km < 0.01, "{}", ride.distance_km);
     assert_eq!(s.fix.map(|f| (f.lat, f.lon)), Some((la, lo)));
+}
+
+fn bus() -> VehicleInfo {
+    VehicleInfo {
+        kind: VehicleKind::Bus,
+        tank_g: 25_000.0,
+        km_per_g: None,
+    }
+}
+
+/// A bus (no lock) standing at the Xiaoyi depot at `secs`, stack off, with `h2` grams.
+fn parked_bus(secs: i64, h2: f32) -> Reading {
+    let (lat, lon) = at(50.0, 50.0);
+    Reading {
+        kind: VehicleKind::Bus,
+        speed_kmh: 0.0,
+        fc_power_w: Some(0.0),
+        h2_pressure_bar: Some(300.0),
+        tank_temp_c: Some(20.0),
+        ..Reading::bare("XY-H0001", t(secs), lat, lon, h2)
+    }
+}
+
+fn feed_bus(
+    e: &Engine,
+    s: &mut VehicleRuleState,
+    readings: impl IntoIterator<Item = Reading>,
+) -> Vec<Output> {
+    readings
+        .into_iter()
+        .flat_map(|r| e.on_reading(s, &r, &bus()))
+        .collect()
+}
+
+#[test]
+fn a_bus_parked_for_hours_with_its_stack_off_losing_hydrogen_is_a_suspected_leak() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    // A night at the depot: a reading a minute, 15 g lost each minute (0.9 kg an hour).
+    let out = feed_bus(
+        &e,
+        &mut s,
+        (0..120).map(|i| parked_bus(i * 60, 20_000.0 - 15.0 * i as f32)),
+    );
+    assert_eq!(
+        of_rule(&out, "h2_leak_suspected"),
+        vec![AlertAction::Open(Severity::Critical)]
+    );
+    // Idling at a stop with the stack on uses hydrogen: that is no leak.
+    let mut s = VehicleRuleState::default();
+    let out = feed_bus(
+        &e,
+        &mut s,
+        (0..120).map(|i| {
+            let mut r = parked_bus(i * 60, 20_000.0 - 15.0 * i as f32);
+            r.fc_power_w = Some(3_000.0);
+            r
+        }),
+    );
+    assert!(of_rule(&out, "h2_leak_suspected").is_empty(), "{out:?}");
+    // Nor is a firmware that does not report the stack's power judged at all without a lock.
+    let mut s = VehicleRuleState::default();
+    let out = feed_bus(
+        &e,
+        &mut s,
+        (0..120).map(|i| {
+            let mut r = parked_bus(i * 60, 20_000.0 - 15.0 * i as f32);
+            r.fc_power_w = None;
+            r
+        }),
+    );
+    assert!(of_rule(&out, "h2_leak_suspected").is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_full_350_bar_tank_on_a_hot_day_is_no_tank_fault() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let hot = |secs: i64, bar: f32| {
+        let mut r = parked_bus(secs, 24_500.0);
+        r.h2_pressure_bar = Some(bar);
+        r.tank_temp_c = Some(60.0);
+        r
+    };
+    // 350 bar at 15 °C is about 410 bar at 60 °C: within 1.25 × 350 = 437.5 bar.
+    let out = feed_bus(&e, &mut s, (0..10).map(|i| hot(i * 10, 410.0)));
+    assert!(of_rule(&out, "tank_fault").is_empty(), "{out:?}");
+    // Above the maximum operating pressure it is a fault, with the band it left.
+    let out = feed_bus(&e, &mut s, (10..20).map(|i| hot(i * 10, 445.0)));
+    assert_eq!(
+        of_rule(&out, "tank_fault"),
+        vec![AlertAction::Open(Severity::Critical)]
+    );
+    let band = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Alert(a) if a.rule == "tank_fault" => {
+                Some(a.details["pressure_band_bar"].clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(band, json!([0.0, 437.5]));
+    // The bike's metal hydride store: nominal 30 bar, so 37.5 bar tops its band.
+    let mut s = VehicleRuleState::default();
+    let p = |secs: i64, bar: f32| {
+        let mut r = rd(secs);
+        r.h2_pressure_bar = Some(bar);
+        r
+    };
+    let out = feed(&e, &mut s, (0..5).map(|i| p(i * 10, 36.0)));
+    assert!(of_rule(&out, "tank_fault").is_empty());
+    let out = feed(&e, &mut s, (5..10).map(|i| p(i * 10, 39.0)));
+    assert_eq!(
+        of_rule(&out, "tank_fault"),
+        vec![AlertAction::Open(Severity::Critical)]
+    );
+}
+
+#[test]
+fn a_partial_refuel_above_critical_takes_the_alert_back_to_warning() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let low = |secs: i64, h2: f32| {
+        let mut r = rd(secs);
+        r.h2_g = h2;
+        r
+    };
+    // 4 g (8 %) for two minutes: critical.
+    let out = feed(&e, &mut s, (0..5).map(|i| low(i * 30, 4.0)));
+    assert_eq!(
+        of_rule(&out, "low_hydrogen"),
+        vec![AlertAction::Open(Severity::Critical)]
+    );
+    // A wobble just above critical (10.4 %) is not a refuel: still critical.
+    let out = feed(&e, &mut s, (5..10).map(|i| low(i * 30, 5.2)));
+    assert!(of_rule(&out, "low_hydrogen").is_empty(), "{out:?}");
+    // A partial refuel to 8 g (16 %): above critical + hysteresis, below the clear level.
+    let out = feed(&e, &mut s, (10..15).map(|i| low(i * 30, 8.0)));
+    assert_eq!(
+        of_rule(&out, "low_hydrogen"),
+        vec![AlertAction::Deescalate(Severity::Warning)]
+    );
+    assert_eq!(s.open_severity("low_hydrogen"), Some(Severity::Warning));
+    // Draining again escalates again; a full tank resolves.
+    let out = feed(&e, &mut s, (15..20).map(|i| low(i * 30, 4.0)));
+    assert_eq!(
+        of_rule(&out, "low_hydrogen"),
+        vec![AlertAction::Escalate(Severity::Critical)]
+    );
+    let out = feed(&e, &mut s, [low(700, 48.0)]);
+    assert_eq!(of_rule(&out, "low_hydrogen"), vec![AlertAction::Resolve]);
+}
+
+#[test]
+fn a_partial_refuel_event_takes_the_alert_back_to_warning() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let out = feed(
+        &e,
+        &mut s,
+        (0..5).map(|i| {
+            let mut r = rd(i * 30);
+            r.h2_g = 4.0;
+            r
+        }),
+    );
+    assert_eq!(
+        of_rule(&out, "low_hydrogen"),
+        vec![AlertAction::Open(Severity::Critical)]
+    );
+    let refuel = Event {
+        vehicle: VehicleId::parse("XY-B0001").unwrap(),
+        kind: VehicleKind::Bike,
+        ts: t(200),
+        event_type: EventType::Refuel,
+        body: json!({"h2_g_before": 4.0, "h2_g_after": 9.0, "station_id": "S1"}),
+    };
+    let out = e.on_event(&mut s, &refuel, &bike());
+    assert_eq!(
+        of_rule(&out, "low_hydrogen"),
+        vec![AlertAction::Deescalate(Severity::Warning)]
+    );
+}
+
+/// A bus driving `km` at 60 km/h from `secs` with the odometer at `odo`, burning `g_per_km`,
+/// a reading a minute; returns the readings and where it ended.
+fn drive_bus(secs: i64, odo: f64, h2: f32, km: f64, g_per_km: f32) -> Vec<Reading> {
+    let n = km as i64;
+    (0..=n)
+        .map(|i| {
+            let mut r = parked_bus(secs + i * 60, h2 - g_per_km * i as f32);
+            r.speed_kmh = 60.0;
+            r.fc_power_w = Some(40_000.0);
+            r.odo_km = Some(odo + i as f64);
+            r
+        })
+        .collect()
+}
+
+/// A bus at an energy island from `secs`: the tank rises 1 kg a minute from `from` to `to`.
+fn refuel_bus(secs: i64, odo: f64, from: f32, to: f32) -> Vec<Reading> {
+    let steps = ((to - from) / 1000.0).ceil() as i64;
+    (1..=steps)
+        .map(|i| {
+            let mut r = parked_bus(secs + i * 60, (from + 1000.0 * i as f32).min(to));
+            r.fc_power_w = Some(0.0);
+            r.odo_km = Some(odo);
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn a_bus_learns_its_consumption_over_three_refuels() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    // 80 g/km (0.0125 km/g), against the profile's assumed 71 g/km.
+    let mut secs = 0;
+    let mut odo = 30_000.0;
+    feed_bus(&e, &mut s, refuel_bus(secs, odo, 5_000.0, 24_000.0));
+    secs += 3_600;
+    assert!(s.learned_km_per_g().is_none());
+    for leg in 0..3 {
+        feed_bus(&e, &mut s, drive_bus(secs, odo, 24_000.0, 200.0, 80.0));
+        secs += 201 * 60;
+        odo += 200.0;
+        feed_bus(&e, &mut s, refuel_bus(secs, odo, 8_000.0, 24_000.0));
+        secs += 3_600;
+        let learned = s
+            .learned_km_per_g()
+            .unwrap_or_else(|| panic!("learned after refuel {}", leg + 2));
+        assert!((learned - 0.0125).abs() < 0.0002, "{learned}");
+    }
+    assert!((e.km_per_g(&s, &bus()) - 0.0125).abs() < 0.0002);
+}
+
+#[test]
+fn without_an_odometer_a_bus_learns_along_its_fixes() {
+    let e = engine();
+    let mut s = VehicleRuleState::default();
+    let moving = |i: i64| {
+        // 1 km a minute eastwards (60 km/h), 80 g a kilometre.
+        let mut r = placed(
+            parked_bus(i * 60, 24_000.0 - 80.0 * i as f32),
+            50.0 + 1000.0 * i as f64,
+            50.0,
+        );
+        r.speed_kmh = 60.0;
+        r.fc_power_w = Some(40_000.0);
+        r
+    };
+    feed_bus(&e, &mut s, (0..=20).map(moving));
+    // Parked at the island (GPS wander of a few metres is not distance), then filled.
+    feed_bus(
+        &e,
+        &mut s,
+        (21..40).map(|i| {
+            let mut r = placed(
+                parked_bus(i * 60, 22_400.0),
+                20_050.0 + (i % 3) as f64 * 4.0,
+                50.0,
+            );
+            r.h2_g = 22_400.0;
+            r
+        }),
+    );
+    let mut full = placed(parked_bus(45 * 60, 24_500.0), 20_050.0, 50.0);
+    full.h2_g = 24_500.0;
+    feed_bus(&e, &mut s, [full]);
+    let learned = s.learned_km_per_g().expect("20 km is enough to learn");
+    assert!((learned - 0.0125).abs() < 0.0005, "{learned}");
 }

@@ -63,9 +63,19 @@ impl Line {
 }
 
 enum Mode {
-    Driving { cruise: f64 },
-    Dwell { until: i64 },
-    Refuelling { until: i64 },
+    Driving {
+        cruise: f64,
+    },
+    Dwell {
+        until: i64,
+    },
+    Refuelling {
+        until: i64,
+    },
+    /// Out of service with the stack off, losing hydrogen (a scripted leak).
+    Parked {
+        leak_g_per_s: f64,
+    },
 }
 
 pub struct Bus {
@@ -114,10 +124,18 @@ impl Bus {
         self.mode = Mode::Dwell { until };
     }
 
+    /// Parks the bus for good with its stack off, losing `leak_g_per_s`.
+    pub fn park_leaking(&mut self, leak_g_per_s: f64) {
+        self.mode = Mode::Parked { leak_g_per_s };
+    }
+
     pub fn tick(&mut self, now: i64, dt_s: f64, line: &Line, ctx: &Ctx, rng: &mut Rng) -> Tick {
         let mut events = vec![];
-        // Stack and compressor draw while standing: about 0.02 g/s.
-        self.h2 -= 0.02 * dt_s;
+        // Stack and compressor draw while standing: about 0.02 g/s; a parked bus draws none.
+        self.h2 -= match self.mode {
+            Mode::Parked { leak_g_per_s } => leak_g_per_s * dt_s,
+            _ => 0.02 * dt_s,
+        };
         match self.mode {
             Mode::Driving { cruise } => self.drive(now, dt_s, cruise, line, ctx, rng),
             Mode::Dwell { until } if now >= until => {
@@ -137,7 +155,7 @@ impl Bus {
                     until: now + 60_000,
                 };
             }
-            Mode::Dwell { .. } | Mode::Refuelling { .. } => {}
+            Mode::Dwell { .. } | Mode::Refuelling { .. } | Mode::Parked { .. } => {}
         }
         self.h2 = self.h2.max(0.0);
         Tick {
@@ -207,7 +225,10 @@ impl Bus {
         let (pos, bearing) = line.at(self.s);
         let fix = pos.offset_m(rng.normal() * 2.0, rng.normal() * 2.0);
         let v = self.speed;
-        let power_kw = if v > 0.0 {
+        let parked = matches!(self.mode, Mode::Parked { .. });
+        let power_kw = if parked {
+            0.0
+        } else if v > 0.0 {
             (3.0 + 0.55 * v + 0.004 * v * v).min(80.0)
         } else {
             3.0
@@ -237,7 +258,11 @@ impl Bus {
             h2_g: round(self.h2, 1),
             h2_pressure_bar: Some(round(pressure, 1)),
             tank_temp_c: round(tank_temp, 1),
-            fc_power_w: round(power_kw * 1000.0 + rng.normal() * 200.0, 0).max(0.0),
+            fc_power_w: if parked {
+                0.0
+            } else {
+                round(power_kw * 1000.0 + rng.normal() * 200.0, 0).max(0.0)
+            },
             fc_temp_c: Some(round(self.fc_temp, 1)),
             batt_v: round(27.4 + rng.normal() * 0.1, 2),
             odo_km: round(self.odo, 3),

@@ -155,13 +155,19 @@ impl Fleet {
             let mut rng = Rng::stream(cfg.seed, index);
             let id = format!("XY-H{:04}", j + 1);
             let low = cfg.incidents && j == incidents::LOW_BUS.0;
+            let leaking = cfg.incidents && j == incidents::LEAKING_BUS.0;
             let (s, towards_jiexiu, h2) = if low {
                 (line.len(), false, Some(incidents::LOW_BUS.1))
+            } else if leaking {
+                (0.0, true, None)
             } else {
                 (line.len() * j as f64 / cfg.buses as f64, j % 2 == 0, None)
             };
             let mut bus = Bus::new(id.clone(), s, towards_jiexiu, h2, &ctx, &mut rng);
             bus.dwell_until(start_ms + if low { 30_000 } else { 20_000 * j as i64 });
+            if leaking {
+                bus.park_leaking(incidents::LEAKING_BUS.1);
+            }
             let first = start_ms + rng.below(cfg.riding_every_ms.max(1) as usize) as i64;
             queue.push(Reverse((first, vehicles.len())));
             vehicles.push(Vehicle::new(

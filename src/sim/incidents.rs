@@ -12,6 +12,7 @@
 //! | `XY-B0007` | rides ~330 m to a no-parking zone that overlaps a parking area and locks inside it (ends ≈ 55 s) | `parking_violation` (no-parking) |
 //! | `XY-B0008` | rides to a fire lane a few metres wide across a parking area (`NP05` in the sample) and locks in it (ends ≈ 40 s) | `parking_violation` (the lane named) |
 //! | `XY-H0001` | waits at the Jiexiu terminal with 1.4 kg (5.6 % of its tank), 16 km from the nearest station, then drives back | `low_hydrogen` |
+//! | `XY-H0002` | parked at the Xiaoyi terminal with its stack off (no lock: at rest by its fuel cell), loses 2 g/s (opens ≈ 7 min) | `h2_leak_suspected` |
 //!
 //! The spots are derived from the zones (the first parking area, in file order, where each
 //! scenario fits), so other zone files get the same incidents at their own sites.
@@ -26,6 +27,9 @@ pub const SCRIPTED_BIKES: usize = 8;
 pub const SILENT: (usize, i64, i64) = (5, 20_000, 20_000 + 15 * 60_000);
 /// The bus with little hydrogen far from a station: index and grams.
 pub const LOW_BUS: (usize, f64) = (0, 1_400.0);
+/// The bus parked with a leak: index and grams lost per second. A bus's leak tolerance is
+/// 200 g over a 300 s hold: past it after about 100 s, open about five minutes later.
+pub const LEAKING_BUS: (usize, f64) = (1, 2.0);
 
 /// The parking area a scripted bike starts in, and its script.
 pub fn bike(index: usize, map: &MapData) -> Option<(usize, BikeScript)> {
@@ -237,5 +241,68 @@ mod tests {
             "a lane of its own, not the wide no-parking corner"
         );
         assert!(!map.parking[area].poly.contains(lane));
+    }
+
+    /// The leaking bus, as the demo publishes it, through the decoder and the rules: a
+    /// suspected leak opens within ten minutes, with no lock to tell it is parked.
+    #[test]
+    fn the_parked_bus_with_a_leak_raises_h2_leak_suspected() {
+        use std::sync::Arc;
+
+        use crate::config::Config;
+        use crate::decode::{Decoded, Decoder};
+        use crate::domain::{Severity, VehicleKind};
+        use crate::geo::ZoneIndex;
+        use crate::rules::{AlertAction, Engine, Output, VehicleInfo, VehicleRuleState};
+        use crate::sim::fleet::{Faults, Fleet, FleetConfig};
+
+        let mut config = Config::default();
+        config.mqtt.topic_root = "sim".into();
+        let cfg = FleetConfig {
+            topic_root: "sim".into(),
+            bikes: 0,
+            buses: 2,
+            seed: 7,
+            riding_every_ms: 1_000,
+            parked_every_ms: 10_000,
+            mean_idle_secs: 60.0,
+            faults: Faults::default(),
+            incidents: true,
+        };
+        let start = chrono::Utc::now() - chrono::Duration::hours(1);
+        let mut fleet = Fleet::new(cfg, Arc::new(MapData::xiaoyi()), start);
+        let decoder = Decoder::new(&config);
+        let engine = Engine::new(&config, Arc::new(ZoneIndex::default())).unwrap();
+        let info = VehicleInfo {
+            kind: VehicleKind::Bus,
+            tank_g: 25_000.0,
+            km_per_g: None,
+        };
+        let mut state = VehicleRuleState::default();
+        let mut opened = None;
+        for s in 0..600 {
+            let now = start + chrono::Duration::seconds(s);
+            for o in fleet.step(now) {
+                let mut d = Decoded::default();
+                decoder.decode(&o.topic, &o.payload, now, &mut d);
+                for r in d
+                    .readings
+                    .iter()
+                    .filter(|r| r.vehicle.as_str() == "XY-H0002")
+                {
+                    assert_eq!(r.locked, None, "a bus has no lock");
+                    for out in engine.on_reading(&mut state, r, &info) {
+                        if let Output::Alert(a) = out
+                            && a.rule == "h2_leak_suspected"
+                            && a.action == AlertAction::Open(Severity::Critical)
+                        {
+                            opened.get_or_insert(s);
+                        }
+                    }
+                }
+            }
+        }
+        let at = opened.expect("a leak opens within ten minutes");
+        assert!(at >= 300, "after the 300 s hold, not at once: {at} s");
     }
 }

@@ -23,14 +23,18 @@ pub struct VehicleView {
     pub locked: Option<bool>,
     pub odo_km: Option<f64>,
     pub tank_g: f32,
+    /// Configured: the profile's at registration, or what an operator set.
     pub km_per_g: f32,
     /// When `lat`/`lon` were measured: older than `last_ts` when the newest readings had no
     /// usable fix.
     pub last_fix: Option<DateTime<Utc>>,
+    /// Learned between refuels, once there is enough distance to trust it.
+    pub learned_km_per_g: Option<f32>,
 }
 
 pub const VEHICLE_COLUMNS: &str = "code, kind, registered_at, online, last_seen, last_ts, lat, lon,
-    speed_kmh, heading_deg, h2_g, range_km, locked, odo_km, tank_g, km_per_g, last_fix";
+    speed_kmh, heading_deg, h2_g, range_km, locked, odo_km, tank_g, km_per_g, last_fix,
+    learned_km_per_g";
 
 pub fn vehicle(row: &Row) -> VehicleView {
     let h2_g: Option<f32> = row.get(10);
@@ -54,6 +58,7 @@ pub fn vehicle(row: &Row) -> VehicleView {
         tank_g,
         km_per_g: row.get(15),
         last_fix: row.get(16),
+        learned_km_per_g: row.get(17),
     }
 }
 

@@ -408,11 +408,11 @@ async fn save_vehicles(
             heading_deg = CASE WHEN u.ts IS NULL THEN v.heading_deg ELSE u.heading END,
             h2_g = CASE WHEN u.ts IS NULL THEN v.h2_g ELSE u.h2 END,
             range_km = CASE WHEN u.ts IS NULL THEN v.range_km
-                       ELSE u.h2 * coalesce(u.kpg, v.km_per_g) END,
+                       ELSE u.h2 * coalesce(u.kpg, v.learned_km_per_g, v.km_per_g) END,
             locked = coalesce(u.locked, v.locked),
             odo_km = coalesce(u.odo, v.odo_km),
             rule_state = coalesce(u.state, v.rule_state),
-            km_per_g = coalesce(u.kpg, v.km_per_g)
+            learned_km_per_g = coalesce(u.kpg, v.learned_km_per_g)
          FROM unnest($1::int4[], $3::timestamptz[], $4::float8[], $5::float8[], $6::float4[],
                      $7::float4[], $8::float4[], $9::bool[], $10::float8[], $11::jsonb[],
                      $12::float4[], $13::timestamptz[])

@@ -3,6 +3,7 @@
 
 mod alerts;
 mod api;
+mod buses;
 mod dashboard;
 mod deploy;
 mod faults;

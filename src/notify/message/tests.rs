@@ -224,3 +224,42 @@ fn digests_name_every_alert_within_the_size_limits() {
         }
     }
 }
+
+#[test]
+fn a_deescalation_reads_as_one_in_every_format() {
+    let mut ev = event(11, AlertEventType::Deescalated);
+    ev.alert.severity = Severity::Warning;
+    for (format, url) in [
+        (
+            Format::DingTalk,
+            "https://oapi.dingtalk.com/robot/send?access_token=T",
+        ),
+        (
+            Format::WeCom,
+            "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=K",
+        ),
+        (
+            Format::Feishu,
+            "https://open.feishu.cn/open-apis/bot/v2/hook/H",
+        ),
+        (Format::Slack, "https://hooks.slack.com/services/T/B/X"),
+    ] {
+        let t = Target {
+            url,
+            secret: None,
+            format,
+        };
+        let o = single(t, &ev, &ctx(), now()).unwrap();
+        let text = String::from_utf8(o.body).unwrap();
+        assert!(text.contains("Alert de-escalated"), "{format:?}: {text}");
+        assert!(text.contains("warning"), "{format:?}: {text}");
+    }
+    let generic = Target {
+        url: "https://ops.example.com/hook",
+        secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        format: Format::Generic,
+    };
+    let o = single(generic, &ev, &ctx(), now()).unwrap();
+    let body: Value = serde_json::from_slice(&o.body).unwrap();
+    assert_eq!(body["type"], "hyfleet.alert.deescalated");
+}
