@@ -1,8 +1,11 @@
 //! Bytes and a topic in, validated readings, events, statuses and rejects out (DESIGN §3–§4).
 //! Pure: no I/O, the clock is a parameter, so every rule here is tested exhaustively.
 
+mod limits;
 mod topic;
 mod wire;
+
+pub use limits::{MAX_EVENT_BYTES, MAX_EVENT_EXTRA_BYTES};
 
 pub use topic::{Channel, Topic};
 
@@ -356,6 +359,9 @@ impl Decoder {
             return refuse(RejectReason::Schema, NUL_TEXT.replace("{}", "the event"));
         }
         let w = WireEvent::deserialize_value(&body)?;
+        if let Some(map) = body.as_object() {
+            limits::check_event(payload, map, w.event_type)?;
+        }
         if let Some(id) = &w.vehicle_id
             && id != t.vehicle.as_str()
         {

@@ -86,6 +86,7 @@ pub async fn poll(
                     payload: p.payload,
                     ack,
                     received: chrono::Utc::now(),
+                    retain: p.retain,
                 };
                 tokio::select! {
                     r = sender.send(msg) => if r.is_err() { break },

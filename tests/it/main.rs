@@ -5,6 +5,7 @@ mod alerts;
 mod api;
 mod dashboard;
 mod deploy;
+mod devices;
 mod faults;
 mod gbfs;
 mod ingest;
