@@ -233,6 +233,24 @@ mod tests {
     }
 
     #[test]
+    fn the_decoder_refuses_an_unbounded_event_and_keeps_a_bounded_one() {
+        use serde_json::json;
+        let d = Decoder::new(&crate::config::Config::default());
+        let now = Utc::now();
+        let topic = "hyfleet/v1/bike/XY-B0001/event";
+        let mut out = Decoded::default();
+        let ok = json!({"ts": now.timestamp_millis(), "type": "fault", "code": "E42"});
+        d.decode(topic, ok.to_string().as_bytes(), now, &mut out);
+        // Within the 64 KiB payload limit, but an event is stored whole: 60 KiB of it is not.
+        let big =
+            json!({"ts": now.timestamp_millis(), "type": "fault", "blob": "x".repeat(60_000)});
+        d.decode(topic, big.to_string().as_bytes(), now, &mut out);
+        assert_eq!(out.events.len(), 1);
+        assert_eq!(out.rejects.len(), 1);
+        assert_eq!(out.rejects[0].reason, RejectReason::TooLarge);
+    }
+
+    #[test]
     fn events_are_bounded_per_type_and_in_size() {
         use serde_json::json;
         let ok = json!({"ts": 1, "type": "ride_end", "lat": 37.1, "lon": 111.7,
