@@ -474,7 +474,8 @@ async fn readings_published_while_hyfleet_is_down_are_all_stored() {
 }
 
 /// hyfleet's configuration against the shipped broker as instance `n` (1, 2...): its own
-/// ingest and command users, the fixed client id everyone can read in the sources.
+/// ingest and command users, and the client ids of a scale-out (`hyfleet-ingest`, the default
+/// everyone can read in the sources, then `hyfleet-ingest-2`...).
 fn shipped_hyfleet(db: &TestDb, creds: &Credentials, port: u16, n: u32) -> hyfleet::config::Config {
     let suffix = if n == 1 {
         String::new()
@@ -488,45 +489,26 @@ fn shipped_hyfleet(db: &TestDb, creds: &Credentials, port: u16, n: u32) -> hyfle
     let mut config = crate::support::config(db, &url(&format!("{BACKEND}{suffix}")));
     config.mqtt.commands_url = Some(url(&format!("{COMMANDS}{suffix}")));
     config.mqtt.topic_root = ROOT.into();
-    config.mqtt.client_id = "hyfleet-ingest".into();
+    config.mqtt.client_id = format!("hyfleet-ingest{suffix}");
     config
 }
 
 /// The field case: a device login connecting again and again with the backend's client id
 /// (`hyfleet-ingest`, clean session) while readings flow. Unpinned, each connection ended
 /// hyfleet's session and discarded its queue (five reconnects lost 247 of 2,000 readings);
-/// pinned, the device only ever gets its own session. Two instances share the subscription,
-/// each as its own user, and the API sends a command meanwhile through its own login: none of
-/// them displaces another, and every reading is stored exactly once.
+/// pinned, the device only ever gets its own session, and every reading is stored once. The
+/// API's command publisher, a login of its own, displaces nothing either.
 #[tokio::test]
 async fn a_device_using_the_backends_client_id_cannot_displace_it() {
     const PER_DEVICE: u32 = 1_000;
-    let creds = Credentials::for_instances(4, 0, 2);
+    let creds = Credentials::make(4, 0);
     let broker = ShippedBroker::start(&creds).await;
     let port = broker.port;
     let db = TestDb::new().await;
-    let mut first = shipped_hyfleet(&db, &creds, port, 1);
-    first.mqtt.shared_group = Some("hyfleet".into());
-    let mut second = shipped_hyfleet(&db, &creds, port, 2);
-    second.mqtt.shared_group = Some("hyfleet".into());
-    let a = InProcess::start(first).await;
-    let b = InProcess::start(second).await;
+    let a = InProcess::start(shipped_hyfleet(&db, &creds, port, 1)).await;
     let client = db.client().await;
-    // Both subscriptions are in place before readings flow.
-    eventually(30, "both instances connected", || async {
-        let up = |svc: &InProcess| {
-            let url = svc.url("/metrics");
-            async move {
-                reqwest::get(url)
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap()
-                    .contains("hyfleet_mqtt_connected 1")
-            }
-        };
-        (up(&a).await && up(&b).await).then_some(())
+    eventually(30, "hyfleet subscribed", || async {
+        (metric(&a, "hyfleet_mqtt_connected").await == 1).then_some(())
     })
     .await;
 
@@ -577,8 +559,41 @@ async fn a_device_using_the_backends_client_id_cannot_displace_it() {
             fw.flush().await;
         }));
     }
-    // A command in the middle of it, through the API's own login, to a device that says it
-    // is online (one connection per device: its login is its session).
+    for d in devices {
+        d.await.unwrap();
+    }
+    stop_tx.send(true).unwrap();
+    let connects = attacker.await.unwrap();
+    assert!(connects >= 5, "the attack connected {connects} times");
+
+    let total = i64::from(2 * PER_DEVICE);
+    // Wait for all of them, or until nothing more arrives for 10 s: then what is missing is
+    // lost, and the assertion says how many.
+    let (mut last, mut since) = (-1, std::time::Instant::now());
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = count(&client, "SELECT count(*) FROM telemetry").await;
+        if n >= total || since.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        if n != last {
+            (last, since) = (n, std::time::Instant::now());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} of {total} stored after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM telemetry").await,
+        total,
+        "readings acknowledged by the broker, stored exactly once"
+    );
+
+    // A command through the API's own login, to a device that says it is online (one
+    // connection per device: its login is its session); ingest stays connected.
     let mut device = Client::connect(port, "XY-B0004", Some(creds.of("bike/XY-B0004")))
         .await
         .expect("the device connects");
@@ -610,28 +625,63 @@ async fn a_device_using_the_backends_client_id_cannot_displace_it() {
         .unwrap();
     assert!(String::from_utf8_lossy(&cmd.payload).contains("\"locate\""));
 
-    for d in devices {
-        d.await.unwrap();
-    }
-    stop_tx.send(true).unwrap();
-    let connects = attacker.await.unwrap();
-    assert!(connects >= 5, "the attack connected {connects} times");
+    assert_eq!(metric(&a, "hyfleet_mqtt_reconnects_total").await, 0);
+    a.stop().await;
+}
 
+/// Scale-out on the shipped broker: two instances share the subscription, each as its own
+/// user (client ids are user names), and every reading is stored once between them.
+#[tokio::test]
+async fn two_instances_share_the_subscription_each_as_its_own_user() {
+    const PER_DEVICE: u32 = 500;
+    let creds = Credentials::for_instances(2, 0, 2);
+    let broker = ShippedBroker::start(&creds).await;
+    let port = broker.port;
+    let db = TestDb::new().await;
+    let mut instances = Vec::new();
+    for n in 1..=2 {
+        let mut config = shipped_hyfleet(&db, &creds, port, n);
+        config.mqtt.shared_group = Some("hyfleet".into());
+        config.ingest.writers = 1;
+        let svc = InProcess::start(config).await;
+        eventually(30, "the instance subscribed", || async {
+            (metric(&svc, "hyfleet_mqtt_connected").await == 1).then_some(())
+        })
+        .await;
+        instances.push(svc);
+    }
+    for d in 1..=2u32 {
+        let id = format!("XY-B{d:04}");
+        let mut fw = Client::connect(port, &id, Some(creds.of(&format!("bike/{id}"))))
+            .await
+            .expect("device connects");
+        for seq in 0..PER_DEVICE {
+            fw.publish(&topic("bike", &id, "telemetry"), reading(seq))
+                .await;
+        }
+        fw.flush().await;
+    }
+    let client = db.client().await;
     let total = i64::from(2 * PER_DEVICE);
-    let stored = eventually(60, "every reading stored", || async {
-        let n = count(&client, "SELECT count(*) FROM telemetry").await;
-        (n >= total).then_some(n)
+    eventually(60, "every reading stored", || async {
+        (count(&client, "SELECT count(*) FROM telemetry").await >= total).then_some(())
     })
     .await;
-    assert_eq!(stored, total);
+    for svc in &instances {
+        assert!(
+            metric(svc, "hyfleet_mqtt_messages_total").await > 0,
+            "each instance took its share"
+        );
+        assert_eq!(metric(svc, "hyfleet_mqtt_reconnects_total").await, 0);
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         count(&client, "SELECT count(*) FROM telemetry").await,
-        total,
-        "stored exactly once"
+        total
     );
-    a.stop().await;
-    b.stop().await;
+    for svc in instances {
+        svc.stop().await;
+    }
 }
 
 async fn metric(svc: &InProcess, line_start: &str) -> i64 {
