@@ -186,6 +186,8 @@ impl Client {
         let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_inflight(1000);
+        // The broker's limit is what is tested, not the client's (10 KiB by default).
+        opts.set_max_packet_size(1 << 20, 1 << 20);
         if let Some((user, pass)) = login {
             opts.set_credentials(user, pass);
         }
@@ -851,4 +853,71 @@ async fn retained_telemetry_is_refused_and_a_retained_status_still_counts() {
     assert_eq!(r.get::<_, String>(1), telemetry);
     assert!(r.get::<_, String>(2).contains("retain flag"));
     svc.stop().await;
+}
+
+/// `max_packet_size` fits firmware's largest message, a backlog of `ingest.max_batch` readings
+/// (of the simulator's bus, the widest), and no more than a margin beyond it: a bigger packet
+/// disconnects its sender and is delivered to nobody.
+#[tokio::test]
+async fn the_packet_limit_fits_a_full_backlog_and_refuses_far_larger() {
+    let creds = Credentials::make(1, 0);
+    let broker = ShippedBroker::start(&creds).await;
+    let mut backend = Client::connect(broker.port, &unique("b"), Some(creds.of(BACKEND)))
+        .await
+        .expect("the backend connects");
+    backend.subscribe(&format!("{ROOT}/#")).await;
+    let max_batch = hyfleet::config::IngestConfig::default().max_batch;
+    let now = chrono::Utc::now().timestamp_millis();
+    let backlog: Vec<serde_json::Value> = (0..max_batch as i64)
+        .map(|i| {
+            json!({"ts": now - 1_000_000 + i * 1000, "seq": i, "lat": 37.145123, "lon": 111.781234,
+                "speed_kmh": 54.3, "heading_deg": 182.4, "h2_g": 18234.5, "h2_pressure_bar": 286.4,
+                "tank_temp_c": 21.3, "fc_power_w": 48210.0, "fc_temp_c": 63.2, "batt_v": 27.6,
+                "odo_km": 48213.482, "locked": false, "faults": []})
+        })
+        .collect();
+    let full = serde_json::to_string(&backlog).unwrap();
+    assert!(
+        full.len() > 250_000,
+        "a realistic backlog: {} B",
+        full.len()
+    );
+    let telemetry = topic("bike", "XY-B0001", "telemetry");
+    let mut fw = Client::connect(broker.port, "XY-B0001", Some(creds.of("bike/XY-B0001")))
+        .await
+        .expect("device connects");
+    fw.publish(&telemetry, full.clone()).await;
+    fw.publish(&telemetry, "marker").await;
+    fw.flush().await;
+    let got = backend.received_until("marker").await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].1.len(), full.len());
+
+    // Well over the limit: the connection is closed, nothing delivered.
+    fw.publish(&telemetry, vec![b' '; 400 * 1024]).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while fw
+            .client
+            .publish(&telemetry, QoS::AtLeastOnce, false, "after")
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the broker closes the sender of an oversized packet"
+    );
+    let mut again = Client::connect(broker.port, "XY-B0001", Some(creds.of("bike/XY-B0001")))
+        .await
+        .expect("device reconnects");
+    again.publish(&telemetry, "marker-2").await;
+    again.flush().await;
+    let got = backend.received_until("marker-2").await;
+    assert!(
+        got.iter().all(|(_, p)| p.len() < 400 * 1024),
+        "the oversized packet was delivered"
+    );
 }
