@@ -139,6 +139,11 @@ async fn maintain_partitions(
     if expired > 0 {
         tracing::info!(rows = expired, "expired rollups deleted");
     }
+    let (events, rejects) =
+        store::partitions::expire_records(&client, &config.store, chrono::Utc::now()).await?;
+    if events + rejects > 0 {
+        tracing::info!(events, rejects, "expired events and rejects deleted");
+    }
     Ok(())
 }
 

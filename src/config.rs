@@ -59,6 +59,10 @@ pub struct MqttConfig {
     /// On every stop, leave the shared subscription and end the broker session (the instance
     /// does not come back under this client id); otherwise only on SIGUSR1 or `serve --retire`.
     pub retire_on_shutdown: bool,
+    /// The broker login of the API's command publisher, `mqtt://user:password@host:port`;
+    /// unset: `url`'s. It must be another user than ingest's: a broker that pins client ids
+    /// to users (the shipped Mosquitto) would otherwise end ingest's session at each command.
+    pub commands_url: Option<String>,
 }
 
 impl Default for MqttConfig {
@@ -70,6 +74,7 @@ impl Default for MqttConfig {
             shared_group: None,
             keep_alive_secs: 30,
             retire_on_shutdown: false,
+            commands_url: None,
         }
     }
 }
@@ -85,6 +90,11 @@ pub struct MqttEndpoint {
 impl MqttConfig {
     pub fn endpoint(&self) -> Result<MqttEndpoint, String> {
         parse_mqtt_url(&self.url)
+    }
+
+    /// Where and as whom the API publishes commands.
+    pub fn commands_endpoint(&self) -> Result<MqttEndpoint, String> {
+        parse_mqtt_url(self.commands_url.as_deref().unwrap_or(&self.url))
     }
 }
 
@@ -138,6 +148,16 @@ pub struct IngestConfig {
     pub writers: usize,
     /// A reading more than this far in the future is rejected as `clock_skew`.
     pub max_future_secs: i64,
+    /// Per-device budget: messages a vehicle may send per minute (a token bucket refilled
+    /// evenly); beyond it messages are rejected as `rate_limited`. Kept by each instance for
+    /// what it receives.
+    pub device_messages_per_minute: u32,
+    /// Per-device budget: payload bytes a vehicle may send per minute, as above.
+    pub device_bytes_per_minute: u64,
+    /// The budget saves up for this many minutes: a device may send that many minutes' worth
+    /// at once. It must cover the longest outage the broker's queue covers, because what a
+    /// device sent meanwhile arrives all at once when hyfleet is back.
+    pub device_burst_minutes: u32,
 }
 
 impl Default for IngestConfig {
@@ -150,6 +170,14 @@ impl Default for IngestConfig {
             batch_max_age_ms: 50,
             writers: 2,
             max_future_secs: 300,
+            // 1 Hz telemetry plus events and statuses is ~70 messages a minute; a firmware
+            // that reconnects after a dead zone may send its retries and backlog at once.
+            device_messages_per_minute: 600,
+            // Covers a full backlog (ingest.max_batch readings of ~230 B) and a minute of
+            // live telemetry within the same minute.
+            device_bytes_per_minute: 1024 * 1024,
+            // The shipped Mosquitto queues 66 minutes of the whole fleet.
+            device_burst_minutes: 70,
         }
     }
 }
@@ -174,6 +202,15 @@ pub struct StoreConfig {
     /// A day's raw readings are packed per vehicle and hour (a fraction of the space) once the
     /// day ended this many days (and an hour) ago; at least 1.
     pub pack_after_days: u32,
+    /// Vehicle events (rides, refuels, faults) older than this are deleted by the hourly
+    /// upkeep.
+    pub event_retention_days: u32,
+    /// Rejects older than this are deleted by the hourly upkeep.
+    pub reject_retention_days: u32,
+    /// At most this many rejects are kept per vehicle (and as many again for messages with
+    /// no vehicle): the hourly upkeep deletes the oldest beyond it, so that one device's
+    /// garbage cannot fill the disk.
+    pub rejects_max_per_vehicle: u32,
 }
 
 impl Default for StoreConfig {
@@ -184,6 +221,9 @@ impl Default for StoreConfig {
             minute_rollup_retention_days: 365,
             day_rollup_retention_days: 3650,
             pack_after_days: 1,
+            event_retention_days: 365,
+            reject_retention_days: 14,
+            rejects_max_per_vehicle: 10_000,
         }
     }
 }
@@ -387,6 +427,7 @@ impl Config {
         {
             return Err(invalid("mqtt.shared_group", "must be a plain name"));
         }
+        self.validate_commands_login()?;
         if self.http.addr.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "http.addr",
@@ -417,6 +458,33 @@ impl Config {
         }
         if i.max_future_secs < 0 {
             return Err(invalid("ingest.max_future_secs", "must not be negative"));
+        }
+        if i.device_messages_per_minute == 0 {
+            return Err(invalid(
+                "ingest.device_messages_per_minute",
+                "must be at least 1",
+            ));
+        }
+        if i.device_burst_minutes == 0 {
+            return Err(invalid("ingest.device_burst_minutes", "must be at least 1"));
+        }
+        if i.device_bytes_per_minute < i.max_payload_bytes as u64 {
+            return Err(invalid(
+                "ingest.device_bytes_per_minute",
+                "must be at least ingest.max_payload_bytes: a device must be able to send one largest message",
+            ));
+        }
+        if self.store.event_retention_days == 0 {
+            return Err(invalid("store.event_retention_days", "must be at least 1"));
+        }
+        if self.store.reject_retention_days == 0 {
+            return Err(invalid("store.reject_retention_days", "must be at least 1"));
+        }
+        if self.store.rejects_max_per_vehicle == 0 {
+            return Err(invalid(
+                "store.rejects_max_per_vehicle",
+                "must be at least 1",
+            ));
         }
         if self.store.raw_retention_days == 0 {
             return Err(invalid("store.raw_retention_days", "must be at least 1"));
@@ -475,6 +543,31 @@ impl Config {
         for (n, w) in self.webhooks.iter().enumerate() {
             w.validate()
                 .map_err(|(o, m)| invalid(&format!("webhooks[{n}].{o}"), m))?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The command publisher's login must not be ingest's (see [`MqttConfig::commands_url`]).
+    fn validate_commands_login(&self) -> Result<(), ConfigError> {
+        let commands = self
+            .mqtt
+            .commands_endpoint()
+            .map_err(|e| invalid("mqtt.commands_url", e))?;
+        let ingest = self.mqtt.endpoint().map_err(|e| invalid("mqtt.url", e))?;
+        let user = |ep: &MqttEndpoint| ep.credentials.as_ref().map(|(u, _)| u.clone());
+        if let Some(u) = user(&ingest)
+            && user(&commands).as_ref() == Some(&u)
+        {
+            return Err(invalid(
+                "mqtt.commands_url",
+                format!(
+                    "must log in as another user than mqtt.url's `{u}`: a broker that pins \
+                     client ids to users (the shipped Mosquitto) would end ingest's session \
+                     whenever the API sends a command"
+                ),
+            ));
         }
         Ok(())
     }
@@ -569,6 +662,7 @@ mod tests {
                 ("HYFLEET_INGEST__AUTO_REGISTER", "false"),
                 ("DATABASE_URL", "postgres://x@db:5432/fleet"),
                 ("MQTT_URL", "mqtt://u:p@broker:1884"),
+                ("HYFLEET_MQTT__COMMANDS_URL", "mqtt://c:q@broker:1884"),
                 ("UNRELATED", "1"),
             ]),
         )
@@ -581,6 +675,22 @@ mod tests {
         assert_eq!(ep.host, "broker");
         assert_eq!(ep.port, 1884);
         assert_eq!(ep.credentials, Some(("u".into(), "p".into())));
+        let cmd = c.mqtt.commands_endpoint().unwrap();
+        assert_eq!(cmd.credentials, Some(("c".into(), "q".into())));
+    }
+
+    #[test]
+    fn the_command_publisher_never_logs_in_as_ingest() {
+        for commands in [None, Some("mqtt://u:other@broker:1883")] {
+            let mut e = vec![("MQTT_URL", "mqtt://u:p@broker:1883")];
+            e.extend(commands.map(|c| ("HYFLEET_MQTT__COMMANDS_URL", c)));
+            let err = Config::from_toml_and_env("", "t", env(&e))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("mqtt.commands_url"), "{err}");
+        }
+        // Without logins (a development broker) one URL serves both.
+        assert!(Config::from_toml_and_env("", "t", env(&[])).is_ok());
     }
 
     #[test]

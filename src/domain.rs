@@ -217,10 +217,14 @@ pub enum RejectReason {
     BadTopic,
     /// The vehicle is not registered and `ingest.auto_register` is off.
     UnknownVehicle,
+    /// Sent under a kind other than the one the vehicle was registered with.
+    KindMismatch,
+    /// The device is over its budget of messages or bytes per minute.
+    RateLimited,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::MalformedJson,
         RejectReason::Schema,
         RejectReason::TooLarge,
@@ -229,6 +233,8 @@ impl RejectReason {
         RejectReason::IdMismatch,
         RejectReason::BadTopic,
         RejectReason::UnknownVehicle,
+        RejectReason::KindMismatch,
+        RejectReason::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -241,6 +247,8 @@ impl RejectReason {
             RejectReason::IdMismatch => "id_mismatch",
             RejectReason::BadTopic => "bad_topic",
             RejectReason::UnknownVehicle => "unknown_vehicle",
+            RejectReason::KindMismatch => "kind_mismatch",
+            RejectReason::RateLimited => "rate_limited",
         }
     }
 

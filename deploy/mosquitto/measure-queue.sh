@@ -16,7 +16,7 @@ trap 'kill "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
 chmod 0777 "$dir"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
-printf 'hyfleet.backend:backend-pw\nXY-B0001:device-pw\n' >"$dir/passwords"
+printf 'hyfleet.backend:backend-pw\nbike/XY-B0001:device-pw\n' >"$dir/passwords"
 mosquitto_passwd -U "$dir/passwords"
 chmod 0644 "$dir/passwords"
 sed -e "s|^listener 1883\$|listener $port 127.0.0.1|" \
@@ -45,7 +45,7 @@ bytes=$(wc -c <"$dir/readings")
 # mosquitto_pub -l was seen to lose the tail of long inputs at end of file: feed it in chunks.
 split -l 10000 "$dir/readings" "$dir/chunk."
 for chunk in "$dir"/chunk.*; do
-    mosquitto_pub -p "$port" -u XY-B0001 -P device-pw -q 1 \
+    mosquitto_pub -p "$port" -u bike/XY-B0001 -P device-pw -q 1 \
         -t hyfleet/v1/bike/XY-B0001/telemetry -l <"$chunk"
 done
 after=$(rss)

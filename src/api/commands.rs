@@ -83,7 +83,9 @@ impl Publisher {
 }
 
 fn connect(mqtt: &MqttConfig) -> Result<AsyncClient, String> {
-    let ep = mqtt.endpoint()?;
+    // A login of its own (`mqtt.commands_url`): a broker that pins client ids to users gives
+    // this connection that user's session, never ingest's.
+    let ep = mqtt.commands_endpoint()?;
     let id = format!(
         "{}-api-{}",
         mqtt.client_id,

@@ -2,10 +2,13 @@
 //! Pure: no I/O, the clock is a parameter, so every rule here is tested exhaustively.
 
 mod fix;
+mod limits;
 mod topic;
 mod wire;
 
 pub use fix::{NoFix, no_value_fix, sql_has_fix};
+pub use limits::{MAX_EVENT_BYTES, MAX_EVENT_EXTRA_BYTES};
+
 pub use topic::{Channel, Topic};
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
@@ -358,6 +361,9 @@ impl Decoder {
             return refuse(RejectReason::Schema, NUL_TEXT.replace("{}", "the event"));
         }
         let w = WireEvent::deserialize_value(&body)?;
+        if let Some(map) = body.as_object() {
+            limits::check_event(payload, map, w.event_type)?;
+        }
         if let Some(id) = &w.vehicle_id
             && id != t.vehicle.as_str()
         {

@@ -10,8 +10,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Incoming;
+use super::budget::{Budget, Verdict};
 use crate::config::IngestConfig;
 use crate::decode::{Decoded, Decoder};
+use crate::domain::RejectReason;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -47,6 +49,7 @@ pub async fn run(
     // one without bound.
     let max_messages = config.batch_max_rows;
     let mut arrival = 0u64;
+    let mut budget = Budget::new(&config);
     let mut open: Vec<Option<(Job, Instant)>> = writers.iter().map(|_| None).collect();
     loop {
         // A batch past its age goes as soon as its writer can take it, and keeps growing until
@@ -102,7 +105,26 @@ pub async fn run(
             )
         });
         let before = job.decoded.readings.len();
-        decoder.decode(&msg.topic, &msg.payload, msg.received, &mut job.decoded);
+        // Charged before decoding: a device over budget costs no more than this look-up.
+        match budget.check(&msg.topic, &msg.payload, msg.received, || {
+            decoder.vehicle_of(&msg.topic)
+        }) {
+            Verdict::Pass => {
+                if !(msg.retain
+                    && decoder.refuse_retained(
+                        &msg.topic,
+                        &msg.payload,
+                        msg.received,
+                        &mut job.decoded,
+                    ))
+                {
+                    decoder.decode(&msg.topic, &msg.payload, msg.received, &mut job.decoded);
+                }
+            }
+            // Counted with the batch's other rejects when it leaves.
+            Verdict::Record(r) => job.decoded.rejects.push(r),
+            Verdict::Drop => metrics.reject(RejectReason::RateLimited),
+        }
         metrics
             .readings_received
             .fetch_add((job.decoded.readings.len() - before) as u64, Relaxed);

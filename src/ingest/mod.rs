@@ -15,6 +15,7 @@
 
 mod acker;
 mod batcher;
+mod budget;
 mod mqtt;
 mod writers;
 
@@ -42,6 +43,8 @@ struct Incoming {
     payload: bytes::Bytes,
     ack: rumqttc::Publish,
     received: chrono::DateTime<chrono::Utc>,
+    /// Set by the broker on a retained message it replays because hyfleet (re)subscribed.
+    retain: bool,
 }
 
 /// Run ingest until `shutdown` fires, then drain: commit what was taken, acknowledge it,

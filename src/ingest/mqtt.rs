@@ -253,6 +253,7 @@ pub async fn poll(
                     payload: p.payload,
                     ack,
                     received: chrono::Utc::now(),
+                    retain: p.retain,
                 });
                 // Wait while the pipeline is full (backpressure). A stop for a restart drops
                 // the message unacknowledged; leaving never drops one.

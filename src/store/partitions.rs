@@ -233,6 +233,44 @@ pub async fn pack(
     Ok((partitions, readings))
 }
 
+/// Delete the events and rejects past their retention, and each vehicle's rejects beyond
+/// `rejects_max_per_vehicle` (the oldest); returns (events, rejects) deleted. Telemetry has
+/// its partitions; these tables are what else a device fills, one row per message.
+pub async fn expire_records(
+    client: &tokio_postgres::Client,
+    store: &crate::config::StoreConfig,
+    now: DateTime<Utc>,
+) -> anyhow::Result<(u64, u64)> {
+    let events_before = now - Duration::days(store.event_retention_days.into());
+    let events = client
+        .execute("DELETE FROM events WHERE ts < $1", &[&events_before])
+        .await
+        .context("cannot delete events past retention")?;
+    let rejects_before = now - Duration::days(store.reject_retention_days.into());
+    let mut rejects = client
+        .execute(
+            "DELETE FROM rejects WHERE received_at < $1",
+            &[&rejects_before],
+        )
+        .await
+        .context("cannot delete rejects past retention")?;
+    let cap = i64::from(store.rejects_max_per_vehicle);
+    rejects += client
+        .execute(
+            "WITH over AS (
+                 SELECT vehicle FROM rejects GROUP BY vehicle HAVING count(*) > $1),
+             ranked AS (
+                 SELECT r.id, row_number() OVER (
+                     PARTITION BY r.vehicle ORDER BY r.received_at DESC, r.id DESC) AS n
+                 FROM rejects r JOIN over o ON r.vehicle IS NOT DISTINCT FROM o.vehicle)
+             DELETE FROM rejects WHERE id IN (SELECT id FROM ranked WHERE n > $1)",
+            &[&cap],
+        )
+        .await
+        .context("cannot delete rejects beyond the per-vehicle cap")?;
+    Ok((events, rejects))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

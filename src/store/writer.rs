@@ -132,6 +132,7 @@ impl BatchWriter {
         let mut clock = PhaseTimes::default();
         let refs = self.resolve(batch).await?;
         refuse_unknown(batch, &refs, now);
+        super::registry::refuse_other_kind(batch, &refs, now);
 
         let mut ids: Vec<i32> = refs.values().map(|r| r.id).collect();
         ids.sort_unstable();

@@ -6,6 +6,7 @@ mod api;
 mod buses;
 mod dashboard;
 mod deploy;
+mod devices;
 mod faults;
 mod fences;
 mod firsthour;

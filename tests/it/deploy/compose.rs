@@ -132,6 +132,7 @@ fn compose_file_agrees_with_hyfleet_configuration() {
     let secrets = HashMap::from([
         ("POSTGRES_PASSWORD", "pg-secret"),
         ("HYFLEET_MQTT_PASSWORD", "mqtt-secret"),
+        ("HYFLEET_MQTT_COMMANDS_PASSWORD", "commands-secret"),
         ("GRAFANA_DB_PASSWORD", "grafana-secret"),
         ("GRAFANA_ADMIN_PASSWORD", "admin-secret"),
     ]);
@@ -159,6 +160,12 @@ fn compose_file_agrees_with_hyfleet_configuration() {
     assert_eq!((ep.host.as_str(), ep.port), ("mosquitto", 1883));
     let (user, pass) = ep.credentials.expect("hyfleet logs in to the broker");
     assert_eq!(pass, "mqtt-secret");
+    // The command publisher has a login of its own, never ingest's (client ids are users).
+    let cmd = config.mqtt.commands_endpoint().unwrap();
+    assert_eq!((cmd.host.as_str(), cmd.port), ("mosquitto", 1883));
+    let (cmd_user, cmd_pass) = cmd.credentials.expect("the command publisher logs in");
+    assert_eq!(cmd_pass, "commands-secret");
+    assert_ne!(cmd_user, user);
     assert_eq!(config.http.addr, "0.0.0.0:8080");
     let deps = hyfleet["depends_on"].as_object().expect("depends_on");
     assert_eq!(deps["postgres"]["condition"], "service_healthy");
@@ -179,6 +186,15 @@ fn compose_file_agrees_with_hyfleet_configuration() {
             assert!(
                 acl.lines().any(|l| l == format!("user {user}")),
                 "the ACL grants the backend user {user}"
+            );
+            assert!(
+                acl.lines().any(|l| l == format!("user {cmd_user}")),
+                "the ACL grants the command publisher {cmd_user}"
+            );
+            assert_eq!(
+                conf_value(&conf, "use_username_as_clientid"),
+                "true",
+                "client ids are pinned to users"
             );
             let root = &config.mqtt.topic_root;
             for line in acl
