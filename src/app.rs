@@ -118,6 +118,12 @@ async fn maintain_partitions(
     if expired > 0 {
         tracing::info!(rows = expired, "expired rollups deleted");
     }
+    crate::rules::completeness::expire(
+        &client,
+        config.store.raw_retention_days,
+        chrono::Utc::now(),
+    )
+    .await?;
     Ok(())
 }
 

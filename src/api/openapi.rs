@@ -163,6 +163,8 @@ fn schemas() -> Value {
                 "range_km": nullable("number"), "locked": nullable("boolean"),
                 "odo_km": nullable("number"), "tank_g": {"type": "number"},
                 "km_per_g": {"type": "number"},
+                "completeness_24h": {"type": ["number", "null"],
+                    "description": "percent of the last 24 h's numbered readings (seq) that arrived; null when none carried a seq"},
             },
         },
         "VehiclePage": page("Vehicle", "string"),

@@ -52,6 +52,10 @@ pub struct WriteOutcome {
     pub newest_ts: Option<DateTime<Utc>>,
     /// Where the batch's time went.
     pub phases: PhaseTimes,
+    /// Readings newly found missing between consecutive `seq` (net, per vehicle)...
+    pub readings_missing: u64,
+    /// ...and missing ones that arrived late and filled their gap.
+    pub gap_filled: u64,
 }
 
 /// What else happens inside a batch's transaction: rules turn the new readings into alert
@@ -224,7 +228,14 @@ impl BatchWriter {
             .collect();
         clock.lap(WritePhase::State);
         let engine = self.hooks.engine();
-        let (alerts, saved) = crate::rules::store::apply_batch_loaded(
+        let gaps =
+            crate::rules::completeness::apply(&tx, &engine, &rows, &mut rule_states, &fresh, now)
+                .await
+                .context("telemetry completeness")?;
+        outcome.readings_missing = gaps.missing;
+        outcome.gap_filled = gaps.filled;
+        clock.lap(WritePhase::Completeness);
+        let (mut alerts, saved) = crate::rules::store::apply_batch_loaded(
             &tx,
             &engine,
             &rows,
@@ -235,6 +246,7 @@ impl BatchWriter {
         )
         .await
         .context("rules")?;
+        alerts.extend(gaps.events);
         save_vehicles(&tx, &ids, now, &latest(&fresh, &refs, &prior), &saved).await?;
         crate::notify::enqueue(&tx, &alerts)
             .await

@@ -3,6 +3,7 @@
 
 mod alerts;
 mod api;
+mod completeness;
 mod dashboard;
 mod deploy;
 mod faults;

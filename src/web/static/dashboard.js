@@ -376,7 +376,8 @@ function drawFacts() {
   const pct = h2Percent(v);
   $("vehicle-facts").textContent = `${v.id} (${v.kind}) · ${v.online === false ? "offline" : "online"} · ` +
     `${v.locked === false ? "riding" : "parked"} · H₂ ${fmt(v.h2_g, 1)} g (${pct == null ? "?" : pct.toFixed(0)} %) · ` +
-    `range ${fmt(v.range_km, 1)} km · last seen ${timeOf(v.last_seen || v.last_ts)}`;
+    `range ${fmt(v.range_km, 1)} km · last seen ${timeOf(v.last_seen || v.last_ts)}` +
+    (v.completeness_24h == null ? "" : ` · telemetry ${v.completeness_24h.toFixed(1)} % received (24 h)`);
 }
 
 function selectVehicle(id) {

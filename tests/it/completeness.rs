@@ -1,0 +1,418 @@
+//! Telemetry completeness: readings missing between consecutive `seq` are counted in
+//! `/metrics`, shown as `completeness_24h` on the vehicle and raised as `telemetry_gap`; a
+//! late backlog fills its gap; a restart is no gap; a redelivery counts once; and the field
+//! case: a broker with Debian's default limits drops readings while hyfleet is away.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn reading(seq: u32, ts: DateTime<Utc>) -> Value {
+    json!({"ts": ts.timestamp_millis(), "seq": seq, "lat": 37.146617, "lon": 111.781676,
+           "speed_kmh": 0.0, "h2_g": 40.0, "locked": true})
+}
+
+/// Readings `seqs`, one a second, seq `s` measured at `base + s` seconds.
+fn readings(seqs: impl IntoIterator<Item = u32>, base: DateTime<Utc>) -> Vec<Value> {
+    seqs.into_iter()
+        .map(|s| reading(s, base + chrono::Duration::seconds(i64::from(s))))
+        .collect()
+}
+
+/// A webhook receiver that keeps every event delivered to it.
+async fn inbox() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let kept = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                kept.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice::<Value>(&body).unwrap());
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+struct Fleet {
+    svc: InProcess,
+    db: TestDb,
+    root: String,
+    fw: Publisher,
+    hooks: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Fleet {
+    async fn start(broker: &str) -> Fleet {
+        let (url, hooks) = inbox().await;
+        let db = TestDb::new().await;
+        let mut config = config(&db, broker);
+        config.notify.allow_private_networks = true;
+        config.webhooks.push(hyfleet::notify::WebhookConfig {
+            name: "ops".into(),
+            url,
+            secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            events: hyfleet::domain::AlertEventType::ALL.to_vec(),
+            format: hyfleet::notify::Format::Generic,
+            rate_per_minute: None,
+        });
+        let root = config.mqtt.topic_root.clone();
+        let svc = InProcess::start(config).await;
+        let fw = Publisher::connect(broker).await;
+        Fleet {
+            svc,
+            db,
+            root,
+            fw,
+            hooks,
+        }
+    }
+
+    /// Publish `batch` as one backlog array, or each reading as its own message.
+    async fn send(&mut self, id: &str, batch: &[Value], as_array: bool) {
+        let topic = format!("{}/bike/{id}/telemetry", self.root);
+        if as_array {
+            for chunk in batch.chunks(500) {
+                self.fw
+                    .publish(&topic, Value::from(chunk.to_vec()).to_string())
+                    .await;
+            }
+        } else {
+            for r in batch {
+                self.fw.publish(&topic, r.to_string()).await;
+            }
+        }
+        self.fw.flush().await;
+    }
+
+    /// Wait until `n` readings of `id` are stored.
+    async fn stored(&self, id: &str, n: i64) {
+        let client = self.db.client().await;
+        let sql = format!(
+            "SELECT count(*) FROM telemetry t JOIN vehicles v ON v.id = t.vehicle WHERE v.code = '{id}'"
+        );
+        eventually(60, &format!("{n} readings of {id} stored"), || async {
+            (count(&client, &sql).await >= n).then_some(())
+        })
+        .await;
+    }
+
+    async fn vehicle(&self, id: &str) -> Value {
+        get(&self.svc.url(&format!("/api/v1/vehicles/{id}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The transitions of `id`'s telemetry_gap alerts, oldest first.
+    async fn gap_transitions(&self, id: &str) -> Vec<String> {
+        let client = self.db.client().await;
+        client
+            .query(
+                "SELECT t.event_type FROM alert_transitions t JOIN alerts a ON a.id = t.alert_id
+                 JOIN vehicles v ON v.id = a.vehicle_id
+                 WHERE v.code = $1 AND a.rule = 'telemetry_gap' ORDER BY t.at, t.event_type",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    async fn wait_gap_transitions(&self, id: &str, want: &[&str]) {
+        eventually(
+            60,
+            &format!("telemetry_gap transitions {want:?}"),
+            || async { (self.gap_transitions(id).await == want).then_some(()) },
+        )
+        .await;
+    }
+
+    /// The telemetry_gap webhooks delivered, as CloudEvents types.
+    async fn wait_hooks(&self, want: &[&str]) -> Vec<Value> {
+        eventually(60, &format!("webhooks {want:?}"), || async {
+            let got: Vec<Value> = self
+                .hooks
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e["data"]["rule"] == "telemetry_gap")
+                .cloned()
+                .collect();
+            let types: Vec<&str> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
+            (types == want).then_some(got.clone())
+        })
+        .await
+    }
+}
+
+async fn metric(svc: &InProcess, name: &str) -> u64 {
+    let text = reqwest::get(svc.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        .parse()
+        .unwrap()
+}
+
+async fn wait_metric(svc: &InProcess, name: &str, want: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = metric(svc, name).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} is {got}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Ten minutes ago: readings one a second from here stay in the past.
+fn base() -> DateTime<Utc> {
+    Utc::now() - chrono::Duration::seconds(700)
+}
+
+/// seq 1..=100, then 201..=210 (100 missing), then 211..=600, over ten minutes: the hold time
+/// (300 s of the vehicle's time) passes after the gap was seen.
+async fn lose_a_hundred(f: &mut Fleet, id: &str, base: DateTime<Utc>) {
+    f.send(id, &readings((1..=100).chain(201..=210), base), false)
+        .await;
+    f.stored(id, 110).await;
+    wait_metric(&f.svc, "hyfleet_readings_missing_total", 100).await;
+    f.send(id, &readings(211..=600, base), true).await;
+    f.stored(id, 500).await;
+}
+
+#[tokio::test]
+async fn missing_readings_are_counted_shown_and_raise_a_gap_alert_with_its_webhook() {
+    let mut f = Fleet::start(BROKER).await;
+    let id = "XY-B0201";
+    lose_a_hundred(&mut f, id, base()).await;
+    f.wait_gap_transitions(id, &["alert.opened"]).await;
+    let hooks = f.wait_hooks(&["hyfleet.alert.opened"]).await;
+    assert_eq!(hooks[0]["subject"], id);
+    let details = &hooks[0]["data"]["details"];
+    assert!(
+        details["missing"].as_i64().unwrap() == 100,
+        "the alert says what is missing: {details}"
+    );
+    assert_eq!(metric(&f.svc, "hyfleet_readings_missing_total").await, 100);
+    // 500 of 600 numbered readings arrived.
+    let v = f.vehicle(id).await;
+    assert_eq!(v["completeness_24h"], json!(83.3), "{v}");
+    let list: Value = get(&f.svc.url("/api/v1/vehicles"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == id)
+        .unwrap();
+    assert_eq!(listed["completeness_24h"], json!(83.3));
+    f.svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_backlog_fills_the_gap_and_the_alert_clears() {
+    let mut f = Fleet::start(BROKER).await;
+    let id = "XY-B0202";
+    let base = base();
+    lose_a_hundred(&mut f, id, base).await;
+    f.wait_gap_transitions(id, &["alert.opened"]).await;
+    // The dead zone's backlog arrives at last, newest first, as firmware resends it.
+    let mut backlog = readings(101..=200, base);
+    backlog.reverse();
+    f.send(id, &backlog, true).await;
+    f.stored(id, 600).await;
+    wait_metric(&f.svc, "hyfleet_readings_gap_filled_total", 100).await;
+    f.wait_gap_transitions(id, &["alert.opened", "alert.resolved"])
+        .await;
+    f.wait_hooks(&["hyfleet.alert.opened", "hyfleet.alert.resolved"])
+        .await;
+    assert_eq!(f.vehicle(id).await["completeness_24h"], json!(100.0));
+    // Resolved at the vehicle's newest time, not at the backlog's: never before it opened.
+    let client = f.db.client().await;
+    let row = client
+        .query_one(
+            "SELECT opened_at <= resolved_at FROM alerts WHERE rule = 'telemetry_gap'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    f.svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_firmware_restart_is_not_a_gap() {
+    let mut f = Fleet::start(BROKER).await;
+    let id = "XY-B0203";
+    let base = base();
+    // seq runs 1..=300, the firmware restarts and counts 1..=300 again.
+    let mut rs = readings(1..=300, base);
+    rs.extend(readings(1..=300, base + chrono::Duration::seconds(300)));
+    f.send(id, &rs[..310], false).await;
+    f.send(id, &rs[310..], true).await;
+    f.stored(id, 600).await;
+    eventually(30, "completeness shown", || async {
+        let v = f.vehicle(id).await;
+        (!v["completeness_24h"].is_null()).then_some(())
+    })
+    .await;
+    assert_eq!(f.vehicle(id).await["completeness_24h"], json!(100.0));
+    assert_eq!(metric(&f.svc, "hyfleet_readings_missing_total").await, 0);
+    assert!(f.gap_transitions(id).await.is_empty());
+    f.svc.stop().await;
+}
+
+#[tokio::test]
+async fn redelivered_readings_do_not_count_twice() {
+    let mut f = Fleet::start(BROKER).await;
+    let id = "XY-B0204";
+    let base = base();
+    // 90 of 100 readings (seq 51..=60 lost), then all of them again, twice (a firmware retry
+    // and a broker redelivery), in arrays and one by one.
+    let rs = readings((1..=50).chain(61..=100), base);
+    f.send(id, &rs, false).await;
+    f.stored(id, 90).await;
+    wait_metric(&f.svc, "hyfleet_readings_missing_total", 10).await;
+    f.send(id, &rs, true).await;
+    f.send(id, &rs, false).await;
+    wait_metric(&f.svc, "hyfleet_readings_duplicate_total", 180).await;
+    assert_eq!(metric(&f.svc, "hyfleet_readings_missing_total").await, 10);
+    assert_eq!(metric(&f.svc, "hyfleet_readings_gap_filled_total").await, 0);
+    assert_eq!(f.vehicle(id).await["completeness_24h"], json!(90.0));
+    f.svc.stop().await;
+}
+
+/// The field case. Mosquitto with Debian's default limits (`max_queued_messages 1000`: the
+/// config is a listener, anonymous access and persistence, as Debian ships it) keeps at most
+/// 1000 messages for hyfleet's session while hyfleet is away and silently drops the rest.
+/// Nothing in hyfleet showed it; now the gap is counted and the alert raised.
+#[tokio::test]
+async fn a_debian_default_broker_dropping_readings_raises_the_gap_alert() {
+    let broker = PrivateBroker::start("").await;
+    let (url, hooks) = inbox().await;
+    let db = TestDb::new().await;
+    let mut config = config(&db, &broker.url());
+    config.notify.allow_private_networks = true;
+    config.webhooks.push(hyfleet::notify::WebhookConfig {
+        name: "ops".into(),
+        url,
+        secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+        events: hyfleet::domain::AlertEventType::ALL.to_vec(),
+        format: hyfleet::notify::Format::Generic,
+        rate_per_minute: None,
+    });
+    let root = config.mqtt.topic_root.clone();
+    // hyfleet's persistent session exists (it ran once), then hyfleet is down.
+    InProcess::start(config.clone()).await.stop().await;
+
+    let id = "XY-B0205";
+    let topic = format!("{root}/bike/{id}/telemetry");
+    let base = Utc::now() - chrono::Duration::seconds(2000);
+    let mut fw = Publisher::connect(&broker.url()).await;
+    for r in readings(1..=1500, base) {
+        fw.publish(&topic, r.to_string()).await;
+    }
+    fw.flush().await;
+
+    let svc = InProcess::start(config).await;
+    let client = db.client().await;
+    let stored_sql = "SELECT count(*) FROM telemetry";
+    // What the broker kept arrives; then the vehicle goes on reporting live.
+    eventually(60, "the broker's queue drained", || async {
+        let n = count(&client, stored_sql).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        (n > 0 && count(&client, stored_sql).await == n).then_some(())
+    })
+    .await;
+    let kept = count(&client, stored_sql).await;
+    assert!(kept < 1500, "the broker dropped nothing: {kept} kept");
+    for r in readings(1501..=1510, base) {
+        fw.publish(&topic, r.to_string()).await;
+    }
+    fw.flush().await;
+    eventually(60, "live readings stored", || async {
+        (count(&client, stored_sql).await == kept + 10).then_some(())
+    })
+    .await;
+    let (lo, hi): (i64, i64) = {
+        let r = client
+            .query_one(
+                "SELECT min(seq), max(seq) FROM telemetry WHERE seq <= 1500",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((lo, hi), (1, kept), "the broker kept the first readings");
+    // Every reading the broker dropped is counted, at once.
+    let dropped = 1500 - kept as u64;
+    wait_metric(&svc, "hyfleet_readings_missing_total", dropped).await;
+    for r in readings(1511..=1850, base) {
+        fw.publish(&topic, r.to_string()).await;
+    }
+    fw.flush().await;
+    // Within the hold time of the vehicle's clock the operator has an alert and a webhook.
+    eventually(60, "telemetry_gap opened and delivered", || async {
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "hyfleet.alert.opened" && e["data"]["rule"] == "telemetry_gap")
+            .then_some(())
+    })
+    .await;
+    let alerts: Value = get(&svc.url("/api/v1/alerts?rule=telemetry_gap"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = alerts["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{alerts}");
+    assert_eq!(items[0]["vehicle_id"], id);
+    assert_eq!(
+        metric(&svc, "hyfleet_readings_missing_total").await,
+        dropped
+    );
+    let v: Value = get(&svc.url(&format!("/api/v1/vehicles/{id}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pct = v["completeness_24h"].as_f64().unwrap();
+    let want = 100.0 * (1850.0 - dropped as f64) / 1850.0;
+    assert!((pct - want).abs() < 0.06, "{pct} vs {want}");
+    svc.stop().await;
+}
