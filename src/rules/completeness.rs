@@ -25,6 +25,7 @@ use chrono::{DateTime, Duration, DurationRound as _, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_postgres::Transaction;
+use tokio_postgres::types::Type;
 
 use super::builtin::Verdict;
 use super::engine::{Engine, Moment};
@@ -305,6 +306,9 @@ const READ: &str = "SELECT w.vehicle, c.hour, c.stretches, c.missing
     ) c
     ORDER BY w.vehicle, c.hour";
 
+const INT4_ARRAY: Type = Type::INT4_ARRAY;
+const TS_ARRAY: Type = Type::TIMESTAMPTZ_ARRAY;
+
 const WRITE: &str =
     "INSERT INTO telemetry_completeness (vehicle, hour, stretches, received, missing)
     SELECT * FROM unnest($1::int4[], $2::timestamptz[], $3::jsonb[], $4::int4[], $5::int8[])
@@ -333,6 +337,11 @@ pub async fn apply(
                 .push((r.ts, i64::from(seq)));
         }
     }
+    // A reading sent twice within one batch is inserted once but listed twice in `fresh`.
+    for rs in by_vehicle.values_mut() {
+        rs.sort_unstable();
+        rs.dedup();
+    }
     let mut applied = Applied::default();
     if by_vehicle.is_empty() {
         return Ok(applied);
@@ -347,8 +356,12 @@ pub async fn apply(
         los.push(first.min(recent_from));
         his.push(last.max(recent_to));
     }
+    // Typed: one round trip each, no separate prepare.
     let rows = tx
-        .query(READ, &[&ids, &los, &his])
+        .query_typed(
+            READ,
+            &[(&ids, INT4_ARRAY), (&los, TS_ARRAY), (&his, TS_ARRAY)],
+        )
         .await
         .context("reading completeness")?;
     let mut known: HashMap<i32, Vec<Hour>> = HashMap::new();
@@ -383,9 +396,18 @@ pub async fn apply(
         merged.insert(*id, m);
     }
     if !w_id.is_empty() {
-        tx.execute(WRITE, &[&w_id, &w_hour, &w_st, &w_rec, &w_mis])
-            .await
-            .context("storing completeness")?;
+        tx.execute_typed(
+            WRITE,
+            &[
+                (&w_id, INT4_ARRAY),
+                (&w_hour, TS_ARRAY),
+                (&w_st, Type::JSONB_ARRAY),
+                (&w_rec, INT4_ARRAY),
+                (&w_mis, Type::INT8_ARRAY),
+            ],
+        )
+        .await
+        .context("storing completeness")?;
     }
 
     let cfg = &engine.rules.telemetry_gap;

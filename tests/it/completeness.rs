@@ -297,15 +297,22 @@ async fn redelivered_readings_do_not_count_twice() {
     let mut f = Fleet::start(BROKER).await;
     let id = "XY-B0204";
     let base = base();
-    // 90 of 100 readings (seq 51..=60 lost), then all of them again, twice (a firmware retry
-    // and a broker redelivery), in arrays and one by one.
+    // 90 of 100 readings (seq 51..=60 lost), the first 40 of them sent twice in one backlog
+    // array (so twice in one batch); then all of them again, twice (a firmware retry and a
+    // broker redelivery), in arrays and one by one.
     let rs = readings((1..=50).chain(61..=100), base);
-    f.send(id, &rs, false).await;
+    let mut first: Vec<Value> = rs[..40]
+        .iter()
+        .flat_map(|r| [r.clone(), r.clone()])
+        .collect();
+    first.extend_from_slice(&rs[40..]);
+    f.send(id, &first, true).await;
     f.stored(id, 90).await;
+    wait_metric(&f.svc, "hyfleet_readings_duplicate_total", 40).await;
     wait_metric(&f.svc, "hyfleet_readings_missing_total", 10).await;
     f.send(id, &rs, true).await;
     f.send(id, &rs, false).await;
-    wait_metric(&f.svc, "hyfleet_readings_duplicate_total", 180).await;
+    wait_metric(&f.svc, "hyfleet_readings_duplicate_total", 220).await;
     assert_eq!(metric(&f.svc, "hyfleet_readings_missing_total").await, 10);
     assert_eq!(metric(&f.svc, "hyfleet_readings_gap_filled_total").await, 0);
     assert_eq!(f.vehicle(id).await["completeness_24h"], json!(90.0));
