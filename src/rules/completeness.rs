@@ -106,6 +106,9 @@ pub fn hour_of(ts: DateTime<Utc>) -> DateTime<Utc> {
     ts.duration_trunc(Duration::hours(1)).unwrap_or(ts)
 }
 
+/// Restarts in one hour beyond which seq tells nothing more worth keeping.
+pub const MAX_STRETCHES: usize = 32;
+
 /// One vehicle's hour.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hour {
@@ -163,6 +166,12 @@ impl Hour {
             s.t0 = ts;
             s.s0 = seq;
             s.n += 1;
+        } else if st.len() >= MAX_STRETCHES {
+            // Firmware whose seq jumps about (or a device sending noise) would grow the row
+            // with every reading: past the cap a reading is counted as received only, next
+            // to its time.
+            let near = i.min(st.len() - 1);
+            st[near].n += 1;
         } else {
             st.insert(
                 i,

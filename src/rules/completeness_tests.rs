@@ -179,3 +179,17 @@ fn shares_are_checked() {
         "telemetry_gap.max_missing_share"
     );
 }
+
+#[test]
+fn seq_jumping_about_keeps_the_hour_small_and_counts_every_reading() {
+    let mut h = Hour::new(t0());
+    let mut x = 99u64;
+    for i in 0..3600 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        h.add(t0() + Duration::seconds(i), (x >> 40) as i64);
+    }
+    assert!(h.stretches.len() <= 32, "{} stretches", h.stretches.len());
+    assert_eq!(h.received(), 3600);
+}
