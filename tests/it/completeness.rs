@@ -423,3 +423,62 @@ async fn a_debian_default_broker_dropping_readings_raises_the_gap_alert() {
     assert!((pct - want).abs() < 0.06, "{pct} vs {want}");
     svc.stop().await;
 }
+
+/// Two instances share the subscription, so one vehicle's readings reach both, in either
+/// order: the counts stay exact because they live in the database, under the vehicle's lock.
+#[tokio::test]
+async fn two_instances_sharing_the_vehicles_count_exactly() {
+    let db = TestDb::new().await;
+    let mut config = config(&db, BROKER);
+    config.mqtt.shared_group = Some("hyfleet".into());
+    let root = config.mqtt.topic_root.clone();
+    let mut second = config.clone();
+    second.mqtt.client_id = unique("hyfleet");
+    let a = InProcess::start(config).await;
+    let b = InProcess::start(second).await;
+    let mut fw = Publisher::connect(BROKER).await;
+    let base = base();
+    // Four bikes, 400 readings each, every tenth lost: 40 missing of 400 each.
+    let ids = ["XY-B0211", "XY-B0212", "XY-B0213", "XY-B0214"];
+    for s in (1..=400u32).filter(|s| s % 10 != 5) {
+        for id in ids {
+            let r = reading(s, base + chrono::Duration::seconds(i64::from(s)));
+            fw.publish(&format!("{root}/bike/{id}/telemetry"), r.to_string())
+                .await;
+        }
+    }
+    fw.flush().await;
+    let client = db.client().await;
+    eventually(60, "every reading stored", || async {
+        (count(&client, "SELECT count(*) FROM telemetry").await == 4 * 360).then_some(())
+    })
+    .await;
+    // Both took a share; what each counted adds up to what is missing, exactly.
+    for svc in [&a, &b] {
+        assert!(metric(svc, "hyfleet_readings_stored_total").await > 0);
+    }
+    let mut net = 0;
+    for _ in 0..100 {
+        net = 0i64;
+        for svc in [&a, &b] {
+            net += metric(svc, "hyfleet_readings_missing_total").await as i64;
+            net -= metric(svc, "hyfleet_readings_gap_filled_total").await as i64;
+        }
+        if net == 4 * 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(net, 4 * 40);
+    for id in ids {
+        let v: Value = get(&a.url(&format!("/api/v1/vehicles/{id}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["completeness_24h"], json!(90.0), "{v}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
