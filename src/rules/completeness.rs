@@ -14,9 +14,12 @@
 //! instance may take any vehicle.
 //!
 //! The rule looks at the current and the previous hour (server time): it opens once an
-//! hour misses more than `max_missing_share` of its readings for `hold_secs` of the vehicle's
-//! time, and clears when every such hour is back under `clear_missing_share` (a backlog
-//! filled the gap) or the lossy hour is more than an hour behind.
+//! hour has missed more than `max_missing_share` of its readings for `hold_secs` of hyfleet's
+//! clock, and clears when every such hour is back under `clear_missing_share` (a backlog
+//! filled the gap) or the lossy hour is more than an hour behind. The hold is not the
+//! vehicle's time: a broker queue drained after an outage, or one instance's share of a
+//! shared subscription waiting for it, spans many minutes of the vehicles' time and fills its
+//! gaps within seconds of hyfleet's.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -43,8 +46,8 @@ pub struct TelemetryGapConfig {
     pub max_missing_share: f64,
     /// ...and clears once every recent hour is at or below this one.
     pub clear_missing_share: f64,
-    /// How long (the vehicle's time) the loss must be seen before the alert opens: a backlog
-    /// that fills a dead zone's gap within it raises nothing.
+    /// How long (hyfleet's clock) the loss must last before the alert opens: a backlog or a
+    /// delayed share of the readings that fills the gap within it raises nothing.
     pub hold_secs: u32,
 }
 
@@ -429,8 +432,7 @@ pub async fn apply(
             .iter()
             .filter(|h| h.hour >= recent_from && h.hour < recent_to)
             .collect();
-        let newest = by_vehicle[&v.id].iter().map(|r| r.0).max();
-        let outputs = on_completeness(engine, state, &recent, newest, cfg);
+        let outputs = on_completeness(engine, state, &recent, now, cfg);
         if !outputs.is_empty() {
             applied
                 .events
@@ -440,13 +442,13 @@ pub async fn apply(
     Ok(applied)
 }
 
-/// The rule's step for one vehicle. Its time only moves forward: a backlog that fills a gap
-/// clears the alert at the vehicle's newest time, never before it.
+/// The rule's step for one vehicle, at `now` (hyfleet's clock, like `offline`): its time
+/// only moves forward, so a backlog that fills a gap clears the alert now, never back then.
 fn on_completeness(
     engine: &Engine,
     state: &mut VehicleRuleState,
     recent: &[&Hour],
-    newest: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
     cfg: &TelemetryGapConfig,
 ) -> Vec<Output> {
     let mut out = Vec::new();
@@ -455,11 +457,8 @@ fn on_completeness(
     if !pending && !matches!(verdict, Verdict::Active(..)) {
         return out;
     }
-    let Some(at) = state.last_ts.max(newest) else {
-        return out;
-    };
     let m = Moment {
-        at,
+        at: now,
         pos: state.fix.map(|f| (f.lat, f.lon)),
     };
     engine.step(

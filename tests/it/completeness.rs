@@ -55,6 +55,10 @@ struct Fleet {
 
 impl Fleet {
     async fn start(broker: &str) -> Fleet {
+        Fleet::start_with_hold(broker, HOLD_SECS).await
+    }
+
+    async fn start_with_hold(broker: &str, hold_secs: u32) -> Fleet {
         let (url, hooks) = inbox().await;
         let db = TestDb::new().await;
         let mut config = config(&db, broker);
@@ -67,6 +71,8 @@ impl Fleet {
             format: hyfleet::notify::Format::Generic,
             rate_per_minute: None,
         });
+        // The loss must last this long on hyfleet's clock (300 s by default) before it opens.
+        config.rules.telemetry_gap.hold_secs = hold_secs;
         let root = config.mqtt.topic_root.clone();
         let svc = InProcess::start(config).await;
         let fw = Publisher::connect(broker).await;
@@ -143,6 +149,26 @@ impl Fleet {
         .await;
     }
 
+    /// A vehicle reporting live, a reading every 300 ms from `seq` on, until its gap alert is
+    /// open; returns the next seq.
+    async fn report_until_gap_alert(&mut self, id: &str, base: DateTime<Utc>, mut seq: u32) -> u32 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self
+            .gap_transitions(id)
+            .await
+            .contains(&"alert.opened".to_owned())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no telemetry_gap alert in 60 s"
+            );
+            self.send(id, &readings([seq], base), false).await;
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        seq
+    }
+
     /// The telemetry_gap webhooks delivered, as CloudEvents types.
     async fn wait_hooks(&self, want: &[&str]) -> Vec<Value> {
         eventually(60, &format!("webhooks {want:?}"), || async {
@@ -190,27 +216,42 @@ async fn wait_metric(svc: &InProcess, name: &str, want: u64) {
     }
 }
 
+const HOLD_SECS: u32 = 2;
+
 /// Ten minutes ago: readings one a second from here stay in the past.
 fn base() -> DateTime<Utc> {
     Utc::now() - chrono::Duration::seconds(700)
 }
 
-/// seq 1..=100, then 201..=210 (100 missing), then 211..=600, over ten minutes: the hold time
-/// (300 s of the vehicle's time) passes after the gap was seen.
-async fn lose_a_hundred(f: &mut Fleet, id: &str, base: DateTime<Utc>) {
+/// seq 1..=100, then 201..=210 (100 missing), then 211..=600 and on, live, until the hold time
+/// has passed and the alert is open; returns the last seq sent.
+async fn lose_a_hundred(f: &mut Fleet, id: &str, base: DateTime<Utc>) -> u32 {
     f.send(id, &readings((1..=100).chain(201..=210), base), false)
         .await;
     f.stored(id, 110).await;
     wait_metric(&f.svc, "hyfleet_readings_missing_total", 100).await;
     f.send(id, &readings(211..=600, base), true).await;
     f.stored(id, 500).await;
+    let next = f.report_until_gap_alert(id, base, 601).await;
+    f.stored(id, i64::from(next - 1) - 100).await;
+    next - 1
+}
+
+/// `completeness_24h` as the API rounds it: percent, one decimal.
+fn pct(received: u32, of: u32) -> f64 {
+    (1000.0 * f64::from(received) / f64::from(of)).round() / 10.0
+}
+
+fn assert_close(got: &Value, want: f64) {
+    let g = got.as_f64().unwrap_or(f64::NAN);
+    assert!((g - want).abs() < 0.051, "completeness_24h {got} vs {want}");
 }
 
 #[tokio::test]
 async fn missing_readings_are_counted_shown_and_raise_a_gap_alert_with_its_webhook() {
     let mut f = Fleet::start(BROKER).await;
     let id = "XY-B0201";
-    lose_a_hundred(&mut f, id, base()).await;
+    let last = lose_a_hundred(&mut f, id, base()).await;
     f.wait_gap_transitions(id, &["alert.opened"]).await;
     let hooks = f.wait_hooks(&["hyfleet.alert.opened"]).await;
     assert_eq!(hooks[0]["subject"], id);
@@ -220,9 +261,9 @@ async fn missing_readings_are_counted_shown_and_raise_a_gap_alert_with_its_webho
         "the alert says what is missing: {details}"
     );
     assert_eq!(metric(&f.svc, "hyfleet_readings_missing_total").await, 100);
-    // 500 of 600 numbered readings arrived.
+    // All but 100 of the numbered readings arrived.
     let v = f.vehicle(id).await;
-    assert_eq!(v["completeness_24h"], json!(83.3), "{v}");
+    assert_close(&v["completeness_24h"], pct(last - 100, last));
     let list: Value = get(&f.svc.url("/api/v1/vehicles"))
         .await
         .unwrap()
@@ -235,7 +276,7 @@ async fn missing_readings_are_counted_shown_and_raise_a_gap_alert_with_its_webho
         .iter()
         .find(|v| v["id"] == id)
         .unwrap();
-    assert_eq!(listed["completeness_24h"], json!(83.3));
+    assert_close(&listed["completeness_24h"], pct(last - 100, last));
     f.svc.stop().await;
 }
 
@@ -244,20 +285,20 @@ async fn a_late_backlog_fills_the_gap_and_the_alert_clears() {
     let mut f = Fleet::start(BROKER).await;
     let id = "XY-B0202";
     let base = base();
-    lose_a_hundred(&mut f, id, base).await;
+    let last = lose_a_hundred(&mut f, id, base).await;
     f.wait_gap_transitions(id, &["alert.opened"]).await;
     // The dead zone's backlog arrives at last, newest first, as firmware resends it.
     let mut backlog = readings(101..=200, base);
     backlog.reverse();
     f.send(id, &backlog, true).await;
-    f.stored(id, 600).await;
+    f.stored(id, i64::from(last)).await;
     wait_metric(&f.svc, "hyfleet_readings_gap_filled_total", 100).await;
     f.wait_gap_transitions(id, &["alert.opened", "alert.resolved"])
         .await;
     f.wait_hooks(&["hyfleet.alert.opened", "hyfleet.alert.resolved"])
         .await;
     assert_eq!(f.vehicle(id).await["completeness_24h"], json!(100.0));
-    // Resolved at the vehicle's newest time, not at the backlog's: never before it opened.
+    // Resolved now, not at the backlog's time: never before it opened.
     let client = f.db.client().await;
     let row = client
         .query_one(
@@ -267,6 +308,28 @@ async fn a_late_backlog_fills_the_gap_and_the_alert_clears() {
         .await
         .unwrap();
     assert!(row.get::<_, bool>(0));
+    f.svc.stop().await;
+}
+
+/// A queue drained after an outage, or a backlog, spans many minutes of the vehicle's time
+/// and arrives within seconds: with the default hold, a gap it fills raises nothing.
+#[tokio::test]
+async fn a_gap_filled_within_the_hold_time_raises_nothing() {
+    let hold = hyfleet::rules::completeness::TelemetryGapConfig::default().hold_secs;
+    let mut f = Fleet::start_with_hold(BROKER, hold).await;
+    let id = "XY-B0206";
+    let base = base();
+    f.send(id, &readings((1..=100).chain(201..=210), base), false)
+        .await;
+    f.stored(id, 110).await;
+    f.send(id, &readings(211..=600, base), true).await;
+    f.stored(id, 500).await;
+    f.send(id, &readings(101..=200, base), true).await;
+    f.stored(id, 600).await;
+    wait_metric(&f.svc, "hyfleet_readings_gap_filled_total", 100).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(f.gap_transitions(id).await, Vec::<String>::new());
+    assert_eq!(f.vehicle(id).await["completeness_24h"], json!(100.0));
     f.svc.stop().await;
 }
 
@@ -338,6 +401,7 @@ async fn a_debian_default_broker_dropping_readings_raises_the_gap_alert() {
         format: hyfleet::notify::Format::Generic,
         rate_per_minute: None,
     });
+    config.rules.telemetry_gap.hold_secs = HOLD_SECS;
     let root = config.mqtt.topic_root.clone();
     // hyfleet's persistent session exists (it ran once), then hyfleet is down.
     InProcess::start(config.clone()).await.stop().await;
@@ -385,18 +449,32 @@ async fn a_debian_default_broker_dropping_readings_raises_the_gap_alert() {
     // Every reading the broker dropped is counted, at once.
     let dropped = 1500 - kept as u64;
     wait_metric(&svc, "hyfleet_readings_missing_total", dropped).await;
-    for r in readings(1511..=1850, base) {
-        fw.publish(&topic, r.to_string()).await;
+    // The vehicle goes on reporting; once the hold time has passed the operator has an alert
+    // and its webhook.
+    let opened =
+        || {
+            hooks.lock().unwrap().iter().any(|e| {
+                e["type"] == "hyfleet.alert.opened" && e["data"]["rule"] == "telemetry_gap"
+            })
+        };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seq = 1511;
+    while !opened() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no telemetry_gap webhook in 60 s"
+        );
+        for r in readings([seq], base) {
+            fw.publish(&topic, r.to_string()).await;
+        }
+        fw.flush().await;
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    fw.flush().await;
-    // Within the hold time of the vehicle's clock the operator has an alert and a webhook.
-    eventually(60, "telemetry_gap opened and delivered", || async {
-        hooks
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| e["type"] == "hyfleet.alert.opened" && e["data"]["rule"] == "telemetry_gap")
-            .then_some(())
+    let last = seq - 1;
+    eventually(60, "live readings stored", || async {
+        let n = count(&client, stored_sql).await;
+        (n == kept + i64::from(last - 1500)).then_some(())
     })
     .await;
     let alerts: Value = get(&svc.url("/api/v1/alerts?rule=telemetry_gap"))
@@ -418,9 +496,7 @@ async fn a_debian_default_broker_dropping_readings_raises_the_gap_alert() {
         .json()
         .await
         .unwrap();
-    let pct = v["completeness_24h"].as_f64().unwrap();
-    let want = 100.0 * (1850.0 - dropped as f64) / 1850.0;
-    assert!((pct - want).abs() < 0.06, "{pct} vs {want}");
+    assert_close(&v["completeness_24h"], pct(last - dropped as u32, last));
     svc.stop().await;
 }
 
