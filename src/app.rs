@@ -144,6 +144,12 @@ async fn maintain_partitions(
     if events + rejects > 0 {
         tracing::info!(events, rejects, "expired events and rejects deleted");
     }
+    crate::rules::completeness::expire(
+        &client,
+        config.store.raw_retention_days,
+        chrono::Utc::now(),
+    )
+    .await?;
     Ok(())
 }
 

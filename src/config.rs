@@ -753,6 +753,7 @@ mod example_file {
         assert_eq!(c.profiles.bike, d.profiles.bike);
         assert_eq!(c.profiles.bus, d.profiles.bus);
         assert_eq!(c.rules.bike, d.rules.bike);
+        assert_eq!(c.rules.telemetry_gap, d.rules.telemetry_gap);
         assert_eq!(c.notify.max_retry_hours, d.notify.max_retry_hours);
         assert_eq!(
             c.store.minute_rollup_retention_days,

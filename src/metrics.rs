@@ -66,6 +66,9 @@ pub struct Metrics {
     pub readings_stored: AtomicU64,
     pub readings_duplicate: AtomicU64,
     pub events_stored: AtomicU64,
+    /// Readings found missing between consecutive `seq`, and missing ones that came late.
+    pub readings_missing: AtomicU64,
+    pub readings_gap_filled: AtomicU64,
     rejects: [AtomicU64; RejectReason::ALL.len()],
     pub batch_rows: Histogram,
     pub commit_seconds: Histogram,
@@ -94,17 +97,20 @@ pub enum WritePhase {
     Insert,
     /// Latest state, minute and day rollups, events, statuses and rejects.
     State,
+    /// Telemetry completeness (gaps in `seq`) and its rule.
+    Completeness,
     /// Rules run and their state, alerts and rides saved; webhook outbox filled.
     Rules,
     Commit,
 }
 
 impl WritePhase {
-    pub const ALL: [WritePhase; 6] = [
+    pub const ALL: [WritePhase; 7] = [
         WritePhase::Lock,
         WritePhase::Copy,
         WritePhase::Insert,
         WritePhase::State,
+        WritePhase::Completeness,
         WritePhase::Rules,
         WritePhase::Commit,
     ];
@@ -115,6 +121,7 @@ impl WritePhase {
             WritePhase::Copy => "copy",
             WritePhase::Insert => "insert",
             WritePhase::State => "state",
+            WritePhase::Completeness => "completeness",
             WritePhase::Rules => "rules",
             WritePhase::Commit => "commit",
         }
@@ -153,6 +160,8 @@ impl Default for Metrics {
             readings_stored: AtomicU64::new(0),
             readings_duplicate: AtomicU64::new(0),
             events_stored: AtomicU64::new(0),
+            readings_missing: AtomicU64::new(0),
+            readings_gap_filled: AtomicU64::new(0),
             rejects: Default::default(),
             batch_rows: Histogram::new(SIZE_BUCKETS),
             commit_seconds: Histogram::new(SECONDS_BUCKETS),
@@ -223,6 +232,18 @@ impl Metrics {
             "hyfleet_events_stored_total",
             "Vehicle events committed.",
             self.events_stored.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "hyfleet_readings_missing_total",
+            "Readings found missing between consecutive seq of a vehicle (a fall of seq is a restart, not a gap).",
+            self.readings_missing.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "hyfleet_readings_gap_filled_total",
+            "Missing readings that arrived late (a backlog) and filled their gap.",
+            self.readings_gap_filled.load(Relaxed),
         );
         let _ = writeln!(
             out,

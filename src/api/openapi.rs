@@ -165,6 +165,8 @@ fn schemas() -> Value {
                 "km_per_g": {"type": "number", "description": "configured consumption (the profile's, or set by an operator); never overwritten by learning"},
                 "learned_km_per_g": {"type": ["number", "null"], "description": "consumption learned between refuels; range predictions use it when present"},
                 "last_fix": ntime,
+                "completeness_24h": {"type": ["number", "null"],
+                    "description": "percent of the last 24 h's numbered readings (seq) that arrived; null when none carried a seq"},
             },
         },
         "VehiclePage": page("Vehicle", "string"),

@@ -137,6 +137,9 @@ impl Writer {
         m.readings_duplicate
             .fetch_add(outcome.duplicates as u64, Relaxed);
         m.events_stored.fetch_add(outcome.events as u64, Relaxed);
+        m.readings_missing
+            .fetch_add(outcome.readings_missing, Relaxed);
+        m.readings_gap_filled.fetch_add(outcome.gap_filled, Relaxed);
         m.alert_events
             .fetch_add(outcome.alert_events as u64, Relaxed);
         for r in &batch.rejects[unknown_before.min(batch.rejects.len())..] {

@@ -22,6 +22,8 @@ pub struct RulesConfig {
     pub bike: Thresholds,
     pub bus: Thresholds,
     pub custom: Vec<CustomRuleConfig>,
+    /// `telemetry_gap`: readings missing between consecutive `seq`.
+    pub telemetry_gap: super::completeness::TelemetryGapConfig,
 }
 
 impl Default for RulesConfig {
@@ -34,6 +36,7 @@ impl Default for RulesConfig {
             bike: Thresholds::bike(),
             bus: Thresholds::bus(),
             custom: Vec::new(),
+            telemetry_gap: Default::default(),
         }
     }
 }
@@ -237,6 +240,7 @@ impl RulesConfig {
                 return err(format!("{k}.offline_after_secs"), "must be at least 1");
             }
         }
+        self.telemetry_gap.validate()?;
         let mut names = std::collections::HashSet::new();
         for (n, c) in self.custom.iter().enumerate() {
             let at = |field: &str| format!("custom[{n}].{field}");
@@ -248,7 +252,9 @@ impl RulesConfig {
             {
                 return err(at("name"), "must be a non-empty snake_case name");
             }
-            if super::builtin::NAMES.contains(&c.name.as_str()) {
+            if super::builtin::NAMES.contains(&c.name.as_str())
+                || c.name == super::completeness::TELEMETRY_GAP
+            {
                 return err(at("name"), "is the name of a built-in rule");
             }
             if !names.insert(c.name.as_str()) {

@@ -7,6 +7,7 @@
 //! transaction, under the vehicle's row lock: any instance may process any vehicle.
 
 mod builtin;
+pub mod completeness;
 mod config;
 mod consumption;
 mod custom;

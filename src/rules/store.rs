@@ -179,7 +179,7 @@ async fn save_states(tx: &Transaction<'_>, saved: &[SavedState]) -> anyhow::Resu
     Ok(())
 }
 
-async fn persist_outputs(
+pub(crate) async fn persist_outputs(
     tx: &Transaction<'_>,
     v: &VehicleRow,
     outputs: Vec<Output>,

@@ -30,11 +30,17 @@ pub struct VehicleView {
     pub last_fix: Option<DateTime<Utc>>,
     /// Learned between refuels, once there is enough distance to trust it.
     pub learned_km_per_g: Option<f32>,
+    /// Percent of the last 24 h's numbered readings that arrived (`telemetry_gap`); null
+    /// when none carried a `seq`.
+    pub completeness_24h: Option<f64>,
 }
 
 pub const VEHICLE_COLUMNS: &str = "code, kind, registered_at, online, last_seen, last_ts, lat, lon,
     speed_kmh, heading_deg, h2_g, range_km, locked, odo_km, tank_g, km_per_g, last_fix,
-    learned_km_per_g";
+    learned_km_per_g,
+    (SELECT round(100.0 * sum(c.received) / nullif(sum(c.received) + sum(c.missing), 0), 1)::float8
+       FROM telemetry_completeness c
+      WHERE c.vehicle = vehicles.id AND c.hour > now() - interval '24 hours')";
 
 pub fn vehicle(row: &Row) -> VehicleView {
     let h2_g: Option<f32> = row.get(10);
@@ -59,6 +65,7 @@ pub fn vehicle(row: &Row) -> VehicleView {
         km_per_g: row.get(15),
         last_fix: row.get(16),
         learned_km_per_g: row.get(17),
+        completeness_24h: row.get(18),
     }
 }
 

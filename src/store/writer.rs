@@ -52,6 +52,10 @@ pub struct WriteOutcome {
     pub newest_ts: Option<DateTime<Utc>>,
     /// Where the batch's time went.
     pub phases: PhaseTimes,
+    /// Readings newly found missing between consecutive `seq` (net, per vehicle)...
+    pub readings_missing: u64,
+    /// ...and missing ones that arrived late and filled their gap.
+    pub gap_filled: u64,
 }
 
 /// What else happens inside a batch's transaction: rules turn the new readings into alert
@@ -230,7 +234,14 @@ impl BatchWriter {
             })
             .collect();
         clock.lap(WritePhase::State);
-        let (alerts, saved) = crate::rules::store::apply_batch_loaded(
+        let gaps =
+            crate::rules::completeness::apply(&tx, &engine, &rows, &mut rule_states, &fresh, now)
+                .await
+                .context("telemetry completeness")?;
+        outcome.readings_missing = gaps.missing;
+        outcome.gap_filled = gaps.filled;
+        clock.lap(WritePhase::Completeness);
+        let (mut alerts, saved) = crate::rules::store::apply_batch_loaded(
             &tx,
             &engine,
             &rows,
@@ -241,6 +252,7 @@ impl BatchWriter {
         )
         .await
         .context("rules")?;
+        alerts.extend(gaps.events);
         let fixes = latest_fixes(&fresh, &refs, |r| engine.has_fix(r));
         let newest = latest(&fresh, &refs, &prior);
         save_vehicles(&tx, &ids, now, &newest, &fixes, &saved).await?;

@@ -381,7 +381,8 @@ function drawFacts() {
     `${v.locked === false ? "riding" : "parked"} · H₂ ${fmt(v.h2_g, 1)} g (${pct == null ? "?" : pct.toFixed(0)} %) · ` +
     `range ${fmt(v.range_km, 1)} km · last seen ${timeOf(v.last_seen || v.last_ts)}` +
     // Readings without a usable fix leave the position where the last good one put it.
-    (v.last_fix && v.last_ts && v.last_fix < v.last_ts ? ` · position from ${timeOf(v.last_fix)} (no fix since)` : "");
+    (v.last_fix && v.last_ts && v.last_fix < v.last_ts ? ` · position from ${timeOf(v.last_fix)} (no fix since)` : "") +
+    (v.completeness_24h == null ? "" : ` · telemetry ${v.completeness_24h.toFixed(1)} % received (24 h)`);
 }
 
 function selectVehicle(id) {
