@@ -46,11 +46,25 @@ impl Role {
 }
 
 /// `[api]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// `[[api.tokens]]`: tokens that exist as long as the configuration names them.
     pub tokens: Vec<TokenConfig>,
+    /// Raw readings (pages, tracks, buckets under a minute) over at most this many hours.
+    pub max_raw_range_hours: u32,
+    /// Most buckets a telemetry request may span: (to − from) / every.
+    pub max_buckets: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            tokens: Vec::new(),
+            max_raw_range_hours: 24,
+            max_buckets: 10_000,
+        }
+    }
 }
 
 /// One configured token: `token` in clear (hashed at load), or its `token_sha256` in hex.
@@ -118,6 +132,12 @@ impl ApiConfig {
                 "token_sha256"
             };
             t.digest().map_err(|m| (at(field), m))?;
+        }
+        if self.max_raw_range_hours == 0 {
+            return Err(("max_raw_range_hours".into(), "must be at least 1".into()));
+        }
+        if self.max_buckets == 0 {
+            return Err(("max_buckets".into(), "must be at least 1".into()));
         }
         Ok(())
     }
@@ -341,6 +361,7 @@ mod tests {
                     token_sha256: Some(hex(&sha256("admin-token-0123456"))),
                 },
             ],
+            ..ApiConfig::default()
         };
         c.validate().unwrap();
         let t = Tokens::from_config(&c);
@@ -353,7 +374,15 @@ mod tests {
 
     #[test]
     fn bad_token_configuration_names_the_option() {
-        let bad = |t: TokenConfig| ApiConfig { tokens: vec![t] }.validate().unwrap_err().0;
+        let bad = |t: TokenConfig| {
+            ApiConfig {
+                tokens: vec![t],
+                ..ApiConfig::default()
+            }
+            .validate()
+            .unwrap_err()
+            .0
+        };
         let base = TokenConfig {
             name: "a".into(),
             role: Role::Viewer,

@@ -38,6 +38,42 @@ fn range(from: Option<&str>, to: Option<&str>) -> Result<(DateTime<Utc>, DateTim
     Ok((from, to))
 }
 
+/// Raw readings are read and sorted row by row: a request over them spans at most
+/// `api.max_raw_range_hours`, so that no request can make the database sort a vehicle's month.
+fn check_raw_range(s: &AppState, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), Problem> {
+    let hours = s.config.api.max_raw_range_hours;
+    if to - from > Duration::hours(i64::from(hours)) {
+        return Err(Problem::bad_request(format!(
+            "`from` to `to` spans {:.1} h; raw readings are served over at most {hours} h per \
+             request (api.max_raw_range_hours): ask in pieces, or in buckets of a minute or more",
+            (to - from).num_seconds() as f64 / 3600.0
+        )));
+    }
+    Ok(())
+}
+
+/// A bucketed request spans at most `api.max_buckets` buckets; buckets under a whole minute
+/// are grouped from raw readings, so their range is also that of raw readings.
+fn check_buckets(
+    s: &AppState,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    every_secs: i64,
+) -> Result<(), Problem> {
+    let max = i64::from(s.config.api.max_buckets);
+    let n = ((to - from).num_seconds() + every_secs - 1) / every_secs;
+    if n > max {
+        return Err(Problem::bad_request(format!(
+            "`from` to `to` in buckets of {every_secs} s is {n} buckets; at most {max} per \
+             request (api.max_buckets): use wider buckets or a shorter range"
+        )));
+    }
+    if every_secs % 60 != 0 {
+        check_raw_range(s, from, to)?;
+    }
+    Ok(())
+}
+
 /// `30s`, `1m`, `15m`, `1h`, `1d`: between a second and a day.
 fn parse_every(s: &str) -> Result<i64, Problem> {
     let bad = || {
@@ -135,6 +171,10 @@ pub(super) async fn telemetry(
         }
     };
     let every = p.every.as_deref().map(parse_every).transpose()?;
+    match every {
+        None => check_raw_range(&s, from, to)?,
+        Some(secs) => check_buckets(&s, from, to, secs)?,
+    }
     let limit = page_limit(p.limit, MAX_PAGE)?;
     let client = s.pool.get().await?;
     let (vehicle, _) = vehicle_key(&client, &id).await?;
@@ -350,6 +390,7 @@ pub(super) async fn track(
     Q(p): Q<TrackParams>,
 ) -> Result<impl IntoResponse, Problem> {
     let (from, to) = range(p.from.as_deref(), p.to.as_deref())?;
+    check_raw_range(&s, from, to)?;
     let client = s.pool.get().await?;
     let (vehicle, _) = vehicle_key(&client, &id).await?;
     let rows = client

@@ -36,6 +36,8 @@ use crate::metrics::Metrics;
 /// What every handler may use.
 #[derive(Clone)]
 pub struct AppState {
+    /// The API's own connections (bounded wait, statement timeout), apart from ingest's and
+    /// the background tasks'.
     pub pool: deadpool_postgres::Pool,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,

@@ -38,10 +38,40 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// A small pool for the API and maintenance; ingest writers hold their own connections.
+/// A pool for background work (the webhook worker, the offline sweep, zone reload, partition
+/// upkeep), sized by the caller to one connection per task, so that none of them ever waits
+/// for another; ingest writers hold their own connections, and the API has its own pool.
 pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
+    build_pool(pg_config(url)?, size, None)
+}
+
+/// The API's pool (operators' requests, public GBFS feeds, token look-ups). A request waits at
+/// most `wait` for a connection, and every statement on these connections is cancelled after
+/// `statement_timeout`: however heavy the queries, they hold only this pool's connections, and
+/// only for so long.
+pub fn api_pool(
+    url: &str,
+    size: usize,
+    wait: std::time::Duration,
+    statement_timeout: std::time::Duration,
+) -> anyhow::Result<Pool> {
+    let mut config = pg_config(url)?;
+    let timeout = format!("-c statement_timeout={}", statement_timeout.as_millis());
+    let options = match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {timeout}"),
+        _ => timeout,
+    };
+    config.options(&options);
+    build_pool(config, size, Some(wait))
+}
+
+fn build_pool(
+    config: tokio_postgres::Config,
+    size: usize,
+    wait: Option<std::time::Duration>,
+) -> anyhow::Result<Pool> {
     let manager = Manager::from_config(
-        pg_config(url)?,
+        config,
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -49,6 +79,7 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
     );
     Pool::builder(manager)
         .max_size(size)
+        .wait_timeout(wait)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .context("cannot build the database pool")

@@ -9,6 +9,7 @@ mod faults;
 mod gbfs;
 mod ingest;
 mod limits;
+mod operators;
 mod scale;
 mod schemathesis;
 #[allow(dead_code)] // each test file uses its own part of the support
