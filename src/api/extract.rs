@@ -74,3 +74,77 @@ fn body_problem(status: StatusCode, text: String) -> Problem {
         Problem::bad_request(text)
     }
 }
+
+/// One rule for every route, before routing: a path or query that decodes to a control
+/// character (NUL above all, which PostgreSQL refuses in text with a 22021 error) or to invalid
+/// UTF-8 is refused with a 400 problem. No parameter of the API has a use for them, and a
+/// handler that forgot to check would otherwise answer 500.
+pub(super) async fn refuse_control_characters(
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let uri = req.uri();
+    if let Some(part) = [Some(uri.path()), uri.query()]
+        .into_iter()
+        .flatten()
+        .find(|raw| !clean(raw))
+    {
+        let which = if part == uri.path() { "path" } else { "query" };
+        return Problem::bad_request(format!(
+            "the {which} holds a control character (such as %00) or invalid UTF-8, which no \
+             parameter may contain"
+        ))
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Percent-decoded, `raw` is UTF-8 without control characters.
+fn clean(raw: &str) -> bool {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    std::str::from_utf8(&out).is_ok_and(|s| !s.chars().any(char::is_control))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean;
+
+    #[test]
+    fn control_characters_are_found_however_encoded() {
+        for ok in [
+            "/api/v1/vehicles/XY-B0001",
+            "a=b%20c&d=%E5%AD%9D",
+            "x=%",
+            "x=%4",
+        ] {
+            assert!(clean(ok), "{ok}");
+        }
+        for bad in [
+            "/v/XY%00",
+            "vehicle=%00",
+            "x=%0a",
+            "x=%0D",
+            "x=%7f",
+            "x=%c2%85",
+            "x=%ff",
+        ] {
+            assert!(!clean(bad), "{bad}");
+        }
+    }
+}

@@ -318,14 +318,25 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
 
+/// A cell a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, or a tab or carriage
+/// return before one) is prefixed with `'`, which makes it text (OWASP, CSV injection). Only
+/// text from outside goes through here: the numbers are written by us and cannot be formulas.
+fn spreadsheet_text(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
+    }
+}
+
 fn raw_csv(page: &Page<TelemetryPoint, String>) -> Response {
     let mut out = String::from(
         "ts,seq,lat,lon,speed_kmh,h2_g,hdop,heading_deg,h2_pressure_bar,tank_temp_c,\
          fc_power_w,fc_temp_c,batt_v,odo_km,locked,faults\n",
     );
     for p in &page.items {
-        // Fault codes come from firmware: quote them, doubling quotes inside.
-        let faults = p.faults.join(" ").replace('"', "\"\"");
+        // Fault codes come from firmware: defused as text, quoted, quotes inside doubled.
+        let faults = spreadsheet_text(&p.faults.join(" ")).replace('"', "\"\"");
         out.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{faults}\"\n",
             p.ts.to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -525,6 +536,15 @@ mod tests {
         ] {
             assert!(parse_every(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn formula_cells_are_defused() {
+        for f in ["=1+1", "+1", "-1", "@SUM(A1)", "\t=1", "\r=1"] {
+            assert_eq!(spreadsheet_text(f), format!("'{f}"));
+        }
+        assert_eq!(spreadsheet_text("E12 TANK"), "E12 TANK");
+        assert_eq!(spreadsheet_text(""), "");
     }
 
     #[test]

