@@ -182,6 +182,8 @@ pub fn new_token() -> String {
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// The `api_tokens` row of a token created through the API; None for configured ones.
+    pub token_id: Option<i64>,
 }
 
 /// The configured tokens, hashed.
@@ -214,6 +216,7 @@ impl Tokens {
                 found = Some(Caller {
                     name: name.clone(),
                     role: *role,
+                    token_id: None,
                 });
             }
         }
@@ -278,7 +281,7 @@ async fn lookup(api: &Api, token: &str) -> Result<Option<Caller>, Problem> {
     let client = api.app.pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT name, role, token_sha256 FROM api_tokens WHERE token_sha256 = $1",
+            "SELECT name, role, token_sha256, id FROM api_tokens WHERE token_sha256 = $1",
             &[&digest.as_slice()],
         )
         .await?;
@@ -288,6 +291,7 @@ async fn lookup(api: &Api, token: &str) -> Result<Option<Caller>, Problem> {
         bool::from(stored.as_slice().ct_eq(digest.as_slice())).then(|| Caller {
             name: r.get(0),
             role,
+            token_id: Some(r.get(3)),
         })
     }))
 }

@@ -54,6 +54,8 @@ pub(crate) struct Api {
     pub app: AppState,
     pub tokens: Arc<auth::Tokens>,
     pub commands: Arc<commands::Publisher>,
+    /// Ids of database tokens deleted by this instance: their open event streams end.
+    pub revoked: tokio::sync::broadcast::Sender<i64>,
 }
 
 impl FromRef<Api> for AppState {
@@ -70,6 +72,7 @@ pub fn router(state: AppState) -> Router {
     let api = Api {
         tokens: Arc::new(auth::Tokens::from_config(&state.config.api)),
         commands: Arc::default(),
+        revoked: tokio::sync::broadcast::channel(64).0,
         app: state,
     };
     let mut router = Router::new();

@@ -512,3 +512,95 @@ print(json.dumps([v.is_valid(i) for i in json.load(sys.stdin)]))
     assert!(out.status.success(), "schema check failed");
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// An SSE reader that only says whether its stream is still open.
+async fn open_stream(svc_url: String, token: Option<&str>) -> reqwest::Response {
+    let mut r = reqwest::Client::new().get(svc_url);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r
+}
+
+/// Reads until the stream ends (true) or `within` passes (false).
+async fn ends_within(r: &mut reqwest::Response, within: Duration) -> bool {
+    tokio::time::timeout(within, async { while let Ok(Some(_)) = r.chunk().await {} })
+        .await
+        .is_ok()
+}
+
+async fn create_token(svc: &InProcess, name: &str) -> (i64, String) {
+    let r = reqwest::Client::new()
+        .post(svc.url("/api/v1/tokens"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": name, "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    (
+        v["id"].as_i64().unwrap(),
+        v["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Deleting a token ends the event streams opened with it: at once on the instance that
+/// deleted it, within the recheck period on another; streams of other tokens go on.
+#[tokio::test]
+async fn deleting_a_token_ends_its_open_event_streams() {
+    let db = TestDb::new().await;
+    let c = config(&db, BROKER);
+    let mut c2 = c.clone();
+    c2.mqtt.client_id = unique("hyfleet");
+    let svc = InProcess::start(c).await;
+    let other = InProcess::start(c2).await;
+    let (gone_id, gone) = create_token(&svc, "leaver").await;
+    let (_, kept) = create_token(&svc, "stayer").await;
+
+    let mut here = open_stream(svc.url("/api/v1/stream"), Some(&gone)).await;
+    let mut there = open_stream(other.url("/api/v1/stream"), Some(&gone)).await;
+    let mut query = open_stream(
+        svc.url(&format!("/api/v1/stream?access_token={gone}")),
+        None,
+    )
+    .await;
+    let mut unaffected = open_stream(svc.url("/api/v1/stream"), Some(&kept)).await;
+    assert!(!ends_within(&mut here, Duration::from_millis(300)).await);
+
+    let r = reqwest::Client::new()
+        .delete(svc.url(&format!("/api/v1/tokens/{gone_id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(
+        ends_within(&mut here, Duration::from_secs(5)).await,
+        "the stream of a deleted token ends at once"
+    );
+    assert!(
+        ends_within(&mut query, Duration::from_secs(5)).await,
+        "so does one authenticated by ?access_token="
+    );
+    assert!(
+        ends_within(&mut there, Duration::from_secs(30)).await,
+        "and one on another instance, within its recheck"
+    );
+    assert!(
+        !ends_within(&mut unaffected, Duration::from_secs(1)).await,
+        "another token's stream goes on"
+    );
+    let r = reqwest::Client::new()
+        .get(svc.url("/api/v1/stream"))
+        .bearer_auth(&gone)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    drop((here, there, query, unaffected));
+    other.stop().await;
+    svc.stop().await;
+}
