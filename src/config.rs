@@ -27,7 +27,7 @@ pub struct Config {
     pub gbfs: crate::gbfs::GbfsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `postgres://user[:password]@host:port/dbname`; the database is created if missing.
@@ -49,6 +49,18 @@ impl Default for DatabaseConfig {
             pool_wait_ms: 2000,
             statement_timeout_ms: 10_000,
         }
+    }
+}
+
+/// The URL's password stays out of any `{:?}` of the configuration.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &crate::store::redact(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("pool_wait_ms", &self.pool_wait_ms)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .finish()
     }
 }
 
@@ -555,6 +567,13 @@ mod tests {
                 .to_string();
             assert!(!e.contains("hunter2"), "{e}");
         }
+        let c = Config::from_toml_and_env(
+            "",
+            "test",
+            env(&[("DATABASE_URL", "postgres://app:hunter2@db/fleet")]),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

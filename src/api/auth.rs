@@ -67,6 +67,43 @@ impl Default for ApiConfig {
     }
 }
 
+/// Tokens anyone would try first, and the placeholders of the example configuration: refused
+/// in clear and as their digest, whatever their length.
+const WEAK_TOKENS: &[&str] = &[
+    "",
+    "test",
+    "testing",
+    "admin",
+    "administrator",
+    "password",
+    "passw0rd",
+    "password1",
+    "changeme",
+    "change-me",
+    "secret",
+    "token",
+    "default",
+    "root",
+    "guest",
+    "demo",
+    "hyfleet",
+    "viewer",
+    "operator",
+    "letmein",
+    "qwerty",
+    "123456",
+    "12345678",
+    "1234567890",
+    "<openssl rand -hex 32>",
+    "a-long-random-string-from-your-secret-store",
+];
+
+/// Whether `digest` is the SHA-256 of a well-known weak token (compared case-insensitively
+/// for tokens given in clear, exactly for digests).
+fn is_weak(digest: &[u8; 32]) -> bool {
+    WEAK_TOKENS.iter().any(|w| sha256(w) == *digest)
+}
+
 /// One configured token: `token` in clear (hashed at load), or its `token_sha256` in hex.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,7 +168,19 @@ impl ApiConfig {
             } else {
                 "token_sha256"
             };
-            t.digest().map_err(|m| (at(field), m))?;
+            let digest = t.digest().map_err(|m| (at(field), m))?;
+            let weak_in_clear = t
+                .token
+                .as_ref()
+                .is_some_and(|tok| is_weak(&sha256(&tok.to_ascii_lowercase())));
+            if weak_in_clear || is_weak(&digest) {
+                return Err((
+                    at(field),
+                    "is a well-known weak token (such as \"test\", \"admin\" or \"changeme\"): \
+                     make one with `openssl rand -hex 32` and configure its `sha256sum`"
+                        .to_owned(),
+                ));
+            }
         }
         if self.max_raw_range_hours == 0 {
             return Err(("max_raw_range_hours".into(), "must be at least 1".into()));
@@ -410,6 +459,36 @@ mod tests {
             ..base
         };
         assert_eq!(bad(name), "tokens[0].name");
+    }
+
+    #[test]
+    fn well_known_weak_tokens_are_refused_in_clear_and_as_digests() {
+        let with = |token: Option<&str>, digest: Option<String>| ApiConfig {
+            tokens: vec![TokenConfig {
+                name: "a".into(),
+                role: Role::Admin,
+                token: token.map(str::to_owned),
+                token_sha256: digest,
+            }],
+            ..ApiConfig::default()
+        };
+        // The digest the example configuration used to carry: SHA-256 of "test".
+        let test = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        for weak in [
+            with(None, Some(test.into())),
+            with(None, Some(hex(&sha256("admin")))),
+            with(None, Some(hex(&sha256("")))),
+            with(None, Some(hex(&sha256("changeme")).to_uppercase())),
+            with(Some("a-long-random-string-from-your-secret-store"), None),
+            with(Some("<openssl rand -hex 32>"), None),
+        ] {
+            let (option, message) = weak.validate().unwrap_err();
+            assert!(option.starts_with("tokens[0].token"), "{option}");
+            assert!(message.contains("weak"), "{message}");
+        }
+        let strong = "4c1f7e0b9a2d6e8f3b5a7c9d1e2f4a6b";
+        with(Some(strong), None).validate().unwrap();
+        with(None, Some(hex(&sha256(strong)))).validate().unwrap();
     }
 
     #[test]

@@ -18,9 +18,15 @@ use tokio_postgres::NoTls;
 pub use registry::Registry;
 pub use writer::{BatchWriter, WriteOutcome};
 
-/// Parse a `postgres://` URL.
+/// Parse a `postgres://` URL. The error names neither the URL nor the parser's complaint,
+/// either of which could carry the password.
 pub fn pg_config(url: &str) -> anyhow::Result<tokio_postgres::Config> {
-    tokio_postgres::Config::from_str(url).with_context(|| format!("invalid database URL `{url}`"))
+    tokio_postgres::Config::from_str(url).map_err(|_| {
+        anyhow::anyhow!(
+            "invalid database URL (not shown, it may hold a password): expected \
+             postgres://user[:password]@host[:port]/dbname"
+        )
+    })
 }
 
 /// One connection, its driver task spawned on the current runtime.
@@ -123,28 +129,60 @@ async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The URL with its password hidden, for logs and errors.
+/// The URL without its password, for logs and errors: rebuilt from what it names (user,
+/// hosts, ports, database), so that no spelling of a password (`user:pw@`, `?password=`,
+/// characters a naive split gets wrong) can come through.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_owned(),
+    let Ok(c) = tokio_postgres::Config::from_str(url) else {
+        return "(an invalid database URL, not shown)".to_owned();
+    };
+    let user = c.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+    let ports = c.get_ports();
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            };
+            match ports.get(i).or(ports.first()) {
+                Some(p) => format!("{host}:{p}"),
+                None => host,
             }
-        }
-        _ => url.to_owned(),
-    }
+        })
+        .collect();
+    let db = c.get_dbname().unwrap_or_default();
+    format!("postgres://{user}{}/{db}", hosts.join(","))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn redact_hides_passwords_only() {
+    fn redact_hides_passwords_however_written() {
         assert_eq!(
-            super::redact("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
+            super::redact("postgres://u:secret@h:5433/db"),
+            "postgres://u@h:5433/db"
         );
-        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h:5432/db");
+        for url in [
+            "postgres://u:s%40cret@h/db",
+            "postgres://u@h/db?password=secret&sslmode=disable",
+            "postgresql://:secret@h1:1,h2:2/db",
+            "postgres://u:secret@h:notaport/db",
+            "postgres://u:secret@h/db?bogus=1",
+        ] {
+            let shown = super::redact(url);
+            assert!(
+                !shown.contains("secret") && !shown.contains("cret"),
+                "{shown}"
+            );
+            let e = match super::pg_config(url) {
+                Ok(_) => continue,
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(!e.contains("secret"), "{e}");
+        }
     }
 }

@@ -604,3 +604,235 @@ async fn deleting_a_token_ends_its_open_event_streams() {
     other.stop().await;
     svc.stop().await;
 }
+
+/// A dashboard query with Grafana's macros expanded as its PostgreSQL data source does, over
+/// the last day.
+fn expand_grafana_macros(sql: &str) -> String {
+    let mut out = sql
+        .replace("$__timeFrom()", "(now() - interval '1 day')")
+        .replace("$__timeTo()", "now()")
+        .replace("$__interval", "'1m'")
+        .replace("$vehicle", "XY-B0001");
+    for (name, expand) in [
+        (
+            "$__timeGroupAlias(",
+            "date_bin(interval '1 minute', {col}, timestamptz '2000-01-01') AS time",
+        ),
+        (
+            "$__timeFilter(",
+            "{col} BETWEEN now() - interval '1 day' AND now()",
+        ),
+    ] {
+        while let Some(at) = out.find(name) {
+            let args_at = at + name.len();
+            let close = args_at + out[args_at..].find(')').unwrap();
+            let col = out[args_at..close]
+                .split(',')
+                .next()
+                .unwrap()
+                .trim()
+                .to_owned();
+            out.replace_range(at..=close, &expand.replace("{col}", &col));
+        }
+    }
+    out
+}
+
+/// The role that `deploy/postgres/init-grafana.sh` makes runs every query of the shipped
+/// dashboard, and reads no webhook secret, no robot URL and no token digest, through the views
+/// or around them.
+#[tokio::test]
+async fn the_grafana_role_runs_the_dashboards_and_reads_no_secret() {
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    admin
+        .batch_execute(
+            "INSERT INTO webhooks (name, url, secret, events, format, source) VALUES
+               ('robot', 'https://oapi.dingtalk.com/robot/send?access_token=ROBOTKEY0123',
+                'SECRET0123', '{alert.opened}', 'dingtalk', 'api');
+             INSERT INTO api_tokens (name, role, token_sha256, created_by)
+               VALUES ('t', 'viewer', sha256('a-token-of-someone'), 'test');
+             INSERT INTO vehicles (code, kind, tank_g, speed_cap_kmh, km_per_g, h2_g)
+               VALUES ('XY-B0001', 'bike', 50, 23, 1.2, 30);",
+        )
+        .await
+        .unwrap();
+    let digest_hex: String = admin
+        .query_one("SELECT encode(token_sha256, 'hex') FROM api_tokens", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Roles are shared by every database of the server: one of this test's own.
+    let role = unique("grafana");
+    let out = std::process::Command::new("sh")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/postgres/init-grafana.sh"
+        ))
+        .env("POSTGRES_USER", "postgres")
+        .env("POSTGRES_DB", &db.name)
+        .env("GRAFANA_DB_PASSWORD", "grafana-test-password")
+        .env("GRAFANA_DB_USER", &role)
+        .env("PGHOST", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result = async {
+        let grafana = hyfleet::store::connect(&format!(
+            "postgres://{role}:grafana-test-password@127.0.0.1:5432/{}",
+            db.name
+        ))
+        .await
+        .unwrap();
+        let dashboard: Value =
+            serde_json::from_str(include_str!("../../deploy/grafana/dashboards/hyfleet.json"))
+                .unwrap();
+        let mut queries = Vec::new();
+        collect_raw_sql(&dashboard, &mut queries);
+        assert!(queries.len() >= 10, "{queries:?}");
+        for q in &queries {
+            let sql = expand_grafana_macros(q);
+            if let Err(e) = grafana.simple_query(&sql).await {
+                panic!("dashboard query fails as the Grafana role: {e}\n{sql}");
+            }
+        }
+        for sql in [
+            "SELECT secret FROM webhooks",
+            "SELECT url FROM webhooks",
+            "SELECT secret FROM public.webhooks",
+            "SELECT url FROM public.webhooks",
+            "SELECT token_sha256 FROM api_tokens",
+            "SELECT token_sha256 FROM public.api_tokens",
+            "SELECT * FROM public.vehicles",
+            "SELECT * FROM public.telemetry",
+            "SELECT * FROM public.telemetry_between(1, now() - interval '1 day', now())",
+            "DELETE FROM zones",
+            "UPDATE vehicles SET h2_g = 0",
+        ] {
+            assert!(
+                grafana.simple_query(sql).await.is_err(),
+                "the Grafana role may run: {sql}"
+            );
+        }
+        // Everything it can read, row by row: no secret in it.
+        let relations: Vec<String> = grafana
+            .query(
+                "SELECT format('%I.%I', table_schema, table_name)
+                 FROM information_schema.tables WHERE table_schema NOT IN
+                   ('pg_catalog', 'information_schema')
+                   AND has_table_privilege(format('%I.%I', table_schema, table_name), 'SELECT')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            relations.iter().any(|r| r == "reporting.webhooks"),
+            "{relations:?}"
+        );
+        assert!(
+            relations.iter().all(|r| r.starts_with("reporting.")),
+            "{relations:?}"
+        );
+        for rel in &relations {
+            let rows = grafana
+                .query(&format!("SELECT row_to_json(t)::text FROM {rel} t"), &[])
+                .await
+                .unwrap();
+            for r in rows {
+                let text: String = r.get(0);
+                for secret in ["SECRET0123", "ROBOTKEY0123", digest_hex.as_str()] {
+                    assert!(!text.contains(secret), "{rel} shows {secret}: {text}");
+                }
+            }
+        }
+    };
+    // The role goes whatever happened, so that the server keeps no stranger.
+    let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
+    admin
+        .batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""))
+        .await
+        .unwrap();
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn collect_raw_sql(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(sql)) = m.get("rawSql") {
+                out.push(sql.clone());
+            }
+            m.values().for_each(|v| collect_raw_sql(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_raw_sql(v, out)),
+        _ => {}
+    }
+}
+
+/// However `DATABASE_URL` is wrong (unreachable, unparseable, password in the query), no
+/// command prints its password.
+#[tokio::test]
+async fn database_url_passwords_never_reach_the_output() {
+    const PW: &str = "Hunter2Secret";
+    let urls = [
+        format!("postgres://fleet:{PW}@127.0.0.1:1/hyfleet"),
+        format!("postgres://fleet:{PW}@127.0.0.1:notaport/hyfleet"),
+        format!("postgres://fleet@127.0.0.1:1/hyfleet?password={PW}"),
+        format!("postgres://fleet:{PW}@127.0.0.1:5432/hyfleet?sslmode=bogus"),
+    ];
+    let zones = concat!(env!("CARGO_MANIFEST_DIR"), "/data/xiaoyi/zones.geojson");
+    let mut runs = Vec::new();
+    for url in &urls {
+        for args in [
+            vec!["migrate"],
+            vec!["serve"],
+            vec!["zones", "import", zones],
+            vec!["demo"],
+        ] {
+            let child = std::process::Command::new(env!("CARGO_BIN_EXE_hyfleet"))
+                .args(&args)
+                .env("DATABASE_URL", url)
+                .env("MQTT_URL", "mqtt://127.0.0.1:1")
+                .env("HYFLEET_HTTP_ADDR", "127.0.0.1:0")
+                .env("RUST_LOG", "debug")
+                .env_remove("HYFLEET_CONFIG")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let pid = child.id().to_string();
+            let waiter = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+            runs.push((format!("{args:?} with {url}"), pid, waiter));
+        }
+    }
+    // `demo` reports its service's end when stopped: stop what still runs as Ctrl-C would.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (_, pid, waiter) in &runs {
+        if !waiter.is_finished() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", pid])
+                .status();
+        }
+    }
+    for (what, _, waiter) in runs {
+        let out = tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("the command ends")
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{what}: {text}");
+        assert!(!text.contains(PW), "{what} prints the password:\n{text}");
+    }
+}
