@@ -38,17 +38,38 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for P<T> {
 }
 
 /// A JSON body. Nesting deeper than serde_json's limit (128) is a syntax error, so a hostile
-/// body gets a 400 rather than a deep recursion.
+/// body gets a 400 rather than a deep recursion. A string holding NUL (`\u0000`), which
+/// PostgreSQL stores neither in text nor in jsonb, is refused here for every body, rather than
+/// failing as a 500 in whichever handler forgot it.
 pub struct J<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for J<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        axum::Json::<T>::from_request(req, state)
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state)
             .await
-            .map(|j| J(j.0))
-            .map_err(|e| body_problem(e.status(), e.body_text()))
+            .map_err(|e| body_problem(e.status(), e.body_text()))?;
+        if holds_nul(&value) {
+            return Err(Problem::bad_request(NUL_IN_BODY));
+        }
+        serde_json::from_value(value)
+            .map(J)
+            .map_err(|e| Problem::bad_request(format!("the JSON body does not fit: {e}")))
+    }
+}
+
+pub(super) const NUL_IN_BODY: &str =
+    "a string in the body holds a NUL character (\\u0000), which cannot be stored";
+
+/// Whether a string (or a key) anywhere in `v` holds NUL.
+pub(super) fn holds_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(holds_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 

@@ -836,3 +836,99 @@ async fn database_url_passwords_never_reach_the_output() {
         assert!(!text.contains(PW), "{what} prints the password:\n{text}");
     }
 }
+
+/// A NUL inside a JSON string (`\u0000`), which PostgreSQL stores neither as text nor in jsonb,
+/// is a 400 problem on every route that takes a body, never a 500.
+#[tokio::test]
+async fn a_nul_in_a_json_body_is_a_400_problem() {
+    let db = TestDb::new().await;
+    let svc = InProcess::start(config(&db, BROKER)).await;
+    let client = db.client().await;
+    let vehicle: i32 = client
+        .query_one(
+            "INSERT INTO vehicles (code, kind, tank_g, speed_cap_kmh, km_per_g) \
+             VALUES ('XY-B0001', 'bike', 50, 23, 1.2) RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let alert: i64 = client
+        .query_one(
+            "INSERT INTO alerts (vehicle_id, rule, state, severity, opened_at) \
+             VALUES ($1, 'low_hydrogen', 'open', 'warning', now()) RETURNING id",
+            &[&vehicle],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let zone = |name: &str, extra: &str| {
+        json!({"type": "Feature",
+               "properties": {"id": "P99", "kind": "parking", "name": name, "extra": extra},
+               "geometry": {"type": "Polygon", "coordinates": [[
+                   [111.78, 37.14], [111.79, 37.14], [111.79, 37.15], [111.78, 37.14]]]}})
+    };
+    let http = reqwest::Client::new();
+    for (method, path, body) in [
+        (
+            reqwest::Method::POST,
+            "/api/v1/zones".to_owned(),
+            zone("a\0b", ""),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/zones".to_owned(),
+            zone("P99", "\0"),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/api/v1/zones/P99".to_owned(),
+            zone("a\0b", ""),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/alerts/{alert}/ack"),
+            json!({"note": "seen\0"}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/alerts/{alert}/resolve"),
+            json!({"note": "\0"}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/tokens".to_owned(),
+            json!({"name": "a\0", "role": "viewer"}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/vehicles/XY-B0001/commands".to_owned(),
+            json!({"type": "lock", "args": {"\0": 1}}),
+        ),
+    ] {
+        let r = http
+            .request(method.clone(), svc.url(&path))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let (status, ct, got) = problem(r).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path} {body}: {got}"
+        );
+        assert_eq!(ct.as_deref(), Some("application/problem+json"), "{path}");
+    }
+    // Nothing half-done: the zone was not stored, the alert is still open.
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM zones WHERE id = 'P99'").await,
+        0
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM alerts WHERE state = 'open'").await,
+        1
+    );
+    svc.stop().await;
+}
