@@ -664,6 +664,8 @@ mod example_file {
         );
         assert_eq!(c.api.max_raw_range_hours, d.api.max_raw_range_hours);
         assert_eq!(c.api.max_buckets, d.api.max_buckets);
+        assert_eq!(c.api.max_streams, d.api.max_streams);
+        assert_eq!(c.api.max_streams_per_token, d.api.max_streams_per_token);
         assert_eq!(c.mqtt.topic_root, d.mqtt.topic_root);
         assert_eq!(c.ingest.batch_max_rows, d.ingest.batch_max_rows);
         assert_eq!(c.profiles.bike, d.profiles.bike);

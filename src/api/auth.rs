@@ -55,6 +55,9 @@ pub struct ApiConfig {
     pub max_raw_range_hours: u32,
     /// Most buckets a telemetry request may span: (to − from) / every.
     pub max_buckets: u32,
+    /// Event streams (`/stream`) open at once, in all and per token.
+    pub max_streams: usize,
+    pub max_streams_per_token: usize,
 }
 
 impl Default for ApiConfig {
@@ -63,6 +66,8 @@ impl Default for ApiConfig {
             tokens: Vec::new(),
             max_raw_range_hours: 24,
             max_buckets: 10_000,
+            max_streams: 256,
+            max_streams_per_token: 8,
         }
     }
 }
@@ -187,6 +192,12 @@ impl ApiConfig {
         }
         if self.max_buckets == 0 {
             return Err(("max_buckets".into(), "must be at least 1".into()));
+        }
+        if self.max_streams_per_token == 0 || self.max_streams_per_token > self.max_streams {
+            return Err((
+                "max_streams_per_token".into(),
+                "must be at least 1 and at most max_streams".into(),
+            ));
         }
         Ok(())
     }

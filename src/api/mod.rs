@@ -56,6 +56,8 @@ pub(crate) struct Api {
     pub commands: Arc<commands::Publisher>,
     /// Ids of database tokens deleted by this instance: their open event streams end.
     pub revoked: tokio::sync::broadcast::Sender<i64>,
+    /// Event streams open now, in all and per token.
+    pub streams: Arc<stream::Streams>,
 }
 
 impl FromRef<Api> for AppState {
@@ -73,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         tokens: Arc::new(auth::Tokens::from_config(&state.config.api)),
         commands: Arc::default(),
         revoked: tokio::sync::broadcast::channel(64).0,
+        streams: Arc::default(),
         app: state,
     };
     let mut router = Router::new();

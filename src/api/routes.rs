@@ -229,7 +229,7 @@ pub static OPS: &[Op] = &[
             query("events", Ty::Str, "alert, position, or both comma-separated (default both)"),
             query("vehicle", Ty::Str, "only this vehicle"),
             query("access_token", Ty::Str, "the token, for EventSource clients that cannot set headers"),
-        ], body: None, ok: (200, None), media: &["text/event-stream"], errors: &[400], stream::stream),
+        ], body: None, ok: (200, None), media: &["text/event-stream"], errors: &[400, 429], stream::stream),
     op!(Get "/api/v1/tokens", "listTokens", "tokens", A, "API tokens (never the tokens themselves)",
         params: &[], body: None, ok: (200, Some("TokenList")), media: JSON, errors: &[], tokens::list),
     op!(Post "/api/v1/tokens", "createToken", "tokens", A, "Create a token; the response is the only time it is shown",

@@ -18,6 +18,68 @@ use super::extract::Q;
 use super::{Api, Problem};
 use crate::live::LiveEvent;
 
+/// The event streams open now: in all, and per token name.
+#[derive(Default)]
+pub(crate) struct Streams {
+    open: std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>,
+}
+
+/// One open stream's place, given back when the stream ends (the client went away, the token
+/// was deleted, the service stops).
+struct Slot {
+    streams: std::sync::Arc<Streams>,
+    token: String,
+}
+
+impl Streams {
+    fn take(
+        self: &std::sync::Arc<Self>,
+        token: &str,
+        max: usize,
+        per_token: usize,
+    ) -> Result<Slot, Problem> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = open.1.get(token).copied().unwrap_or(0);
+        if mine >= per_token {
+            return Err(Problem::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests",
+                format!(
+                    "the token `{token}` has {mine} event streams open, the most one token may \
+                     (api.max_streams_per_token)"
+                ),
+            )
+            .retry_after(15));
+        }
+        if open.0 >= max {
+            return Err(Problem::unavailable(format!(
+                "{} event streams are open, the most this instance serves (api.max_streams)",
+                open.0
+            ))
+            .retry_after(15));
+        }
+        open.0 += 1;
+        *open.1.entry(token.to_owned()).or_default() += 1;
+        Ok(Slot {
+            streams: self.clone(),
+            token: token.to_owned(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.token);
+            }
+        }
+    }
+}
+
 /// How often an open stream checks that its token still exists, for tokens deleted through
 /// another instance (a deletion through this one ends the stream at once).
 pub(super) const RECHECK: Duration = Duration::from_secs(10);
@@ -127,12 +189,17 @@ pub(super) async fn stream(
         positions,
         vehicle: p.vehicle,
     };
+    let cfg = &api.app.config.api;
+    let slot = api
+        .streams
+        .take(&caller.name, cfg.max_streams, cfg.max_streams_per_token)?;
     let rx = api.app.hooks.live.subscribe();
     let stop = api.app.shutdown.clone();
     let gone: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(revoked(api, caller));
-    let state = (rx, filter, stop, gone);
-    let stream =
-        futures_util::stream::unfold(state, |(mut rx, filter, mut stop, mut gone)| async move {
+    let state = (rx, filter, stop, gone, slot);
+    let stream = futures_util::stream::unfold(
+        state,
+        |(mut rx, filter, mut stop, mut gone, slot)| async move {
             loop {
                 let received = tokio::select! {
                     r = rx.recv() => r,
@@ -144,17 +211,18 @@ pub(super) async fn stream(
                 match received {
                     Ok(e) if filter.wants(&e) => {
                         if let Some(ev) = event(&e) {
-                            return Some((Ok(ev), (rx, filter, stop, gone)));
+                            return Some((Ok(ev), (rx, filter, stop, gone, slot)));
                         }
                     }
                     Ok(_) => {}
                     Err(RecvError::Lagged(n)) => {
                         let ev = Event::default().event("lagged").data(n.to_string());
-                        return Some((Ok(ev), (rx, filter, stop, gone)));
+                        return Some((Ok(ev), (rx, filter, stop, gone, slot)));
                     }
                     Err(RecvError::Closed) => return None,
                 }
             }
-        });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -932,3 +932,59 @@ async fn a_nul_in_a_json_body_is_a_400_problem() {
     );
     svc.stop().await;
 }
+
+/// Event streams are capped per token and in all: one reader cannot take every stream of the
+/// instance, and a place comes back when a stream ends.
+#[tokio::test]
+async fn event_streams_are_capped_per_token_and_in_all() {
+    let db = TestDb::new().await;
+    let mut c = config(&db, BROKER);
+    c.api.max_streams = 3;
+    c.api.max_streams_per_token = 2;
+    let svc = InProcess::start(c).await;
+    let (_, one) = create_token(&svc, "one").await;
+    let (_, two) = create_token(&svc, "two").await;
+    let (_, three) = create_token(&svc, "three").await;
+    let url = svc.url("/api/v1/stream");
+    let try_open = |tok: String| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = open_stream(url.clone(), Some(&one)).await;
+    let _second = open_stream(url.clone(), Some(&one)).await;
+    let r = try_open(one.clone()).await;
+    assert!(r.headers().contains_key("retry-after"));
+    let (status, _, body) = problem(r).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("api.max_streams_per_token")
+    );
+
+    let _third = open_stream(url.clone(), Some(&two)).await;
+    let (status, _, body) = problem(try_open(three.clone()).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("api.max_streams"));
+
+    // A reader that goes away gives its place back.
+    drop(first);
+    let back = eventually(20, "a stream's place back", || {
+        let open = try_open(three.clone());
+        async move {
+            let r = open.await;
+            (r.status() == StatusCode::OK).then_some(r)
+        }
+    })
+    .await;
+    drop(back);
+    svc.stop().await;
+}
