@@ -34,6 +34,12 @@ pub async fn serve(
         config.database.pool_wait(),
         config.database.statement_timeout(),
     )?;
+    let public_pool = store::api_pool(
+        &config.database.url,
+        config.database.public_pool_size,
+        config.database.pool_wait(),
+        config.database.statement_timeout(),
+    )?;
     let pool = store::pool(&config.database.url, config.notify.concurrency + 3)?;
     maintain_partitions(&pool, &config).await?;
 
@@ -81,6 +87,7 @@ pub async fn serve(
     };
     let router = api::router(api::AppState {
         pool: api_pool,
+        public_pool,
         metrics,
         health,
         config: Arc::new(config.clone()),

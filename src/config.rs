@@ -35,6 +35,9 @@ pub struct DatabaseConfig {
     /// Connections for the API (operators' requests, public GBFS feeds, token look-ups).
     /// Ingest writers, the webhook worker and upkeep hold connections of their own.
     pub pool_size: usize,
+    /// Connections for the public GBFS feeds, apart from the operators': anonymous readers
+    /// cannot take the API's.
+    pub public_pool_size: usize,
     /// An API request waits this long for one of those connections, then gets a 503.
     pub pool_wait_ms: u64,
     /// An API statement running longer than this is cancelled (503).
@@ -46,6 +49,7 @@ impl Default for DatabaseConfig {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/hyfleet".into(),
             pool_size: 4,
+            public_pool_size: 2,
             pool_wait_ms: 2000,
             statement_timeout_ms: 10_000,
         }
@@ -58,6 +62,7 @@ impl std::fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("url", &crate::store::redact(&self.url))
             .field("pool_size", &self.pool_size)
+            .field("public_pool_size", &self.public_pool_size)
             .field("pool_wait_ms", &self.pool_wait_ms)
             .field("statement_timeout_ms", &self.statement_timeout_ms)
             .finish()
@@ -372,6 +377,9 @@ impl Config {
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
         }
+        if self.database.public_pool_size == 0 {
+            return Err(invalid("database.public_pool_size", "must be at least 1"));
+        }
         if self.database.pool_wait_ms == 0 {
             return Err(invalid("database.pool_wait_ms", "must be at least 1"));
         }
@@ -658,6 +666,7 @@ mod example_file {
         let d = Config::default();
         assert_eq!(c.database.url, d.database.url);
         assert_eq!(c.database.pool_wait_ms, d.database.pool_wait_ms);
+        assert_eq!(c.database.public_pool_size, d.database.public_pool_size);
         assert_eq!(
             c.database.statement_timeout_ms,
             d.database.statement_timeout_ms

@@ -39,6 +39,9 @@ pub struct AppState {
     /// The API's own connections (bounded wait, statement timeout), apart from ingest's and
     /// the background tasks'.
     pub pool: deadpool_postgres::Pool,
+    /// The public GBFS feeds' own connections (same limits), so that anonymous readers cannot
+    /// take the operators'.
+    pub public_pool: deadpool_postgres::Pool,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub config: Arc<crate::config::Config>,
@@ -70,7 +73,10 @@ pub fn router(state: AppState) -> Router {
     let body_limit = DefaultBodyLimit::max(state.config.http.max_body_bytes);
     let public = crate::gbfs::routes()
         .merge(crate::web::routes())
-        .with_state(state.clone());
+        .with_state(AppState {
+            pool: state.public_pool.clone(),
+            ..state.clone()
+        });
     let api = Api {
         tokens: Arc::new(auth::Tokens::from_config(&state.config.api)),
         commands: Arc::default(),

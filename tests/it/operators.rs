@@ -988,3 +988,58 @@ async fn event_streams_are_capped_per_token_and_in_all() {
     drop(back);
     svc.stop().await;
 }
+
+/// Anonymous readers of the public GBFS feeds, however many and however slow their queries
+/// (here: held by a lock on the zones), do not take the operators' connections: the API keeps
+/// answering.
+#[tokio::test]
+async fn public_feed_readers_do_not_take_the_operators_connections() {
+    let db = TestDb::new().await;
+    let mut c = config(&db, BROKER);
+    c.database.pool_size = 2;
+    c.database.public_pool_size = 2;
+    c.database.pool_wait_ms = 500;
+    c.database.statement_timeout_ms = 2000;
+    let svc = InProcess::start(c).await;
+    let mut locker = db.client().await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE zones IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let (stop, u) = (stop.clone(), svc.url("/gbfs/station_information.json"));
+        readers.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = tokio::time::timeout(Duration::from_secs(30), http.get(&u).send())
+                    .await
+                    .expect("a feed request is answered within 30 s")
+                    .unwrap();
+                statuses.push(r.status());
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let r = get(&svc.url("/api/v1/vehicles")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "after {:?}", t.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut refused = 0;
+    for r in readers {
+        for s in r.await.unwrap() {
+            assert!(s.is_server_error(), "a feed read past the lock: {s}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 8, "{refused}");
+    drop(tx);
+    svc.stop().await;
+}
