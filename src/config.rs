@@ -32,7 +32,7 @@ pub struct Config {
 pub struct DatabaseConfig {
     /// `postgres://user[:password]@host:port/dbname`; the database is created if missing.
     pub url: String,
-    /// Connections for the API (operators' requests, public GBFS feeds, token look-ups).
+    /// Connections for the API (operators' requests, token look-ups).
     /// Ingest writers, the webhook worker and upkeep hold connections of their own.
     pub pool_size: usize,
     /// Connections for the public GBFS feeds, apart from the operators': anonymous readers

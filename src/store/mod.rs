@@ -51,7 +51,7 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
     build_pool(pg_config(url)?, size, None)
 }
 
-/// The API's pool (operators' requests, public GBFS feeds, token look-ups). A request waits at
+/// The API's pool (operators' requests and token look-ups; the public feeds get one of their own). A request waits at
 /// most `wait` for a connection, and every statement on these connections is cancelled after
 /// `statement_timeout`: however heavy the queries, they hold only this pool's connections, and
 /// only for so long.
