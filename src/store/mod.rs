@@ -51,10 +51,10 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
     build_pool(pg_config(url)?, size, None)
 }
 
-/// The API's pool (operators' requests and token look-ups; the public feeds get one of their own). A request waits at
-/// most `wait` for a connection, and every statement on these connections is cancelled after
-/// `statement_timeout`: however heavy the queries, they hold only this pool's connections, and
-/// only for so long.
+/// A pool for the API (operators' requests and token look-ups) or the public feeds, each its
+/// own. A request waits at most `wait` for a connection, and every statement on these
+/// connections is cancelled after `statement_timeout`: however heavy the queries, they hold
+/// only this pool's connections, and only for so long.
 pub fn api_pool(
     url: &str,
     size: usize,
