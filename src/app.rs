@@ -24,7 +24,23 @@ pub async fn serve(
     store::prepare_database(&config.database.url)
         .await
         .context("cannot prepare the database")?;
-    let pool = store::pool(&config.database.url, config.database.pool_size)?;
+    // Two pools, so that no query of the API can hold up alerts or webhooks: the API's own
+    // (bounded wait, statement timeout), and one for background work with a connection per
+    // task (the webhook worker's loops, the offline sweep, zone reload, partition upkeep).
+    // Ingest writers hold their own connections.
+    let api_pool = store::api_pool(
+        &config.database.url,
+        config.database.pool_size,
+        config.database.pool_wait(),
+        config.database.statement_timeout(),
+    )?;
+    let public_pool = store::api_pool(
+        &config.database.url,
+        config.database.public_pool_size,
+        config.database.pool_wait(),
+        config.database.statement_timeout(),
+    )?;
+    let pool = store::pool(&config.database.url, config.notify.concurrency + 3)?;
     maintain_partitions(&pool, &config).await?;
 
     let engine = build_engine(&pool, &config).await?;
@@ -70,7 +86,8 @@ pub async fn serve(
         tokio::spawn(async move { ingest::run(&config, deps, shutdown).await })
     };
     let router = api::router(api::AppState {
-        pool,
+        pool: api_pool,
+        public_pool,
         metrics,
         health,
         config: Arc::new(config.clone()),

@@ -27,13 +27,21 @@ pub struct Config {
     pub gbfs: crate::gbfs::GbfsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `postgres://user[:password]@host:port/dbname`; the database is created if missing.
     pub url: String,
-    /// Connections for the API and maintenance (ingest writers hold their own).
+    /// Connections for the API (operators' requests, token look-ups).
+    /// Ingest writers, the webhook worker and upkeep hold connections of their own.
     pub pool_size: usize,
+    /// Connections for the public GBFS feeds, apart from the operators': anonymous readers
+    /// cannot take the API's.
+    pub public_pool_size: usize,
+    /// An API request waits this long for one of those connections, then gets a 503.
+    pub pool_wait_ms: u64,
+    /// An API statement running longer than this is cancelled (503).
+    pub statement_timeout_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -41,7 +49,33 @@ impl Default for DatabaseConfig {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/hyfleet".into(),
             pool_size: 4,
+            public_pool_size: 2,
+            pool_wait_ms: 2000,
+            statement_timeout_ms: 10_000,
         }
+    }
+}
+
+/// The URL's password stays out of any `{:?}` of the configuration.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &crate::store::redact(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("public_pool_size", &self.public_pool_size)
+            .field("pool_wait_ms", &self.pool_wait_ms)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .finish()
+    }
+}
+
+impl DatabaseConfig {
+    pub fn pool_wait(&self) -> Duration {
+        Duration::from_millis(self.pool_wait_ms)
+    }
+
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.statement_timeout_ms)
     }
 }
 
@@ -405,6 +439,18 @@ impl Config {
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
         }
+        if self.database.public_pool_size == 0 {
+            return Err(invalid("database.public_pool_size", "must be at least 1"));
+        }
+        if self.database.pool_wait_ms == 0 {
+            return Err(invalid("database.pool_wait_ms", "must be at least 1"));
+        }
+        if self.database.statement_timeout_ms < 100 {
+            return Err(invalid(
+                "database.statement_timeout_ms",
+                "must be at least 100",
+            ));
+        }
         let root = &self.mqtt.topic_root;
         if root.is_empty()
             || root.contains(['+', '#'])
@@ -648,6 +694,13 @@ mod tests {
                 .to_string();
             assert!(!e.contains("hunter2"), "{e}");
         }
+        let c = Config::from_toml_and_env(
+            "",
+            "test",
+            env(&[("DATABASE_URL", "postgres://app:hunter2@db/fleet")]),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]
@@ -748,6 +801,16 @@ mod example_file {
         let c = Config::from_toml_and_env(text, "hyfleet.example.toml", Vec::new()).unwrap();
         let d = Config::default();
         assert_eq!(c.database.url, d.database.url);
+        assert_eq!(c.database.pool_wait_ms, d.database.pool_wait_ms);
+        assert_eq!(c.database.public_pool_size, d.database.public_pool_size);
+        assert_eq!(
+            c.database.statement_timeout_ms,
+            d.database.statement_timeout_ms
+        );
+        assert_eq!(c.api.max_raw_range_hours, d.api.max_raw_range_hours);
+        assert_eq!(c.api.max_buckets, d.api.max_buckets);
+        assert_eq!(c.api.max_streams, d.api.max_streams);
+        assert_eq!(c.api.max_streams_per_token, d.api.max_streams_per_token);
         assert_eq!(c.mqtt.topic_root, d.mqtt.topic_root);
         assert_eq!(c.ingest.batch_max_rows, d.ingest.batch_max_rows);
         assert_eq!(c.profiles.bike, d.profiles.bike);

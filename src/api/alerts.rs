@@ -181,6 +181,9 @@ fn action_body(body: &Bytes) -> Result<ActionBody, Problem> {
     let b: Option<ActionBody> = serde_json::from_slice(body)
         .map_err(|e| Problem::bad_request(format!("the body must be {{\"note\": \"…\"}}: {e}")))?;
     let b = b.unwrap_or_default();
+    if b.note.as_ref().is_some_and(|n| n.contains('\0')) {
+        return Err(Problem::bad_request(super::extract::NUL_IN_BODY));
+    }
     if b.note.as_ref().is_some_and(|n| n.len() > 2000) {
         return Err(Problem::bad_request("the note is longer than 2000 bytes"));
     }

@@ -46,11 +46,67 @@ impl Role {
 }
 
 /// `[api]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// `[[api.tokens]]`: tokens that exist as long as the configuration names them.
     pub tokens: Vec<TokenConfig>,
+    /// Raw readings (pages, tracks, buckets under a minute) over at most this many hours.
+    pub max_raw_range_hours: u32,
+    /// Most buckets a telemetry request may span: (to − from) / every.
+    pub max_buckets: u32,
+    /// Event streams (`/stream`) open at once, in all and per token.
+    pub max_streams: usize,
+    pub max_streams_per_token: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            tokens: Vec::new(),
+            max_raw_range_hours: 24,
+            max_buckets: 10_000,
+            max_streams: 256,
+            max_streams_per_token: 8,
+        }
+    }
+}
+
+/// Tokens anyone would try first, and the placeholders of the example configuration: refused
+/// in clear and as their digest, whatever their length.
+const WEAK_TOKENS: &[&str] = &[
+    "",
+    "test",
+    "testing",
+    "admin",
+    "administrator",
+    "password",
+    "passw0rd",
+    "password1",
+    "changeme",
+    "change-me",
+    "secret",
+    "token",
+    "default",
+    "root",
+    "guest",
+    "demo",
+    "hyfleet",
+    "viewer",
+    "operator",
+    "letmein",
+    "qwerty",
+    "123456",
+    "12345678",
+    "1234567890",
+    "<openssl rand -hex 32>",
+    "a-long-random-string-from-your-secret-store",
+];
+
+/// Whether `digest` is the SHA-256 of a well-known weak token (compared case-insensitively
+/// for tokens given in clear, exactly for digests).
+fn is_weak(digest: &[u8; 32]) -> bool {
+    WEAK_TOKENS.iter().any(|w| sha256(w) == *digest)
 }
 
 /// One configured token: `token` in clear (hashed at load), or its `token_sha256` in hex.
@@ -117,7 +173,31 @@ impl ApiConfig {
             } else {
                 "token_sha256"
             };
-            t.digest().map_err(|m| (at(field), m))?;
+            let digest = t.digest().map_err(|m| (at(field), m))?;
+            let weak_in_clear = t
+                .token
+                .as_ref()
+                .is_some_and(|tok| is_weak(&sha256(&tok.to_ascii_lowercase())));
+            if weak_in_clear || is_weak(&digest) {
+                return Err((
+                    at(field),
+                    "is a well-known weak token (such as \"test\", \"admin\" or \"changeme\"): \
+                     make one with `openssl rand -hex 32` and configure its `sha256sum`"
+                        .to_owned(),
+                ));
+            }
+        }
+        if self.max_raw_range_hours == 0 {
+            return Err(("max_raw_range_hours".into(), "must be at least 1".into()));
+        }
+        if self.max_buckets == 0 {
+            return Err(("max_buckets".into(), "must be at least 1".into()));
+        }
+        if self.max_streams_per_token == 0 || self.max_streams_per_token > self.max_streams {
+            return Err((
+                "max_streams_per_token".into(),
+                "must be at least 1 and at most max_streams".into(),
+            ));
         }
         Ok(())
     }
@@ -162,6 +242,8 @@ pub fn new_token() -> String {
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// The `api_tokens` row of a token created through the API; None for configured ones.
+    pub token_id: Option<i64>,
 }
 
 /// The configured tokens, hashed.
@@ -194,6 +276,7 @@ impl Tokens {
                 found = Some(Caller {
                     name: name.clone(),
                     role: *role,
+                    token_id: None,
                 });
             }
         }
@@ -258,7 +341,7 @@ async fn lookup(api: &Api, token: &str) -> Result<Option<Caller>, Problem> {
     let client = api.app.pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT name, role, token_sha256 FROM api_tokens WHERE token_sha256 = $1",
+            "SELECT name, role, token_sha256, id FROM api_tokens WHERE token_sha256 = $1",
             &[&digest.as_slice()],
         )
         .await?;
@@ -268,6 +351,7 @@ async fn lookup(api: &Api, token: &str) -> Result<Option<Caller>, Problem> {
         bool::from(stored.as_slice().ct_eq(digest.as_slice())).then(|| Caller {
             name: r.get(0),
             role,
+            token_id: Some(r.get(3)),
         })
     }))
 }
@@ -341,6 +425,7 @@ mod tests {
                     token_sha256: Some(hex(&sha256("admin-token-0123456"))),
                 },
             ],
+            ..ApiConfig::default()
         };
         c.validate().unwrap();
         let t = Tokens::from_config(&c);
@@ -353,7 +438,15 @@ mod tests {
 
     #[test]
     fn bad_token_configuration_names_the_option() {
-        let bad = |t: TokenConfig| ApiConfig { tokens: vec![t] }.validate().unwrap_err().0;
+        let bad = |t: TokenConfig| {
+            ApiConfig {
+                tokens: vec![t],
+                ..ApiConfig::default()
+            }
+            .validate()
+            .unwrap_err()
+            .0
+        };
         let base = TokenConfig {
             name: "a".into(),
             role: Role::Viewer,
@@ -377,6 +470,36 @@ mod tests {
             ..base
         };
         assert_eq!(bad(name), "tokens[0].name");
+    }
+
+    #[test]
+    fn well_known_weak_tokens_are_refused_in_clear_and_as_digests() {
+        let with = |token: Option<&str>, digest: Option<String>| ApiConfig {
+            tokens: vec![TokenConfig {
+                name: "a".into(),
+                role: Role::Admin,
+                token: token.map(str::to_owned),
+                token_sha256: digest,
+            }],
+            ..ApiConfig::default()
+        };
+        // The digest the example configuration used to carry: SHA-256 of "test".
+        let test = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        for weak in [
+            with(None, Some(test.into())),
+            with(None, Some(hex(&sha256("admin")))),
+            with(None, Some(hex(&sha256("")))),
+            with(None, Some(hex(&sha256("changeme")).to_uppercase())),
+            with(Some("a-long-random-string-from-your-secret-store"), None),
+            with(Some("<openssl rand -hex 32>"), None),
+        ] {
+            let (option, message) = weak.validate().unwrap_err();
+            assert!(option.starts_with("tokens[0].token"), "{option}");
+            assert!(message.contains("weak"), "{message}");
+        }
+        let strong = "4c1f7e0b9a2d6e8f3b5a7c9d1e2f4a6b";
+        with(Some(strong), None).validate().unwrap();
+        with(None, Some(hex(&sha256(strong)))).validate().unwrap();
     }
 
     #[test]

@@ -39,6 +39,42 @@ fn range(from: Option<&str>, to: Option<&str>) -> Result<(DateTime<Utc>, DateTim
     Ok((from, to))
 }
 
+/// Raw readings are read and sorted row by row: a request over them spans at most
+/// `api.max_raw_range_hours`, so that no request can make the database sort a vehicle's month.
+fn check_raw_range(s: &AppState, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), Problem> {
+    let hours = s.config.api.max_raw_range_hours;
+    if to - from > Duration::hours(i64::from(hours)) {
+        return Err(Problem::bad_request(format!(
+            "`from` to `to` spans {:.1} h; raw readings are served over at most {hours} h per \
+             request (api.max_raw_range_hours): ask in pieces, or in buckets of a minute or more",
+            (to - from).num_seconds() as f64 / 3600.0
+        )));
+    }
+    Ok(())
+}
+
+/// A bucketed request spans at most `api.max_buckets` buckets; buckets under a whole minute
+/// are grouped from raw readings, so their range is also that of raw readings.
+fn check_buckets(
+    s: &AppState,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    every_secs: i64,
+) -> Result<(), Problem> {
+    let max = i64::from(s.config.api.max_buckets);
+    let n = ((to - from).num_seconds() + every_secs - 1) / every_secs;
+    if n > max {
+        return Err(Problem::bad_request(format!(
+            "`from` to `to` in buckets of {every_secs} s is {n} buckets; at most {max} per \
+             request (api.max_buckets): use wider buckets or a shorter range"
+        )));
+    }
+    if every_secs % 60 != 0 {
+        check_raw_range(s, from, to)?;
+    }
+    Ok(())
+}
+
 /// `30s`, `1m`, `15m`, `1h`, `1d`: between a second and a day.
 fn parse_every(s: &str) -> Result<i64, Problem> {
     let bad = || {
@@ -136,6 +172,10 @@ pub(super) async fn telemetry(
         }
     };
     let every = p.every.as_deref().map(parse_every).transpose()?;
+    match every {
+        None => check_raw_range(&s, from, to)?,
+        Some(secs) => check_buckets(&s, from, to, secs)?,
+    }
     let limit = page_limit(p.limit, MAX_PAGE)?;
     let client = s.pool.get().await?;
     let (vehicle, _) = vehicle_key(&client, &id).await?;
@@ -281,14 +321,25 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
 
+/// A cell a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, or a tab or carriage
+/// return before one) is prefixed with `'`, which makes it text (OWASP, CSV injection). Only
+/// text from outside goes through here: the numbers are written by us and cannot be formulas.
+fn spreadsheet_text(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
+    }
+}
+
 fn raw_csv(page: &Page<TelemetryPoint, String>) -> Response {
     let mut out = String::from(
         "ts,seq,lat,lon,speed_kmh,h2_g,hdop,heading_deg,h2_pressure_bar,tank_temp_c,\
          fc_power_w,fc_temp_c,batt_v,odo_km,locked,faults\n",
     );
     for p in &page.items {
-        // Fault codes come from firmware: quote them, doubling quotes inside.
-        let faults = p.faults.join(" ").replace('"', "\"\"");
+        // Fault codes come from firmware: defused as text, quoted, quotes inside doubled.
+        let faults = spreadsheet_text(&p.faults.join(" ")).replace('"', "\"\"");
         out.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{faults}\"\n",
             p.ts.to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -353,6 +404,7 @@ pub(super) async fn track(
     Q(p): Q<TrackParams>,
 ) -> Result<impl IntoResponse, Problem> {
     let (from, to) = range(p.from.as_deref(), p.to.as_deref())?;
+    check_raw_range(&s, from, to)?;
     let client = s.pool.get().await?;
     let (vehicle, _) = vehicle_key(&client, &id).await?;
     // A reading without a usable fix is stored, but it is no point of the track.
@@ -498,6 +550,15 @@ mod tests {
         ] {
             assert!(parse_every(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn formula_cells_are_defused() {
+        for f in ["=1+1", "+1", "-1", "@SUM(A1)", "\t=1", "\r=1"] {
+            assert_eq!(spreadsheet_text(f), format!("'{f}"));
+        }
+        assert_eq!(spreadsheet_text("E12 TANK"), "E12 TANK");
+        assert_eq!(spreadsheet_text(""), "");
     }
 
     #[test]

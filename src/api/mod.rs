@@ -36,7 +36,12 @@ use crate::metrics::Metrics;
 /// What every handler may use.
 #[derive(Clone)]
 pub struct AppState {
+    /// The API's own connections (bounded wait, statement timeout), apart from ingest's and
+    /// the background tasks'.
     pub pool: deadpool_postgres::Pool,
+    /// The public GBFS feeds' own connections (same limits), so that anonymous readers cannot
+    /// take the operators'.
+    pub public_pool: deadpool_postgres::Pool,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub config: Arc<crate::config::Config>,
@@ -52,6 +57,10 @@ pub(crate) struct Api {
     pub app: AppState,
     pub tokens: Arc<auth::Tokens>,
     pub commands: Arc<commands::Publisher>,
+    /// Ids of database tokens deleted by this instance: their open event streams end.
+    pub revoked: tokio::sync::broadcast::Sender<i64>,
+    /// Event streams open now, in all and per token.
+    pub streams: Arc<stream::Streams>,
 }
 
 impl FromRef<Api> for AppState {
@@ -64,10 +73,15 @@ pub fn router(state: AppState) -> Router {
     let body_limit = DefaultBodyLimit::max(state.config.http.max_body_bytes);
     let public = crate::gbfs::routes()
         .merge(crate::web::routes())
-        .with_state(state.clone());
+        .with_state(AppState {
+            pool: state.public_pool.clone(),
+            ..state.clone()
+        });
     let api = Api {
         tokens: Arc::new(auth::Tokens::from_config(&state.config.api)),
         commands: Arc::default(),
+        revoked: tokio::sync::broadcast::channel(64).0,
+        streams: Arc::default(),
         app: state,
     };
     let mut router = Router::new();
@@ -97,6 +111,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(api)
         .merge(public)
         .layer(body_limit)
+        .layer(axum::middleware::from_fn(
+            extract::refuse_control_characters,
+        ))
 }
 
 async fn openapi_json() -> impl IntoResponse {

@@ -12,6 +12,9 @@ pub struct Problem {
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Seconds for a `Retry-After` header: the request may succeed if tried again then.
+    #[serde(skip)]
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
@@ -21,7 +24,14 @@ impl Problem {
             title,
             status: status.as_u16(),
             detail: Some(detail.into()),
+            retry_after: None,
         }
+    }
+
+    /// Tell the client when trying again makes sense.
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -68,6 +78,10 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         res
     }
 }
@@ -80,13 +94,31 @@ impl From<anyhow::Error> for Problem {
 
 impl From<tokio_postgres::Error> for Problem {
     fn from(e: tokio_postgres::Error) -> Self {
+        if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+            tracing::warn!("an API query ran past database.statement_timeout_ms and was cancelled");
+            return Problem::unavailable(
+                "the query ran longer than the API allows (database.statement_timeout_ms): \
+                 ask for a shorter range or wider buckets",
+            )
+            .retry_after(5);
+        }
         Problem::internal(e)
     }
 }
 
 impl From<deadpool_postgres::PoolError> for Problem {
     fn from(e: deadpool_postgres::PoolError) -> Self {
+        if let deadpool_postgres::PoolError::Timeout(_) = e {
+            // Every API connection is busy: refuse now rather than queue without end. Ingest,
+            // alerts and webhooks have connections of their own and do not wait on these.
+            tracing::warn!("every API database connection is busy; a request was refused");
+            return Problem::unavailable(
+                "the API is busy: every database connection it may use is taken \
+                 (database.pool_size); try again shortly",
+            )
+            .retry_after(1);
+        }
         tracing::warn!(error = %e, "no database connection for a request");
-        Problem::unavailable("the database is not reachable right now")
+        Problem::unavailable("the database is not reachable right now").retry_after(5)
     }
 }

@@ -134,6 +134,8 @@ pub(super) async fn delete(
     if n == 0 {
         return Err(Problem::not_found(format!("no token {id}")));
     }
+    // Its open event streams end now; other instances' within `stream::RECHECK`.
+    let _ = api.revoked.send(id);
     tracing::info!(token = id, by = %caller.name, "API token deleted");
     Ok(StatusCode::NO_CONTENT)
 }

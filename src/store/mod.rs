@@ -19,9 +19,15 @@ use tokio_postgres::NoTls;
 pub use registry::Registry;
 pub use writer::{BatchWriter, WriteOutcome};
 
-/// Parse a `postgres://` URL.
+/// Parse a `postgres://` URL. The error names neither the URL nor the parser's complaint,
+/// either of which could carry the password.
 pub fn pg_config(url: &str) -> anyhow::Result<tokio_postgres::Config> {
-    tokio_postgres::Config::from_str(url).with_context(|| format!("invalid database URL `{url}`"))
+    tokio_postgres::Config::from_str(url).map_err(|_| {
+        anyhow::anyhow!(
+            "invalid database URL (not shown, it may hold a password): expected \
+             postgres://user[:password]@host[:port]/dbname"
+        )
+    })
 }
 
 /// One connection, its driver task spawned on the current runtime.
@@ -39,10 +45,40 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// A small pool for the API and maintenance; ingest writers hold their own connections.
+/// A pool for background work (the webhook worker, the offline sweep, zone reload, partition
+/// upkeep), sized by the caller to one connection per task, so that none of them ever waits
+/// for another; ingest writers hold their own connections, and the API has its own pool.
 pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
+    build_pool(pg_config(url)?, size, None)
+}
+
+/// A pool for the API (operators' requests and token look-ups) or the public feeds, each its
+/// own. A request waits at most `wait` for a connection, and every statement on these
+/// connections is cancelled after `statement_timeout`: however heavy the queries, they hold
+/// only this pool's connections, and only for so long.
+pub fn api_pool(
+    url: &str,
+    size: usize,
+    wait: std::time::Duration,
+    statement_timeout: std::time::Duration,
+) -> anyhow::Result<Pool> {
+    let mut config = pg_config(url)?;
+    let timeout = format!("-c statement_timeout={}", statement_timeout.as_millis());
+    let options = match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {timeout}"),
+        _ => timeout,
+    };
+    config.options(&options);
+    build_pool(config, size, Some(wait))
+}
+
+fn build_pool(
+    config: tokio_postgres::Config,
+    size: usize,
+    wait: Option<std::time::Duration>,
+) -> anyhow::Result<Pool> {
     let manager = Manager::from_config(
-        pg_config(url)?,
+        config,
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -50,6 +86,7 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
     );
     Pool::builder(manager)
         .max_size(size)
+        .wait_timeout(wait)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .context("cannot build the database pool")
@@ -93,18 +130,32 @@ async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The URL with its password hidden, for logs and errors.
+/// The URL without its password, for logs and errors: rebuilt from what it names (user,
+/// hosts, ports, database), so that no spelling of a password (`user:pw@`, `?password=`,
+/// characters a naive split gets wrong) can come through.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_owned(),
+    let Ok(c) = tokio_postgres::Config::from_str(url) else {
+        return "(an invalid database URL, not shown)".to_owned();
+    };
+    let user = c.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+    let ports = c.get_ports();
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            };
+            match ports.get(i).or(ports.first()) {
+                Some(p) => format!("{host}:{p}"),
+                None => host,
             }
-        }
-        _ => url.to_owned(),
-    }
+        })
+        .collect();
+    let db = c.get_dbname().unwrap_or_default();
+    format!("postgres://{user}{}/{db}", hosts.join(","))
 }
 
 /// A PostgreSQL client error with its causes, on one line: tokio-postgres's own message names
@@ -131,11 +182,29 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn redact_hides_passwords_only() {
+    fn redact_hides_passwords_however_written() {
         assert_eq!(
-            super::redact("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
+            super::redact("postgres://u:secret@h:5433/db"),
+            "postgres://u@h:5433/db"
         );
-        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h:5432/db");
+        for url in [
+            "postgres://u:s%40cret@h/db",
+            "postgres://u@h/db?password=secret&sslmode=disable",
+            "postgresql://:secret@h1:1,h2:2/db",
+            "postgres://u:secret@h:notaport/db",
+            "postgres://u:secret@h/db?bogus=1",
+        ] {
+            let shown = super::redact(url);
+            assert!(
+                !shown.contains("secret") && !shown.contains("cret"),
+                "{shown}"
+            );
+            let e = match super::pg_config(url) {
+                Ok(_) => continue,
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(!e.contains("secret"), "{e}");
+        }
     }
 }

@@ -14,6 +14,7 @@ mod firsthour;
 mod gbfs;
 mod ingest;
 mod limits;
+mod operators;
 mod scale;
 mod scaledown;
 mod schemathesis;
