@@ -25,6 +25,7 @@ pub struct Config {
     pub notify: crate::notify::NotifyConfig,
     pub api: crate::api::ApiConfig,
     pub gbfs: crate::gbfs::GbfsConfig,
+    pub dashboard: crate::web::DashboardConfig,
 }
 
 #[derive(Clone, Deserialize)]
@@ -586,6 +587,9 @@ impl Config {
             .validate()
             .map_err(|(o, m)| invalid(&format!("api.{o}"), m))?;
         self.gbfs.validate().map_err(|(o, m)| invalid(&o, m))?;
+        self.dashboard
+            .validate()
+            .map_err(|(o, m)| invalid(&format!("dashboard.{o}"), m))?;
         for (n, w) in self.webhooks.iter().enumerate() {
             w.validate()
                 .map_err(|(o, m)| invalid(&format!("webhooks[{n}].{o}"), m))?;
@@ -828,6 +832,8 @@ mod example_file {
         );
         assert_eq!(c.store.pack_after_days, d.store.pack_after_days);
         assert_eq!(c.gbfs, d.gbfs);
+        assert_eq!(c.dashboard, d.dashboard);
+        assert_eq!(c.notify.language, d.notify.language);
         assert_eq!(c.http.max_body_bytes, d.http.max_body_bytes);
         assert_eq!(
             c.http.header_read_timeout_secs,

@@ -85,6 +85,8 @@ pub struct NotifyConfig {
     pub concurrency: usize,
     /// Most deliveries one worker takes for one webhook in one go.
     pub batch_size: usize,
+    /// The language of chat messages: rule, severity and event names and the field labels.
+    pub language: super::labels::Language,
 }
 
 impl Default for NotifyConfig {
@@ -100,6 +102,7 @@ impl Default for NotifyConfig {
             http_timeout_secs: 10,
             concurrency: 2,
             batch_size: 100,
+            language: Default::default(),
         }
     }
 }

@@ -4,8 +4,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
 use super::config::{Format, secret_key};
+use super::labels::{self, Language};
 use super::sign;
-use crate::domain::{AlertEvent, AlertEventType, Severity};
+use crate::domain::{AlertEvent, AlertEventType};
 
 /// Where and how one webhook is reached.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +21,8 @@ pub struct Target<'a> {
 pub struct Context {
     pub source: String,
     pub dashboard_url: String,
+    /// The language of chat texts (`notify.language`).
+    pub language: Language,
 }
 
 /// One HTTP POST, ready to send.
@@ -52,12 +55,13 @@ pub fn single(
     if t.format == Format::Generic {
         return generic(t, ev, ctx, now);
     }
-    let title = headline(ev);
-    let mut lines = facts(ev, t.format);
+    let lang = ctx.language;
+    let title = headline(ev, lang);
+    let mut lines = facts(ev, t.format, lang);
     lines.push(link(
         t.format,
         &alert_link(ctx, ev.alert.id),
-        "打开控制台 Open in dashboard",
+        labels::field(lang, "open_dashboard"),
     ));
     chat(t, &title, &lines, now)
 }
@@ -69,12 +73,17 @@ pub fn digest(
     ctx: &Context,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Outgoing> {
-    let title = format!("{} 条告警更新 {} alert updates", events.len(), events.len());
-    let mut lines: Vec<String> = events.iter().map(|e| digest_line(e, t.format)).collect();
+    let lang = ctx.language;
+    let sep = if lang == Language::ZhCn { "" } else { " " };
+    let title = format!("{}{sep}{}", events.len(), labels::field(lang, "updates"));
+    let mut lines: Vec<String> = events
+        .iter()
+        .map(|e| digest_line(e, t.format, lang))
+        .collect();
     lines.push(link(
         t.format,
         &ctx.dashboard_url,
-        "打开控制台 Open in dashboard",
+        labels::field(lang, "open_dashboard"),
     ));
     chat(t, &title, &lines, now)
 }
@@ -86,7 +95,13 @@ pub fn digest_chunks(format: Format, events: &[AlertEvent]) -> Vec<usize> {
     let mut chunks = Vec::new();
     let (mut n, mut bytes) = (0usize, 0usize);
     for e in events {
-        let len = digest_line(e, format).len() + 1;
+        // Sized for the longer language, so a chunk fits whichever the message is written in.
+        let len = Language::ALL
+            .iter()
+            .map(|&l| digest_line(e, format, l).len())
+            .max()
+            .unwrap_or(0)
+            + 1;
         if n > 0 && (n == DIGEST_MAX_ALERTS || bytes + len > budget) {
             chunks.push(n);
             (n, bytes) = (0, 0);
@@ -195,29 +210,11 @@ fn chat(
     })
 }
 
-fn event_label(t: AlertEventType) -> &'static str {
-    match t {
-        AlertEventType::Opened => "告警 Alert opened",
-        AlertEventType::Escalated => "告警升级 Alert escalated",
-        AlertEventType::Deescalated => "告警降级 Alert de-escalated",
-        AlertEventType::Acknowledged => "已确认 Alert acknowledged",
-        AlertEventType::Resolved => "已解除 Alert resolved",
-    }
-}
-
-fn severity_label(s: Severity) -> &'static str {
-    match s {
-        Severity::Critical => "严重 critical",
-        Severity::Warning => "警告 warning",
-        Severity::Info => "提示 info",
-    }
-}
-
-fn headline(ev: &AlertEvent) -> String {
+fn headline(ev: &AlertEvent, lang: Language) -> String {
     format!(
         "{}: {} · {}",
-        event_label(ev.event_type),
-        ev.alert.rule,
+        labels::event(lang, ev.event_type.as_str()),
+        labels::rule(lang, &ev.alert.rule),
         ev.alert.vehicle_id
     )
 }
@@ -235,29 +232,34 @@ fn nearest_zone(ev: &AlertEvent) -> Option<String> {
     })
 }
 
-fn facts(ev: &AlertEvent, format: Format) -> Vec<String> {
+fn facts(ev: &AlertEvent, format: Format, lang: Language) -> Vec<String> {
     let a = &ev.alert;
+    let f = |name| labels::field(lang, name);
     let mut rows = vec![
         (
-            "车辆 Vehicle",
-            format!("{} ({})", a.vehicle_id, a.vehicle_kind),
+            f("vehicle"),
+            format!(
+                "{} ({})",
+                a.vehicle_id,
+                labels::kind(lang, a.vehicle_kind.as_str())
+            ),
         ),
-        ("规则 Rule", a.rule.clone()),
-        ("级别 Severity", severity_label(a.severity).to_owned()),
+        (f("rule"), labels::rule(lang, &a.rule).to_owned()),
+        (
+            f("severity"),
+            labels::severity(lang, a.severity.as_str()).to_owned(),
+        ),
     ];
     if let Some(p) = place(ev) {
-        rows.push(("位置 Place", p));
+        rows.push((f("place"), p));
     }
     if let Some(z) = &a.zone {
-        rows.push(("区域 Zone", z.clone()));
+        rows.push((f("zone"), z.clone()));
     }
     if let Some(z) = nearest_zone(ev) {
-        rows.push(("最近停车区 Nearest zone", z));
+        rows.push((f("nearest_zone"), z));
     }
-    rows.push((
-        "时间 Time",
-        ev.at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-    ));
+    rows.push((f("time"), ev.at.format("%Y-%m-%d %H:%M:%S UTC").to_string()));
     rows.into_iter()
         .map(|(k, v)| match format {
             Format::Feishu => format!("{k}: {v}"),
@@ -267,15 +269,15 @@ fn facts(ev: &AlertEvent, format: Format) -> Vec<String> {
         .collect()
 }
 
-fn digest_line(ev: &AlertEvent, format: Format) -> String {
+fn digest_line(ev: &AlertEvent, format: Format, lang: Language) -> String {
     let a = &ev.alert;
     let mut s = format!(
         "{} #{} {} {} {}",
-        ev.event_type.as_str().trim_start_matches("alert."),
+        labels::event(lang, ev.event_type.as_str()),
         a.id,
         a.vehicle_id,
-        a.rule,
-        a.severity.as_str()
+        labels::rule(lang, &a.rule),
+        labels::severity(lang, a.severity.as_str())
     );
     if let Some(p) = place(ev) {
         s.push_str(&format!(" @ {p}"));

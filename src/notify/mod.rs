@@ -7,6 +7,7 @@
 
 mod clock;
 mod config;
+pub mod labels;
 pub mod message;
 mod netguard;
 pub mod outbox;

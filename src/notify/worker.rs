@@ -124,6 +124,7 @@ impl Worker {
             ctx: Context {
                 source: cfg.source.clone(),
                 dashboard_url: cfg.dashboard_url.clone(),
+                language: cfg.language,
             },
             http: http.build().context("building the webhook HTTP client")?,
             pool,

@@ -5,7 +5,8 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::*;
-use crate::domain::{Alert, AlertState, VehicleKind};
+use crate::domain::{Alert, AlertState, Severity, VehicleKind};
+use crate::notify::labels::Language;
 
 fn event(alert_id: i64, t: AlertEventType) -> AlertEvent {
     AlertEvent {
@@ -34,6 +35,7 @@ fn ctx() -> Context {
     Context {
         source: "/hyfleet".into(),
         dashboard_url: "https://fleet.example.com/".into(),
+        language: Language::En,
     }
 }
 
@@ -108,7 +110,7 @@ fn dingtalk_signs_the_url_and_reads_well() {
     let text = body["markdown"]["text"].as_str().unwrap();
     for needle in [
         "XY-B0007",
-        "parking_violation",
+        "Parked outside the fence",
         "warning",
         "37.14650, 111.77390",
         "P-03 (41 m)",
@@ -262,4 +264,69 @@ fn a_deescalation_reads_as_one_in_every_format() {
     let o = single(generic, &ev, &ctx(), now()).unwrap();
     let body: Value = serde_json::from_slice(&o.body).unwrap();
     assert_eq!(body["type"], "hyfleet.alert.deescalated");
+}
+
+/// Xiaoyi's dispatchers read Chinese: rule, severity, event and kind by name, not by code.
+#[test]
+fn chat_texts_speak_the_configured_language() {
+    let zh = Context {
+        language: Language::ZhCn,
+        ..ctx()
+    };
+    let mut ev = event(7, AlertEventType::Opened);
+    ev.alert.rule = "low_hydrogen".into();
+    ev.alert.severity = Severity::Critical;
+    for format in [
+        Format::DingTalk,
+        Format::WeCom,
+        Format::Feishu,
+        Format::Slack,
+    ] {
+        let t = Target {
+            url: "https://robot.example.com/send?k=1",
+            secret: None,
+            format,
+        };
+        let text = String::from_utf8(single(t, &ev, &zh, now()).unwrap().body).unwrap();
+        let text: Value = serde_json::from_str(&text).unwrap();
+        let text = text.to_string();
+        for needle in ["新告警", "氢量不足", "严重", "单车", "规则", "打开控制台"]
+        {
+            assert!(
+                text.contains(needle),
+                "{format:?}: {needle} missing from {text}"
+            );
+        }
+        assert!(
+            !text.contains("low_hydrogen"),
+            "{format:?}: raw rule name in {text}"
+        );
+        let text = String::from_utf8(single(t, &ev, &ctx(), now()).unwrap().body).unwrap();
+        for needle in ["Alert opened", "Low hydrogen", "critical", "Rule"] {
+            assert!(
+                text.contains(needle),
+                "{format:?}: {needle} missing from {text}"
+            );
+        }
+        assert!(
+            !text.contains("low_hydrogen"),
+            "{format:?}: raw rule name in {text}"
+        );
+        let digest = digest(t, std::slice::from_ref(&ev), &zh, now()).unwrap();
+        let digest = String::from_utf8(digest.body).unwrap();
+        let digest: Value = serde_json::from_str(&digest).unwrap();
+        assert!(
+            digest.to_string().contains("#7 XY-B0007 氢量不足 严重"),
+            "{digest}"
+        );
+    }
+    // A custom rule keeps the name its author gave it.
+    ev.alert.rule = "night_ride".into();
+    let t = Target {
+        url: "https://robot.example.com/send?k=1",
+        secret: None,
+        format: Format::Feishu,
+    };
+    let text = String::from_utf8(single(t, &ev, &zh, now()).unwrap().body).unwrap();
+    assert!(text.contains("night_ride"), "{text}");
 }

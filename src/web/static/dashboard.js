@@ -1,33 +1,112 @@
-// hyfleet dashboard: plain JavaScript, no external assets. Reads the operator API with the
-// bearer token kept in localStorage, listens to the live stream, and polls as a fallback.
+// hyfleet dashboard: plain JavaScript over the vendored Leaflet, no outside assets but the
+// configured map tiles. Reads the operator API with the bearer token kept in localStorage,
+// listens to the live stream, and polls as a fallback. Every string comes from i18n.js; rule,
+// severity and event names from the server's catalogue in /dashboard/config.json.
 "use strict";
 
 const TOKEN_KEY = "hyfleet.token";
+const LANG_KEY = "hyfleet.lang";
 const POLL_MS = 5000;       // without the live stream
 const SLOW_POLL_MS = 20000; // with it: only to repair anything the lossy stream missed
 const SVG = "http://www.w3.org/2000/svg";
+// Below this zoom, vehicles close together on screen are drawn as one numbered circle: 505
+// dots over a town at zoom 12 are a smear, and a smear cannot be clicked.
+const CLUSTER_BELOW_ZOOM = 16;
+const CLUSTER_CELL_PX = 40;
+const CLUSTER_MIN = 3;
 
 const state = {
   token: localStorage.getItem(TOKEN_KEY) || "",
+  lang: null,
+  config: { tiles: null, time_zone: "Asia/Shanghai", labels: {} },
   vehicles: new Map(), // id -> vehicle as the API gives it
   alerts: new Map(),   // id -> open alert
   zones: null,
-  proj: null,
-  view: null,          // current viewBox [x, y, w, h]
+  map: null,
+  zoneLayer: null,
+  vehicleLayer: null,
+  fitBounds: null,
+  tileErrors: 0,
+  tileLoads: 0,
   selected: null,
   stream: null,
   live: false,
   timer: null,
-  chartTimer: null,
+  series: null,
 };
 
 const $ = (id) => document.getElementById(id);
 
-function setStatus(text, cls) {
+// ---- language -----------------------------------------------------------------------------
+
+function pickLanguage() {
+  const saved = localStorage.getItem(LANG_KEY);
+  if (saved && window.hyfleetI18n[saved]) return saved;
+  const wanted = navigator.languages || [navigator.language || "en"];
+  return wanted.some((l) => /^zh\b/i.test(l)) ? "zh-CN" : "en";
+}
+
+function t(key, vars) {
+  const cat = window.hyfleetI18n[state.lang] || window.hyfleetI18n.en;
+  let s = cat[key] ?? window.hyfleetI18n.en[key] ?? key;
+  for (const [k, v] of Object.entries(vars || {})) s = s.split("{" + k + "}").join(String(v));
+  return s;
+}
+
+// A rule, severity, event or kind by its human name; a custom rule by its own.
+function label(table, name) {
+  const l = state.config.labels[state.lang] || {};
+  return (l[table] && l[table][name]) || name;
+}
+
+function applyLanguage() {
+  document.documentElement.lang = state.lang;
+  for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  for (const el of document.querySelectorAll("[data-i18n-placeholder]")) el.placeholder = t(el.dataset.i18nPlaceholder);
+  for (const el of document.querySelectorAll("[data-i18n-title]")) el.title = t(el.dataset.i18nTitle);
+  for (const el of document.querySelectorAll("[data-i18n-aria-label]")) el.setAttribute("aria-label", t(el.dataset.i18nAriaLabel));
+  for (const o of $("chart-hours").options) o.textContent = t("chart.hours_n", { n: o.value });
+  $("lang").value = state.lang;
+  makeFormats();
+}
+
+function setLanguage(lang) {
+  state.lang = lang;
+  localStorage.setItem(LANG_KEY, lang);
+  applyLanguage();
+  drawAll();
+}
+
+// Dates in the operator's time zone, numbers in the reader's language.
+let dateFmt, clockFmt;
+function makeFormats() {
+  const opts = (o) => {
+    try { return new Intl.DateTimeFormat(state.lang, Object.assign({ timeZone: state.config.time_zone, hour12: false }, o)); }
+    catch (_) { return new Intl.DateTimeFormat(state.lang, Object.assign({ timeZone: "Asia/Shanghai", hour12: false }, o)); }
+  };
+  dateFmt = opts({ month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  clockFmt = opts({ hour: "2-digit", minute: "2-digit" });
+}
+
+function fmt(n, digits) {
+  if (n == null || Number.isNaN(Number(n))) return "–";
+  return new Intl.NumberFormat(state.lang, { maximumFractionDigits: digits || 0 }).format(Number(n));
+}
+
+function timeOf(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? "" : dateFmt.format(d);
+}
+
+function setStatus(key, cls, vars) {
   const s = $("status");
-  s.textContent = text;
+  s.dataset.i18n = key;
+  s.textContent = t(key, vars);
   s.className = "status " + (cls || "");
 }
+
+// ---- API ----------------------------------------------------------------------------------
 
 class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
@@ -48,7 +127,7 @@ async function api(path, options) {
 
 function authFailed(e) {
   if (e instanceof ApiError && (e.status === 401 || e.status === 403)) {
-    setStatus(state.token ? "token refused" : "token needed", "error");
+    setStatus(state.token ? "status.token_refused" : "status.token_needed", "error");
     $("token").focus();
     return true;
   }
@@ -57,80 +136,99 @@ function authFailed(e) {
 
 // ---- map ----------------------------------------------------------------------------------
 
-function ringsOf(geometry) {
-  if (!geometry) return [];
-  if (geometry.type === "Polygon") return [geometry.coordinates];
-  if (geometry.type === "MultiPolygon") return geometry.coordinates;
-  return [];
+// Stored positions are WGS-84; GCJ-02 tiles (AMap, Tencent) need them moved to sit on their
+// streets. Tianditu's CGCS2000 is within a metre of WGS-84.
+function display(lat, lon) {
+  const tiles = state.config.tiles;
+  if (tiles && tiles.crs === "gcj02") return window.hyfleetGeo.wgs84ToGcj02(lat, lon);
+  return [lat, lon];
 }
 
-// Equirectangular projection fitted to the service area: x grows east, y grows south, and a
-// degree of longitude is shortened by cos(latitude) so that shapes keep their proportions.
-function makeProjection(features) {
-  const fit = features.filter((f) => f.properties && f.properties.kind === "service_area");
-  const use = fit.length ? fit : features;
-  let minLon = Infinity, maxLon = -Infinity, minLat = Infinity, maxLat = -Infinity;
-  const visit = (lon, lat) => {
-    minLon = Math.min(minLon, lon); maxLon = Math.max(maxLon, lon);
-    minLat = Math.min(minLat, lat); maxLat = Math.max(maxLat, lat);
-  };
-  for (const f of use) {
-    const g = f.geometry || {};
-    if (g.type === "Point") visit(g.coordinates[0], g.coordinates[1]);
-    for (const poly of ringsOf(g)) for (const ring of poly) for (const p of ring) visit(p[0], p[1]);
+function initMap() {
+  const map = L.map("map", { zoomControl: true, attributionControl: true, preferCanvas: false });
+  state.map = map;
+  map.attributionControl.setPrefix(false);
+  const tiles = state.config.tiles;
+  if (tiles) {
+    const layer = L.tileLayer(tiles.url, {
+      subdomains: tiles.subdomains || "abc",
+      maxZoom: tiles.max_zoom || 18,
+      attribution: tiles.attribution,
+      referrerPolicy: "no-referrer",
+    });
+    // Offline or blocked: keep drawing the fleet on the plain background, and say why.
+    layer.on("tileerror", () => { state.tileErrors++; tilesNote(); });
+    layer.on("tileload", () => { state.tileLoads++; tilesNote(); });
+    layer.addTo(map);
   }
-  if (!isFinite(minLon)) { minLon = 111.74; maxLon = 111.82; minLat = 37.11; maxLat = 37.18; }
-  const k = Math.cos(((minLat + maxLat) / 2) * Math.PI / 180);
-  const scale = 100000; // map units per degree of latitude: roughly metres
-  const project = (lon, lat) => [(lon - minLon) * k * scale, (maxLat - lat) * scale];
-  const [w, h] = project(maxLon, minLat);
-  const pad = Math.max(w, h) * 0.03;
-  return { project, box: [-pad, -pad, w + 2 * pad, h + 2 * pad], unit: Math.max(w, h) / 700 };
+  map.getContainer().dataset.tiles = tiles ? tiles.crs : "none";
+  // Vehicles above zones whatever is redrawn when: a pane of their own.
+  map.createPane("vehicles").style.zIndex = 450;
+  state.zoneLayer = L.layerGroup().addTo(map);
+  state.vehicleLayer = L.layerGroup().addTo(map);
+  map.setView(display(37.145, 111.781), 13);
+  map.on("zoomend moveend", () => drawVehicles());
+  $("map-fit").addEventListener("click", fitMap);
 }
 
-function setView(v) {
-  state.view = v;
-  $("map").setAttribute("viewBox", v.join(" "));
-  drawVehicles();
+function tilesNote() {
+  const failing = state.tileErrors > 0 && state.tileLoads === 0;
+  $("tiles-note").hidden = !failing;
+  $("map").classList.toggle("no-tiles", failing);
+}
+
+function fitMap() {
+  if (state.fitBounds && state.fitBounds.isValid()) state.map.fitBounds(state.fitBounds, { padding: [8, 8] });
+}
+
+// Leaflet writes a tooltip's string as HTML; names come from people: give it text.
+function tip(text) {
+  const span = document.createElement("span");
+  span.textContent = text;
+  return span;
+}
+
+function zoneKinds(p) {
+  return Array.isArray(p.kinds) ? p.kinds : null;
 }
 
 function drawZones() {
-  const g = $("zones");
-  g.replaceChildren();
+  const layer = state.zoneLayer;
+  layer.clearLayers();
   const features = (state.zones && state.zones.features) || [];
-  state.proj = makeProjection(features);
-  const { project } = state.proj;
   const order = { service_area: 0, slow: 1, parking: 2, no_parking: 3, station: 4 };
   const sorted = features.slice().sort((a, b) =>
     (order[(a.properties || {}).kind] ?? 5) - (order[(b.properties || {}).kind] ?? 5));
+  let fit = null, any = null;
   for (const f of sorted) {
     const p = f.properties || {};
-    const title = document.createElementNS(SVG, "title");
     // A zone scoped to some kinds of vehicle says so, and is drawn apart (dashed).
-    const kinds = Array.isArray(p.kinds) ? p.kinds : null;
-    title.textContent = `${p.name || p.id} (${p.kind}${kinds ? ", " + kinds.join(" and ") + " only" : ""})`;
-    let el;
-    if (f.geometry && f.geometry.type === "Point") {
-      const [x, y] = project(f.geometry.coordinates[0], f.geometry.coordinates[1]);
-      el = document.createElementNS(SVG, "circle");
-      el.setAttribute("cx", x); el.setAttribute("cy", y);
-      el.setAttribute("r", Math.max(p.radius_m || 40, state.proj.unit * 4));
-    } else {
-      let d = "";
-      for (const poly of ringsOf(f.geometry)) for (const ring of poly) {
-        d += ring.map((pt, i) => (i ? "L" : "M") + project(pt[0], pt[1]).map((n) => n.toFixed(1)).join(",")).join("") + "Z";
-      }
-      el = document.createElementNS(SVG, "path");
-      el.setAttribute("d", d);
-      el.setAttribute("fill-rule", "evenodd");
+    const kinds = zoneKinds(p);
+    const cls = "zone " + p.kind + (kinds ? " scoped " + kinds.map((k) => "only-" + k).join(" ") : "");
+    const g = L.geoJSON(f, {
+      coordsToLatLng: (c) => L.latLng(display(c[1], c[0])),
+      style: () => ({ className: cls }),
+      pointToLayer: (_, latlng) => L.circle(latlng, { radius: p.radius_m || 40, className: cls }),
+    });
+    const name = p.name || p.id;
+    const kindText = kinds ? ", " + t("zone.only", { kinds: kinds.map((k) => label("kinds", k)).join("/") }) : "";
+    const kindName = window.hyfleetI18n.en["legend." + p.kind] ? t("legend." + p.kind) : p.kind;
+    g.bindTooltip(tip(`${name} (${kindName}${kindText})`), { sticky: true });
+    g.addTo(layer);
+    g.eachLayer((l) => {
+      const el = l.getElement && l.getElement();
+      if (el) { el.dataset.zone = p.id || ""; el.dataset.kinds = kinds ? kinds.join(" ") : "all"; }
+    });
+    const b = g.getBounds();
+    if (b.isValid()) {
+      any = any ? any.extend(b) : L.latLngBounds(b.getSouthWest(), b.getNorthEast());
+      // Parking areas are where the bikes are: the town, not the bus line's whole corridor.
+      if (p.kind === "parking") fit = fit ? fit.extend(b) : L.latLngBounds(b.getSouthWest(), b.getNorthEast());
     }
-    el.setAttribute("class", "zone " + p.kind + (kinds ? " scoped " + kinds.map((k) => "only-" + k).join(" ") : ""));
-    el.dataset.zone = p.id || "";
-    el.dataset.kinds = kinds ? kinds.join(" ") : "all";
-    el.appendChild(title);
-    g.appendChild(el);
   }
-  setView(state.proj.box.slice());
+  const first = !state.fitBounds;
+  state.fitBounds = fit || any;
+  if (first) fitMap();
 }
 
 function h2Colour(pct) {
@@ -147,86 +245,91 @@ function h2Percent(v) {
   return null;
 }
 
-function drawVehicles() {
-  if (!state.proj) return;
-  const g = $("vehicles");
-  const { project } = state.proj;
-  // Dots keep their size on screen whatever the zoom.
-  const r = (state.view ? state.view[2] : state.proj.box[2]) / 260;
-  const frag = document.createDocumentFragment();
-  let shown = 0;
-  for (const v of state.vehicles.values()) {
-    if (v.lat == null || v.lon == null) continue;
-    const [x, y] = project(v.lon, v.lat);
-    const c = document.createElementNS(SVG, "circle");
-    c.setAttribute("cx", x.toFixed(1)); c.setAttribute("cy", y.toFixed(1));
-    c.setAttribute("r", (v.kind === "bus" ? 1.8 : 1) * r);
-    const offline = v.online === false;
-    const riding = v.locked === false;
-    c.setAttribute("fill", offline ? "#9e9e9e" : h2Colour(h2Percent(v)));
-    c.setAttribute("class", "veh " + (v.kind || "") + (riding ? " riding" : "") +
-      (offline ? " offline" : "") + (v.id === state.selected ? " selected" : ""));
-    c.dataset.vehicle = v.id;
-    const t = document.createElementNS(SVG, "title");
-    const pct = h2Percent(v);
-    t.textContent = `${v.id}: ${pct == null ? "?" : pct.toFixed(0)} % H₂, ` +
-      `${v.speed_kmh == null ? "?" : v.speed_kmh.toFixed(0)} km/h` +
-      (offline ? ", offline" : riding ? ", riding" : "");
-    c.appendChild(t);
-    frag.appendChild(c);
-    shown++;
-  }
-  g.replaceChildren(frag);
-  $("vehicle-count").textContent = `${shown} vehicles`;
+function vehicleColour(v) {
+  return v.online === false ? "#9e9e9e" : h2Colour(h2Percent(v));
 }
 
-function enableMapGestures() {
-  const svg = $("map");
-  const toMap = (ev) => {
-    const rect = svg.getBoundingClientRect();
-    const [x, y, w, h] = state.view;
-    // preserveAspectRatio "xMidYMid meet": one scale, centred.
-    const s = Math.max(w / rect.width, h / rect.height);
-    const ox = x - (rect.width * s - w) / 2, oy = y - (rect.height * s - h) / 2;
-    return [ox + (ev.clientX - rect.left) * s, oy + (ev.clientY - rect.top) * s, s];
-  };
-  svg.addEventListener("wheel", (ev) => {
-    if (!state.view) return;
-    ev.preventDefault();
-    const [mx, my] = toMap(ev);
-    const f = ev.deltaY < 0 ? 0.8 : 1.25;
-    const [x, y, w, h] = state.view;
-    setView([mx - (mx - x) * f, my - (my - y) * f, w * f, h * f]);
-  }, { passive: false });
-  let drag = null;
-  svg.addEventListener("pointerdown", (ev) => {
-    if (ev.target.dataset && ev.target.dataset.vehicle) return;
-    drag = { x: ev.clientX, y: ev.clientY, view: state.view.slice(), s: toMap(ev)[2] };
-    svg.setPointerCapture(ev.pointerId);
-  });
-  svg.addEventListener("pointermove", (ev) => {
-    if (!drag) return;
-    const [x, y, w, h] = drag.view;
-    state.view = [x - (ev.clientX - drag.x) * drag.s, y - (ev.clientY - drag.y) * drag.s, w, h];
-    svg.setAttribute("viewBox", state.view.join(" "));
-  });
-  svg.addEventListener("pointerup", () => { drag = null; });
-  svg.addEventListener("click", (ev) => {
-    const id = ev.target.dataset && ev.target.dataset.vehicle;
-    if (id) selectVehicle(id);
-  });
-  $("map-fit").addEventListener("click", () => state.proj && setView(state.proj.box.slice()));
+// Grid clustering in screen space: cheap enough to redo on every zoom and position burst.
+function clusters(list, zoom) {
+  if (zoom >= CLUSTER_BELOW_ZOOM) return { singles: list, groups: [] };
+  const cells = new Map();
+  for (const v of list) {
+    const p = state.map.project(v.at, zoom);
+    const key = Math.floor(p.x / CLUSTER_CELL_PX) + ":" + Math.floor(p.y / CLUSTER_CELL_PX);
+    if (!cells.has(key)) cells.set(key, []);
+    cells.get(key).push(v);
+  }
+  const singles = [], groups = [];
+  for (const members of cells.values()) {
+    if (members.length < CLUSTER_MIN) singles.push(...members);
+    else groups.push(members);
+  }
+  return { singles, groups };
+}
+
+function drawVehicles() {
+  if (!state.map) return;
+  const layer = state.vehicleLayer;
+  layer.clearLayers();
+  const list = [];
+  for (const v of state.vehicles.values()) {
+    if (v.lat == null || v.lon == null) continue;
+    list.push({ v, at: L.latLng(display(v.lat, v.lon)) });
+  }
+  const { singles, groups } = clusters(list, state.map.getZoom());
+  for (const { v, at } of singles) {
+    const offline = v.online === false;
+    const riding = v.locked === false;
+    const m = L.circleMarker(at, {
+      radius: v.kind === "bus" ? 8 : 5,
+      fillColor: vehicleColour(v),
+      fillOpacity: 0.95,
+      vehicle: v.id,
+      pane: "vehicles",
+      className: "veh " + (v.kind || "") + (riding ? " riding" : "") + (offline ? " offline" : "") +
+        (v.id === state.selected ? " selected" : ""),
+    });
+    const pct = h2Percent(v);
+    m.bindTooltip(tip(t("tip.vehicle", { id: v.id, pct: pct == null ? "?" : fmt(pct), speed: v.speed_kmh == null ? "?" : fmt(v.speed_kmh) }) +
+      (offline ? ", " + t("facts.offline") : riding ? ", " + t("facts.riding") : "")));
+    m.on("click", () => selectVehicle(v.id));
+    m.addTo(layer);
+    const el = m.getElement();
+    if (el) { el.dataset.vehicle = v.id; el.setAttribute("fill", vehicleColour(v)); }
+  }
+  for (const members of groups) {
+    let lat = 0, lng = 0, worst = 100;
+    for (const { v, at } of members) {
+      lat += at.lat; lng += at.lng;
+      const pct = h2Percent(v);
+      if (pct != null && v.online !== false) worst = Math.min(worst, pct);
+    }
+    const centre = L.latLng(lat / members.length, lng / members.length);
+    const n = members.length;
+    const size = n < 10 ? 28 : n < 100 ? 34 : 40;
+    const icon = L.divIcon({
+      className: "cluster" + (worst < 10 ? " crit" : worst < 20 ? " low" : ""),
+      html: "<span>" + n + "</span>",
+      iconSize: [size, size],
+    });
+    const m = L.marker(centre, { icon, title: t("map.cluster", { n }) });
+    m.on("click", () => state.map.setView(centre, Math.min(state.map.getZoom() + 2, CLUSTER_BELOW_ZOOM)));
+    m.addTo(layer);
+    const el = m.getElement();
+    if (el) el.dataset.count = String(n);
+  }
+  $("vehicle-count").textContent = t("map.vehicles", { n: fmt(list.length) });
 }
 
 // ---- figures and alerts -------------------------------------------------------------------
 
-function fmt(n, digits) {
-  return n == null || Number.isNaN(Number(n)) ? "–" : Number(n).toLocaleString("en", { maximumFractionDigits: digits || 0 });
-}
+let lastSummary = null;
 
 // Takes the flat shape (`online`, `open_alerts_by_rule`, `km_today`…) and the nested one
 // (`total.online`, `open_alerts: {rule: n}`, `today.km`…); a missing figure shows as a dash.
 function drawSummary(s) {
+  lastSummary = s;
+  if (!s) return;
   const total = s.total || {};
   const today = s.today || {};
   const first = (...xs) => xs.find((x) => x != null);
@@ -237,10 +340,9 @@ function drawSummary(s) {
     (s.open_alerts && typeof s.open_alerts === "object" ? s.open_alerts : {});
   const sum = Object.values(byRule).reduce((a, b) => a + b, 0);
   $("fig-alerts").textContent = fmt(typeof s.open_alerts === "number" ? s.open_alerts : sum);
-  const ul = $("fig-alerts-by-rule");
-  ul.replaceChildren(...Object.entries(byRule).sort((a, b) => b[1] - a[1]).map(([rule, n]) => {
+  $("fig-alerts-by-rule").replaceChildren(...Object.entries(byRule).sort((a, b) => b[1] - a[1]).map(([rule, n]) => {
     const li = document.createElement("li");
-    li.textContent = `${rule}: ${n}`;
+    li.textContent = `${label("rules", rule)}: ${fmt(n)}`;
     return li;
   }));
   $("fig-km").textContent = fmt(first(s.km_today, today.km), 1);
@@ -248,10 +350,16 @@ function drawSummary(s) {
   $("fig-h2").textContent = h2 == null ? "–" : h2 >= 1000 ? fmt(h2 / 1000, 2) + " kg" : fmt(h2, 0) + " g";
 }
 
-function timeOf(iso) {
-  if (!iso) return "";
-  const d = new Date(iso);
-  return d.toLocaleString("en-GB", { month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+// The place an alert concerns: the no-parking zone a ride ended in, or the nearest parking
+// area and how far it was, or the alert's own zone.
+function zoneText(a) {
+  const d = a.details || {};
+  if (d.no_parking_zone) return t("alerts.in_no_parking", { zone: d.no_parking_zone_name || d.no_parking_zone });
+  if (d.nearest_zone) {
+    const zone = d.nearest_zone_name || d.nearest_zone;
+    return d.distance_m == null ? zone : t("alerts.nearest", { zone, m: fmt(d.distance_m) });
+  }
+  return a.zone || "";
 }
 
 function drawAlerts() {
@@ -262,24 +370,26 @@ function drawAlerts() {
     const tr = document.createElement("tr");
     tr.className = a.severity || "";
     tr.dataset.alert = a.id;
-    const cells = [timeOf(a.opened_at), a.vehicle_id, a.rule, a.severity, a.zone || ""];
+    const cells = [timeOf(a.opened_at), a.vehicle_id, label("rules", a.rule), label("severities", a.severity), zoneText(a)];
     cells.forEach((text, i) => {
       const td = document.createElement("td");
       td.textContent = text;
-      if (i === 1) { td.className = "vehicle"; td.addEventListener("click", () => selectVehicle(a.vehicle_id)); }
+      if (i === 1) { td.className = "vehicle"; td.addEventListener("click", () => selectVehicle(a.vehicle_id, true)); }
+      if (i === 2) td.title = a.rule;
+      if (i === 4) td.className = "zone-cell";
       tr.appendChild(td);
     });
     const td = document.createElement("td");
     const b = document.createElement("button");
     b.type = "button";
     b.className = "ack";
-    b.textContent = "Acknowledge";
+    b.textContent = t("alerts.ack");
     b.addEventListener("click", () => acknowledge(a.id, b));
     td.appendChild(b);
     tr.appendChild(td);
     return tr;
   }));
-  $("alert-count").textContent = rows.length ? `${rows.length}` : "";
+  $("alert-count").textContent = rows.length ? fmt(rows.length) : "";
   $("alerts-empty").hidden = rows.length > 0;
 }
 
@@ -297,8 +407,8 @@ async function acknowledge(id, button) {
     loadSummary().catch(() => {});
   } catch (e) {
     button.disabled = false;
-    button.textContent = "Acknowledge";
-    if (!authFailed(e)) setStatus(`acknowledge failed: ${e.message}`, "error");
+    button.textContent = t("alerts.ack");
+    if (!authFailed(e)) setStatus("status.ack_failed", "error", { error: e.message });
   }
 }
 
@@ -311,8 +421,7 @@ function pick(o, names) {
 
 async function loadChart() {
   const id = state.selected;
-  const svg = $("chart");
-  if (!id) { svg.replaceChildren(); return; }
+  if (!id) { $("chart").replaceChildren(); return; }
   const hours = Number($("chart-hours").value);
   const to = new Date();
   const from = new Date(to.getTime() - hours * 3600 * 1000);
@@ -326,16 +435,22 @@ async function loadChart() {
     path = r.next ? url(r.next) : null;
   }
   if (state.selected !== id) return;
-  const series = points.map((p) => ({
+  state.series = points.map((p) => ({
     t: new Date(pick(p, ["ts", "bucket", "t", "time"])).getTime(),
     h2: pick(p, ["h2_g", "h2_avg", "h2_g_avg", "h2_min"]),
     speed: pick(p, ["speed_kmh", "speed_avg", "speed_kmh_avg", "speed_max"]),
   })).filter((p) => !Number.isNaN(p.t)).sort((a, b) => a.t - b.t);
-  drawChart(series, from.getTime(), to.getTime());
+  drawChart();
 }
 
-function drawChart(series, t0, t1) {
+// Nice steps for a time axis, in minutes.
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360];
+
+// The time axis spans the readings that exist (a vehicle heard for a minute fills the chart
+// with that minute), not the window asked for.
+function drawChart() {
   const svg = $("chart");
+  const series = state.series || [];
   const W = svg.clientWidth || 600, H = svg.clientHeight || 240;
   const m = { l: 42, r: 42, t: 10, b: 22 };
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
@@ -345,10 +460,21 @@ function drawChart(series, t0, t1) {
     if (text != null) e.textContent = text;
     return e;
   };
+  svg.dataset.points = String(series.length);
+  if (!series.length) {
+    svg.replaceChildren(el("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, t("chart.none")));
+    $("chart-span").textContent = "";
+    delete svg.dataset.from; delete svg.dataset.to;
+    return;
+  }
+  let t0 = series[0].t, t1 = series[series.length - 1].t;
+  if (t1 - t0 < 60000) { t0 -= 30000; t1 += 30000; } // one bucket still gets a width
+  svg.dataset.from = String(t0);
+  svg.dataset.to = String(t1);
   const v = state.vehicles.get(state.selected) || {};
   const h2Max = Math.max(v.tank_g || 0, ...series.map((p) => p.h2 || 0), 1);
   const spMax = Math.max(10, ...series.map((p) => p.speed || 0)) * 1.1;
-  const x = (t) => m.l + ((t - t0) / (t1 - t0)) * (W - m.l - m.r);
+  const x = (tm) => m.l + ((tm - t0) / (t1 - t0)) * (W - m.l - m.r);
   const yH = (g) => H - m.b - (g / h2Max) * (H - m.t - m.b);
   const yS = (s) => H - m.b - (s / spMax) * (H - m.t - m.b);
   const out = [];
@@ -358,40 +484,71 @@ function drawChart(series, t0, t1) {
     out.push(el("text", { x: m.l - 4, y: y + 3, "text-anchor": "end" }, fmt(h2Max * (1 - i / 4), h2Max < 100 ? 1 : 0)));
     out.push(el("text", { x: W - m.r + 4, y: y + 3 }, fmt(spMax * (1 - i / 4))));
   }
-  for (let i = 0; i <= 6; i++) {
-    const t = t0 + (i * (t1 - t0)) / 6;
-    const label = new Date(t).toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit" });
-    out.push(el("text", { x: x(t), y: H - 6, "text-anchor": "middle" }, label));
+  const spanMin = (t1 - t0) / 60000;
+  const step = (TIME_STEPS.find((s) => spanMin / s <= 7) || 360) * 60000;
+  for (let tick = Math.ceil(t0 / step) * step; tick <= t1; tick += step) {
+    out.push(el("line", { class: "grid", x1: x(tick), x2: x(tick), y1: m.t, y2: H - m.b }));
+    out.push(el("text", { x: x(tick), y: H - 6, "text-anchor": "middle" }, clockFmt.format(new Date(tick))));
   }
   out.push(el("line", { class: "axis", x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b }));
-  const line = (key, y) => series.filter((p) => p[key] != null)
-    .map((p, i) => (i ? "L" : "M") + x(p.t).toFixed(1) + "," + y(p[key]).toFixed(1)).join("");
-  out.push(el("path", { class: "speed", d: line("speed", yS) || "M0,0" }));
-  out.push(el("path", { class: "h2", d: line("h2", yH) || "M0,0" }));
-  if (!series.length) out.push(el("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no readings in this period"));
+  // A gap of more than five minutes is not drawn across: the vehicle was silent.
+  const line = (key, y) => {
+    let d = "", prev = null;
+    for (const p of series) {
+      if (p[key] == null) continue;
+      d += (prev == null || p.t - prev > 300000 ? "M" : "L") + x(p.t).toFixed(1) + "," + y(p[key]).toFixed(1);
+      prev = p.t;
+    }
+    return d || "M0,0";
+  };
+  out.push(el("path", { class: "speed", d: line("speed", yS) }));
+  out.push(el("path", { class: "h2", d: line("h2", yH) }));
+  if (series.length === 1) {
+    const p = series[0];
+    if (p.h2 != null) out.push(el("circle", { class: "h2 pt", cx: x(p.t), cy: yH(p.h2), r: 3 }));
+    if (p.speed != null) out.push(el("circle", { class: "speed pt", cx: x(p.t), cy: yS(p.speed), r: 3 }));
+  }
   svg.replaceChildren(...out);
-  svg.dataset.points = String(series.length);
+  $("chart-span").textContent = t("chart.span", { from: timeOf(new Date(series[0].t)), to: timeOf(new Date(series[series.length - 1].t)) });
 }
 
 function drawFacts() {
   const v = state.vehicles.get(state.selected);
-  if (!v) { $("vehicle-facts").textContent = state.selected ? `${state.selected}: unknown` : "Pick a vehicle on the map."; return; }
+  if (!v) { $("vehicle-facts").textContent = state.selected ? t("facts.unknown", { id: state.selected }) : t("facts.pick"); return; }
   const pct = h2Percent(v);
-  $("vehicle-facts").textContent = `${v.id} (${v.kind}) · ${v.online === false ? "offline" : "online"} · ` +
-    `${v.locked === false ? "riding" : "parked"} · H₂ ${fmt(v.h2_g, 1)} g (${pct == null ? "?" : pct.toFixed(0)} %) · ` +
-    `range ${fmt(v.range_km, 1)} km · last seen ${timeOf(v.last_seen || v.last_ts)}` +
-    // Readings without a usable fix leave the position where the last good one put it.
-    (v.last_fix && v.last_ts && v.last_fix < v.last_ts ? ` · position from ${timeOf(v.last_fix)} (no fix since)` : "") +
-    (v.completeness_24h == null ? "" : ` · telemetry ${v.completeness_24h.toFixed(1)} % received (24 h)`);
+  const parts = [
+    `${v.id} (${label("kinds", v.kind)})`,
+    v.online === false ? t("facts.offline") : t("facts.online"),
+    v.locked === false ? t("facts.riding") : t("facts.parked"),
+    t("facts.h2", { g: fmt(v.h2_g, 1), pct: pct == null ? "?" : fmt(pct) }),
+    t("facts.range", { km: fmt(v.range_km, 1) }),
+    t("facts.last_seen", { time: timeOf(v.last_seen || v.last_ts) }),
+  ];
+  if (v.completeness_24h != null) parts.push(t("facts.completeness", { pct: fmt(v.completeness_24h, 1) }));
+  // Readings without a usable fix leave the position where the last good one put it.
+  if (v.last_fix && v.last_ts && v.last_fix < v.last_ts) parts.push(t("facts.no_fix", { time: timeOf(v.last_fix) }));
+  $("vehicle-facts").textContent = parts.join(" · ");
 }
 
-function selectVehicle(id) {
+function selectVehicle(id, pan) {
   state.selected = id;
   $("vehicle-pick").value = id;
   history.replaceState(null, "", "#vehicle=" + encodeURIComponent(id));
+  state.series = null;
   drawFacts();
   drawVehicles();
+  const v = state.vehicles.get(id);
+  if (pan && v && v.lat != null && state.map) state.map.setView(display(v.lat, v.lon), Math.max(state.map.getZoom(), CLUSTER_BELOW_ZOOM));
   loadChart().catch((e) => authFailed(e));
+}
+
+function drawAll() {
+  drawSummary(lastSummary);
+  drawAlerts();
+  drawVehicles();
+  drawFacts();
+  if (state.series) drawChart();
+  if (state.zones) drawZones();
 }
 
 // ---- loading ------------------------------------------------------------------------------
@@ -445,8 +602,8 @@ async function refresh() {
     const results = await Promise.allSettled([loadVehicles(), loadAlerts(), loadSummary()]);
     const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason);
     if (failed.some(authFailed)) return;
-    if (failed.length) setStatus(`partly loaded: ${failed[0].message}`, "error");
-    else setStatus(state.live ? "live" : "polling", state.live ? "live" : "polling");
+    if (failed.length) setStatus("status.partly", "error", { error: failed[0].message });
+    else setStatus(state.live ? "status.live" : "status.polling", state.live ? "live" : "polling");
   } finally {
     state.timer = setTimeout(refresh, state.live ? SLOW_POLL_MS : POLL_MS);
   }
@@ -478,26 +635,49 @@ function connectStream() {
   let dirty = false;
   // Positions arrive in bursts: redraw at most a few times a second.
   const redraw = setInterval(() => { if (dirty) { dirty = false; drawVehicles(); drawFacts(); } }, 500);
-  es.addEventListener("open", () => { state.live = true; setStatus("live", "live"); });
+  es.addEventListener("open", () => { state.live = true; setStatus("status.live", "live"); });
   es.addEventListener("position", (m) => { try { onPosition(JSON.parse(m.data)); dirty = true; } catch (_) { /* skip */ } });
   es.addEventListener("alert", (m) => { try { onAlert(JSON.parse(m.data)); } catch (_) { /* skip */ } });
   es.addEventListener("error", () => {
     // EventSource retries by itself; until it is back, polling carries the page.
     state.live = false;
     if (es.readyState === EventSource.CLOSED) { clearInterval(redraw); state.stream = null; setTimeout(connectStream, 10000); }
-    setStatus("polling", "polling");
+    setStatus("status.polling", "polling");
   });
 }
 
 // ---- start --------------------------------------------------------------------------------
 
-function start() {
+async function loadConfig() {
+  try {
+    const r = await fetch("/dashboard/config.json");
+    if (r.ok) state.config = Object.assign(state.config, await r.json());
+  } catch (_) { /* the defaults draw the fleet without tiles */ }
+}
+
+async function start() {
+  state.lang = pickLanguage();
+  await loadConfig();
+  applyLanguage();
+  initMap();
+  // For tests and the curious: the map and the conversion the page uses.
+  window.hyfleetMap = {
+    map: state.map,
+    display,
+    // Where a vehicle's dot stands, as [lat, lng] of the map, or null when it is clustered.
+    dotOf(id) {
+      let at = null;
+      state.vehicleLayer.eachLayer((l) => { if (l.options.vehicle === id) at = [l.getLatLng().lat, l.getLatLng().lng]; });
+      return at;
+    },
+  };
+  $("lang").addEventListener("change", () => setLanguage($("lang").value));
   $("token").value = state.token;
   $("token-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     state.token = $("token").value.trim();
     localStorage.setItem(TOKEN_KEY, state.token);
-    setStatus("connecting", "");
+    setStatus("status.connecting", "");
     loadZones().catch(authFailed);
     if (state.selected) loadChart().catch(authFailed);
     refresh();
@@ -505,10 +685,10 @@ function start() {
   });
   $("vehicle-pick").addEventListener("change", () => {
     const id = $("vehicle-pick").value.trim();
-    if (id) selectVehicle(id);
+    if (id) selectVehicle(id, true);
   });
   $("chart-hours").addEventListener("change", () => loadChart().catch(authFailed));
-  enableMapGestures();
+  window.addEventListener("resize", () => { if (state.series) drawChart(); });
   const m = /vehicle=([^&]+)/.exec(location.hash);
   if (m) selectVehicle(decodeURIComponent(m[1]));
   setInterval(() => loadChart().catch(() => {}), 60000);
