@@ -407,10 +407,13 @@ fn incidents_happen_within_the_first_minute() {
 async fn a_run_against_mosquitto_delivers_what_it_reports() {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let root = format!("simtest/{}", uuid::Uuid::new_v4().simple());
+    // The tests' broker: the system's, or the throwaway one `tests/services.sh` started.
+    let url = std::env::var("HYFLEET_TEST_MQTT").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into());
+    let ep = hyfleet::config::parse_mqtt_url(&url).unwrap();
     let mut o = MqttOptions::new(
         format!("simtest-sub-{}", uuid::Uuid::new_v4().simple()),
-        "127.0.0.1",
-        1883,
+        ep.host,
+        ep.port,
     );
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (sub, mut el) = AsyncClient::new(o, 100);
@@ -430,6 +433,7 @@ async fn a_run_against_mosquitto_delivers_what_it_reports() {
     });
     assert!(matches!(rx.recv().await, Some(None)), "subscribed");
     let args = SimArgs {
+        mqtt_url: url.clone(),
         topic_root: root.clone(),
         bikes: 20,
         buses: 1,

@@ -13,7 +13,6 @@ use crate::config::Config;
 use crate::domain::{AlertEventType, AlertState, Reading, Severity, VehicleId, VehicleKind};
 use crate::geo::{Crs, ZoneIndex};
 
-const PG: &str = "host=127.0.0.1 port=5432 user=postgres";
 const LAT: f64 = 37.145;
 const LON: f64 = 111.781;
 const M_LAT: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
@@ -31,9 +30,12 @@ struct TestDb {
 }
 
 async fn connect(db: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(&format!("{PG} dbname={db}"), NoTls)
+    // The tests' server: the system's, or the throwaway one `tests/services.sh` started.
+    let pg = std::env::var("HYFLEET_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let (client, conn) = tokio_postgres::connect(&format!("{pg}/{db}"), NoTls)
         .await
-        .expect("PostgreSQL at 127.0.0.1:5432");
+        .unwrap_or_else(|e| panic!("PostgreSQL at {pg}: {e}"));
     tokio::spawn(conn);
     client
 }

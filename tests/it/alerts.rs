@@ -86,12 +86,12 @@ fn reading(seq: u32, at: chrono::DateTime<chrono::Utc>, h2: f32) -> serde_json::
 async fn a_drained_and_refuelled_bike_gives_opened_escalated_resolved_once_each() {
     let (url, inbox) = receiver().await;
     let db = TestDb::new().await;
-    let mut config = config(&db, BROKER);
+    let mut config = config(&db, &BROKER);
     config.notify.allow_private_networks = true;
     config.webhooks.push(webhook(&url));
     let root = config.mqtt.topic_root.clone();
     let svc = InProcess::start(config).await;
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let t = format!("{root}/bike/XY-B0100/telemetry");
     let start = chrono::Utc::now() - chrono::Duration::minutes(40);
     // 50 g → 4 g, one reading every 20 s, a few minutes near empty (past the rule's hold

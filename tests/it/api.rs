@@ -32,7 +32,7 @@ struct Api {
 impl Api {
     async fn start() -> Api {
         let db = TestDb::new().await;
-        let mut c = config(&db, BROKER);
+        let mut c = config(&db, &BROKER);
         c.api.tokens = vec![
             token("watcher", Role::Viewer, VIEWER),
             token("dispatcher", Role::Operator, OPERATOR),
@@ -266,7 +266,7 @@ async fn vehicles_filter_and_history_read_back() {
     db.execute("UPDATE vehicles SET last_ts = NULL WHERE id = $1", &[&low])
         .await
         .unwrap();
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     for i in 0..10i64 {
         let ts = t0 + chrono::Duration::seconds(i * 12);
         fw.publish(
@@ -609,7 +609,7 @@ async fn commands_reach_the_vehicle_cmd_topic() {
     let api = Api::start().await;
     let db = api.db.client().await;
     add_vehicle(&db, "XY-B0001", "bike", 30.0, 37.145, 111.781, true, true).await;
-    let ep = hyfleet::config::parse_mqtt_url(BROKER).unwrap();
+    let ep = hyfleet::config::parse_mqtt_url(&BROKER).unwrap();
     let (client, mut events) = rumqttc::AsyncClient::new(
         rumqttc::MqttOptions::new(unique("bike"), ep.host, ep.port),
         100,
@@ -917,7 +917,7 @@ async fn webhooks_and_tokens_never_show_their_secrets() {
 #[tokio::test]
 async fn without_configured_tokens_the_api_is_closed() {
     let db = TestDb::new().await;
-    let svc = InProcess::start(config(&db, BROKER)).await;
+    let svc = InProcess::start(config(&db, &BROKER)).await;
     let r = reqwest::get(svc.url("/api/v1/vehicles")).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let r = reqwest::get(svc.url("/healthz")).await.unwrap();
@@ -930,7 +930,7 @@ async fn without_configured_tokens_the_api_is_closed() {
 async fn sse_delivers_an_alert_opened_by_an_mqtt_reading() {
     let api = Api::start().await;
     let mut sse = Sse::open(&api, "/api/v1/stream?events=alert&vehicle=XY-B0001").await;
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let now = chrono::Utc::now();
     // A tank pressure far out of band with a fault code: `tank_fault` opens.
     for n in 0..40i64 {
@@ -956,7 +956,7 @@ async fn sse_delivers_an_alert_opened_by_an_mqtt_reading() {
 async fn a_zone_drawn_through_the_api_reaches_the_running_rules() {
     let api = Api::start().await;
     let db = api.db.client().await;
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let t0 = chrono::Utc::now() - chrono::Duration::seconds(120);
     let topic = format!("{}/bike/XY-B0001/telemetry", api.root);
     let ride = |from: i64, to: i64| {

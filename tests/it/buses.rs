@@ -66,13 +66,13 @@ impl Fleet {
     async fn start_with(adjust: impl FnOnce(&mut hyfleet::config::Config)) -> Fleet {
         let (url, inbox) = receiver().await;
         let db = TestDb::new().await;
-        let mut config = config(&db, BROKER);
+        let mut config = config(&db, &BROKER);
         config.notify.allow_private_networks = true;
         config.webhooks.push(webhook(&url));
         adjust(&mut config);
         let root = config.mqtt.topic_root.clone();
         let svc = InProcess::start(config).await;
-        let fw = Publisher::connect(BROKER).await;
+        let fw = Publisher::connect(&BROKER).await;
         Fleet {
             db,
             svc,

@@ -249,7 +249,7 @@ fn assert_close(got: &Value, want: f64) {
 
 #[tokio::test]
 async fn missing_readings_are_counted_shown_and_raise_a_gap_alert_with_its_webhook() {
-    let mut f = Fleet::start(BROKER).await;
+    let mut f = Fleet::start(&BROKER).await;
     let id = "XY-B0201";
     let last = lose_a_hundred(&mut f, id, base()).await;
     f.wait_gap_transitions(id, &["alert.opened"]).await;
@@ -282,7 +282,7 @@ async fn missing_readings_are_counted_shown_and_raise_a_gap_alert_with_its_webho
 
 #[tokio::test]
 async fn a_late_backlog_fills_the_gap_and_the_alert_clears() {
-    let mut f = Fleet::start(BROKER).await;
+    let mut f = Fleet::start(&BROKER).await;
     let id = "XY-B0202";
     let base = base();
     let last = lose_a_hundred(&mut f, id, base).await;
@@ -316,7 +316,7 @@ async fn a_late_backlog_fills_the_gap_and_the_alert_clears() {
 #[tokio::test]
 async fn a_gap_filled_within_the_hold_time_raises_nothing() {
     let hold = hyfleet::rules::completeness::TelemetryGapConfig::default().hold_secs;
-    let mut f = Fleet::start_with_hold(BROKER, hold).await;
+    let mut f = Fleet::start_with_hold(&BROKER, hold).await;
     let id = "XY-B0206";
     let base = base();
     f.send(id, &readings((1..=100).chain(201..=210), base), false)
@@ -335,7 +335,7 @@ async fn a_gap_filled_within_the_hold_time_raises_nothing() {
 
 #[tokio::test]
 async fn a_firmware_restart_is_not_a_gap() {
-    let mut f = Fleet::start(BROKER).await;
+    let mut f = Fleet::start(&BROKER).await;
     let id = "XY-B0203";
     let base = base();
     // seq runs 1..=300, the firmware restarts and counts 1..=300 again.
@@ -357,7 +357,7 @@ async fn a_firmware_restart_is_not_a_gap() {
 
 #[tokio::test]
 async fn redelivered_readings_do_not_count_twice() {
-    let mut f = Fleet::start(BROKER).await;
+    let mut f = Fleet::start(&BROKER).await;
     let id = "XY-B0204";
     let base = base();
     // 90 of 100 readings (seq 51..=60 lost), the first 40 of them sent twice in one backlog
@@ -505,14 +505,14 @@ async fn a_debian_default_broker_dropping_readings_raises_the_gap_alert() {
 #[tokio::test]
 async fn two_instances_sharing_the_vehicles_count_exactly() {
     let db = TestDb::new().await;
-    let mut config = config(&db, BROKER);
+    let mut config = config(&db, &BROKER);
     config.mqtt.shared_group = Some("hyfleet".into());
     let root = config.mqtt.topic_root.clone();
     let mut second = config.clone();
     second.mqtt.client_id = unique("hyfleet");
     let a = InProcess::start(config).await;
     let b = InProcess::start(second).await;
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let base = base();
     // Four bikes, 400 readings each, every tenth lost: 40 missing of 400 each.
     let ids = ["XY-B0211", "XY-B0212", "XY-B0213", "XY-B0214"];

@@ -113,7 +113,7 @@ async fn seed(db: &tokio_postgres::Client) -> Vec<i64> {
 /// Two hours of one bike's readings, a minute apart, published as its firmware would send a
 /// backlog: a ride with hydrogen falling. The chart reads them back from the minute rollups.
 async fn publish_history(db: &tokio_postgres::Client, root: &str) {
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let now = chrono::Utc::now();
     for m in 0..120i64 {
         let ts = now - chrono::Duration::minutes(m);
@@ -153,7 +153,7 @@ async fn dashboard_shows_the_fleet_and_acknowledges_an_alert_in_a_real_browser()
     let db = TestDb::new().await;
     let client = db.client().await;
     let alerts = seed(&client).await;
-    let mut c = config(&db, BROKER);
+    let mut c = config(&db, &BROKER);
     // The dashboard acts as a dispatcher would: an operator's token, enough to acknowledge.
     c.api.tokens.push(hyfleet::api::TokenConfig {
         name: "dispatcher".into(),

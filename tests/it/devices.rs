@@ -10,8 +10,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-const BROKER: &str = "mqtt://127.0.0.1:1883";
-
 fn reading(seq: u32, h2_g: f64) -> String {
     json!({
         "ts": (Utc::now() - chrono::Duration::seconds(600 - i64::from(seq % 600))).timestamp_millis()
@@ -38,11 +36,11 @@ async fn metric(svc: &InProcess, line_start: &str) -> i64 {
 #[tokio::test]
 async fn a_bike_publishing_under_bus_is_refused_as_kind_mismatch() {
     let db = TestDb::new().await;
-    let config = config(&db, BROKER);
+    let config = config(&db, &BROKER);
     let root = config.mqtt.topic_root.clone();
     let svc = InProcess::start(config).await;
     let client = db.client().await;
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let bike = format!("{root}/bike/XY-B0001");
     let bus = format!("{root}/bus/XY-B0001");
 
@@ -175,7 +173,7 @@ async fn events_and_rejects_past_retention_or_over_the_cap_are_deleted() {
         .await
         .unwrap();
 
-    let mut config = config(&db, BROKER);
+    let mut config = config(&db, &BROKER);
     config.store.event_retention_days = 365;
     config.store.reject_retention_days = 14;
     config.store.rejects_max_per_vehicle = 10;

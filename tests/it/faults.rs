@@ -109,7 +109,7 @@ struct Rig {
 impl Rig {
     async fn start() -> Rig {
         let broker = PrivateBroker::start(BROKER_LIMITS).await;
-        let proxy = Proxy::start(([127, 0, 0, 1], 5432).into()).await;
+        let proxy = Proxy::start(pg_addr()).await;
         let db = TestDb::new().await;
         let mut config = config(&db, &broker.url());
         config.database.url = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, db.name);

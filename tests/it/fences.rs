@@ -26,7 +26,7 @@ impl Site {
     /// The service on an empty database: it loads the Xiaoyi sample zones itself.
     async fn start() -> Site {
         let db = TestDb::new().await;
-        let c = config(&db, BROKER);
+        let c = config(&db, &BROKER);
         let root = c.mqtt.topic_root.clone();
         let svc = InProcess::start(c).await;
         let client = db.client().await;
@@ -34,7 +34,7 @@ impl Site {
             svc,
             client,
             db,
-            fw: Publisher::connect(BROKER).await,
+            fw: Publisher::connect(&BROKER).await,
             root,
             t0: (Utc::now() - Duration::minutes(30)).trunc_subsecs(0),
         }

@@ -132,7 +132,7 @@ async fn gbfs_feeds_publish_the_fleet_rotate_ids_and_validate_against_the_offici
         true,
     )
     .await;
-    let svc = InProcess::start(config(&db, BROKER)).await;
+    let svc = InProcess::start(config(&db, &BROKER)).await;
 
     // Discovery: every feed, at an absolute URL of this server, reachable without a token.
     let (status, headers, gbfs) = get(&svc.url("/gbfs/gbfs.json")).await;

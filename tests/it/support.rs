@@ -2,6 +2,7 @@
 //! service started in-process or as a child process, an MQTT publisher and a TCP proxy.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -19,8 +20,24 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{n}_{nanos}", std::process::id())
 }
 
-pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
-pub const BROKER: &str = "mqtt://127.0.0.1:1883";
+/// The PostgreSQL server of the tests, `postgres://postgres@host:port`: the system's, or the
+/// throwaway one that `tests/services.sh` (nextest's setup script) started and passed in.
+pub static PG: LazyLock<String> = LazyLock::new(|| {
+    std::env::var("HYFLEET_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+});
+/// The shared MQTT broker of the tests, found or started the same way.
+pub static BROKER: LazyLock<String> = LazyLock::new(|| {
+    std::env::var("HYFLEET_TEST_MQTT").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
+});
+
+/// `PG`'s address, for a proxy in front of it.
+pub fn pg_addr() -> std::net::SocketAddr {
+    let hostport = PG.rsplit('@').next().expect("a postgres:// URL");
+    std::net::ToSocketAddrs::to_socket_addrs(hostport)
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("cannot resolve {hostport}"))
+}
 
 /// A database that exists for one test and is dropped after it.
 pub struct TestDb {
@@ -30,14 +47,14 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> TestDb {
         let name = unique("hyfleet_test");
-        hyfleet::store::prepare_database(&format!("{PG}/{name}"))
+        hyfleet::store::prepare_database(&format!("{}/{name}", *PG))
             .await
             .expect("prepare test database");
         TestDb { name }
     }
 
     pub fn url(&self) -> String {
-        format!("{PG}/{}", self.name)
+        format!("{}/{}", *PG, self.name)
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {

@@ -21,7 +21,7 @@ async fn a_short_webhook_secret_is_refused_by_name() {
     );
 
     let db = TestDb::new().await;
-    let mut c = config(&db, BROKER);
+    let mut c = config(&db, &BROKER);
     c.notify.allow_private_networks = true;
     let svc = InProcess::start(c).await;
     let post = |secret: &str| {

@@ -26,7 +26,10 @@ const GENERIC_KEY: &[u8] = b"generic-secret-key";
 pub const DING_SECRET: &str = "SEC0123456789abcdef";
 pub const FEISHU_SECRET: &str = "feishu-test-secret";
 
-const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+/// The tests' PostgreSQL server: the system's, or the throwaway one `tests/services.sh` started.
+fn pg() -> String {
+    std::env::var("HYFLEET_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
 
 pub struct TestDb {
     pub pool: Pool,
@@ -36,14 +39,16 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> Self {
         let name = format!("hyfleet_test_{}", uuid::Uuid::new_v4().simple());
-        let (admin, conn) = tokio_postgres::connect(ADMIN, NoTls).await.unwrap();
+        let (admin, conn) = tokio_postgres::connect(&format!("{}/postgres", pg()), NoTls)
+            .await
+            .unwrap();
         tokio::spawn(conn);
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .unwrap();
         let mut cfg = deadpool_postgres::Config::new();
-        cfg.url = Some(format!("postgres://postgres@127.0.0.1:5432/{name}"));
+        cfg.url = Some(format!("{}/{name}", pg()));
         cfg.pool = Some(PoolConfig::new(3));
         let pool = cfg.create_pool(Some(Runtime::Tokio1), NoTls).unwrap();
         pool.get()
@@ -67,7 +72,9 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let (admin, conn) = tokio_postgres::connect(ADMIN, NoTls).await.unwrap();
+                let (admin, conn) = tokio_postgres::connect(&format!("{}/postgres", pg()), NoTls)
+                    .await
+                    .unwrap();
                 tokio::spawn(conn);
                 let _ = admin
                     .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
