@@ -58,11 +58,31 @@ impl fmt::Display for Check {
     }
 }
 
-/// Every check, the broker measurements included.
-pub async fn run(config: &Config) -> Vec<Check> {
+/// Every check, the broker measurements included. `probe_url` is the broker login the probe
+/// uses (`hyfleet doctor --mqtt-url`); without it, `mqtt.url` when that has no user.
+pub async fn run(config: &Config, probe_url: Option<&str>) -> Vec<Check> {
     let mut checks = quick(config).await;
-    checks.extend(broker(&config.mqtt).await);
+    match probe_url {
+        Some(url) => {
+            let mut mqtt = config.mqtt.clone();
+            mqtt.url = url.to_owned();
+            checks.extend(broker(&mqtt).await);
+        }
+        None if has_user(&config.mqtt) => checks.push(Check::new(
+            "broker",
+            Verdict::Warn,
+            "not measured: the probe needs a broker user of its own (`hyfleet doctor --mqtt-url \
+             mqtt://hyfleet.doctor:PASSWORD@host`, made by deploy/mosquitto/make-passwords.sh). \
+             With ingest's login it would be ingest's session on a broker that pins client ids \
+             to users, and the probe would end it",
+        )),
+        None => checks.extend(broker(&config.mqtt).await),
+    }
     checks
+}
+
+fn has_user(mqtt: &MqttConfig) -> bool {
+    mqtt.endpoint().is_ok_and(|ep| ep.credentials.is_some())
 }
 
 /// The checks that cost nothing: PostgreSQL (reachable, version, rights) and the clock.

@@ -34,7 +34,13 @@ enum Command {
     Demo,
     /// Check PostgreSQL, the broker and the clock: one line per check, exit status 1 when one
     /// fails. The broker's backlog and inflight window are measured with a probe session.
-    Doctor,
+    Doctor {
+        /// The broker login of the probe, `mqtt://user:password@host:port`: a user of its own
+        /// (`hyfleet.doctor` with the shipped broker). Without it, `mqtt.url` if that has no
+        /// user; a login of ingest's is never used, since the probe would take its session.
+        #[arg(long, env = "HYFLEET_DOCTOR_MQTT_URL")]
+        mqtt_url: Option<String>,
+    },
     /// Manage geofence zones.
     #[command(subcommand)]
     Zones(ZonesCommand),
@@ -95,8 +101,8 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Demo => run_demo(&cli.config).await,
-            Command::Doctor => {
-                let checks = hyfleet::doctor::run(&load(&cli.config)?).await;
+            Command::Doctor { mqtt_url } => {
+                let checks = hyfleet::doctor::run(&load(&cli.config)?, mqtt_url.as_deref()).await;
                 for check in &checks {
                     println!("{check}");
                 }

@@ -3,8 +3,9 @@
 # vehicle, named `{kind}/{vehicle_id}` (bike/XY-B0001..., bus/XY-H0001...: the ACL pins a
 # device to its kind and id through that name), and per hyfleet instance two users, ingest's
 # (`hyfleet.backend`, then `hyfleet.backend-2`...) and its command publisher's
-# (`hyfleet.commands`, `hyfleet.commands-2`...). The broker pins client ids to user names, so
-# each user is one session: instances never share a user.
+# (`hyfleet.commands`, `hyfleet.commands-2`...), and `hyfleet.doctor` for `hyfleet doctor`'s
+# probe. The broker pins client ids to user names, so each user is one session: instances never
+# share a user.
 #
 #   $OUT_DIR/passwords      hashed (mosquitto_passwd), read by Mosquitto as password_file
 #   $OUT_DIR/devices.csv    vehicle_id,kind,username,password in clear, to provision firmware:
@@ -13,7 +14,8 @@
 #                           in clear, for hyfleet's mqtt.url and mqtt.commands_url: a secret
 #   $ENV_FILE               read by docker compose: HYFLEET_MQTT_PASSWORD and
 #                           HYFLEET_MQTT_COMMANDS_PASSWORD (instance 1's MQTT_URL and
-#                           commands URL), and, when missing, POSTGRES_PASSWORD,
+#                           commands URL), HYFLEET_DOCTOR_MQTT_PASSWORD (the doctor's probe),
+#                           and, when missing, POSTGRES_PASSWORD,
 #                           GRAFANA_DB_PASSWORD and GRAFANA_ADMIN_PASSWORD (kept once set: the
 #                           database volume keeps the passwords it was created with)
 #
@@ -76,6 +78,9 @@ while [ "$i" -le "$instances" ]; do
     [ "$i" = 1 ] && backend_pw=$ingest_pw && commands_pw1=$commands_pw
     i=$((i + 1))
 done
+# `hyfleet doctor`'s probe: a user of its own, never a session of ingest's.
+doctor_pw=$(secret)
+echo "hyfleet.doctor:$doctor_pw" >>"$plain"
 
 # Hash all at once (-U rewrites a file of clear user:password lines), then move into place.
 mosquitto_passwd -U "$plain"
@@ -84,9 +89,10 @@ chmod 0644 "$plain"
 mv "$plain" "$out/passwords"
 
 touch "$env_file"
-grep -v '^HYFLEET_MQTT_PASSWORD=\|^HYFLEET_MQTT_COMMANDS_PASSWORD=' "$env_file" >"$env_file.tmp" || true
+grep -v '^HYFLEET_MQTT_PASSWORD=\|^HYFLEET_MQTT_COMMANDS_PASSWORD=\|^HYFLEET_DOCTOR_MQTT_PASSWORD=' "$env_file" >"$env_file.tmp" || true
 echo "HYFLEET_MQTT_PASSWORD=$backend_pw" >>"$env_file.tmp"
 echo "HYFLEET_MQTT_COMMANDS_PASSWORD=$commands_pw1" >>"$env_file.tmp"
+echo "HYFLEET_DOCTOR_MQTT_PASSWORD=$doctor_pw" >>"$env_file.tmp"
 for name in POSTGRES_PASSWORD GRAFANA_DB_PASSWORD GRAFANA_ADMIN_PASSWORD; do
     grep -q "^$name=" "$env_file.tmp" || echo "$name=$(secret)" >>"$env_file.tmp"
 done

@@ -79,7 +79,7 @@ async fn doctor_measures_a_debian_default_broker_dropping_the_backlog() {
     let db = TestDb::new().await;
     // Debian's Mosquitto as installed: no queue or inflight settings.
     let broker = PrivateBroker::start("").await;
-    let checks = doctor::run(&doctor_config(&db, &broker.url())).await;
+    let checks = doctor::run(&doctor_config(&db, &broker.url()), None).await;
     assert_eq!(verdict(&checks, "postgresql").0, Verdict::Ok);
     assert_eq!(verdict(&checks, "postgresql version").0, Verdict::Ok);
     assert_eq!(verdict(&checks, "postgresql rights").0, Verdict::Ok);
@@ -110,12 +110,12 @@ async fn doctor_passes_a_broker_with_the_shipped_limits() {
     .collect();
     assert_eq!(limits.lines().count(), 3, "the shipped limits: {limits}");
     let broker = PrivateBroker::start(&limits).await;
-    let checks = doctor::run(&doctor_config(&db, &broker.url())).await;
+    let checks = doctor::run(&doctor_config(&db, &broker.url()), None).await;
     for c in &checks {
         assert_eq!(c.verdict, Verdict::Ok, "{c}");
     }
     // The probe leaves no session behind: a second run starts from nothing and agrees.
-    let again = doctor::run(&doctor_config(&db, &broker.url())).await;
+    let again = doctor::run(&doctor_config(&db, &broker.url()), None).await;
     assert!(again.iter().all(|c| c.verdict == Verdict::Ok));
 }
 
@@ -124,7 +124,7 @@ async fn doctor_says_what_to_do_when_nothing_answers() {
     let mut c = Config::default();
     c.database.url = "postgres://postgres@127.0.0.1:1/hyfleet".into();
     c.mqtt.url = "mqtt://127.0.0.1:1".into();
-    let checks = doctor::run(&c).await;
+    let checks = doctor::run(&c, None).await;
     let (v, detail) = verdict(&checks, "postgresql");
     assert_eq!(v, Verdict::Fail);
     assert!(
@@ -185,4 +185,17 @@ async fn logs_carry_no_colours_off_a_terminal_and_json_on_request() {
             .any(|l| l["fields"]["message"] == "applied migration" && l["level"] == "INFO"),
         "{json}"
     );
+}
+
+#[tokio::test]
+async fn doctor_never_probes_with_ingests_login() {
+    // With client ids pinned to users, a probe logged in as ingest would be ingest's session.
+    let db = TestDb::new().await;
+    let mut c = doctor_config(&db, "mqtt://hyfleet.backend:secret@127.0.0.1:1");
+    c.mqtt.topic_root = "hyfleet/v1".into();
+    let checks = doctor::run(&c, None).await;
+    let (v, detail) = verdict(&checks, "broker");
+    assert_eq!(v, Verdict::Warn, "{detail}");
+    assert!(detail.contains("user of its own"), "{detail}");
+    assert!(checks.iter().all(|c| !c.name.starts_with("broker ")));
 }
