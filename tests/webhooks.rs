@@ -386,7 +386,7 @@ async fn a_burst_to_a_dingtalk_robot_becomes_digests_within_its_limit() {
         g.body["markdown"]["title"]
             .as_str()
             .unwrap()
-            .contains("alert updates")
+            .contains("条告警更新") // "alert updates": chat messages speak zh-CN by default
     }));
 }
 
@@ -417,7 +417,7 @@ async fn feishu_and_wecom_messages_are_accepted_by_the_receiver() {
         w.body["markdown"]["content"]
             .as_str()
             .unwrap()
-            .contains("escalated")
+            .contains("告警升级") // "alert escalated", in the default zh-CN
     );
 }
 
