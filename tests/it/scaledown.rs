@@ -283,7 +283,8 @@ async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
     group.instances[1].take().expect("running").kill();
     fleet.publish(PER_BIKE / 3..PER_BIKE).await;
 
-    // The instance never comes back: the operator drains its session.
+    // The instance never comes back: the operator drains its session, logged in as its user
+    // (its own configuration) and naming that user, whose session it is on this broker.
     let config = group.dirs[1].join("hyfleet.toml");
     let id = group.ids[1].clone();
     let out = tokio::task::spawn_blocking(move || {
