@@ -55,7 +55,10 @@ enum MqttCommand {
     /// good (killed, never restarted) through the normal pipeline, then end that session.
     /// Prints how many messages it drained. Never use the client id of a running instance.
     DrainSession {
-        /// The gone instance's `mqtt.client_id`.
+        /// The gone instance's session: its `mqtt.client_id`. On a broker that pins client ids
+        /// to user names (the shipped Mosquitto) the session is its user's: log in as that
+        /// user (its `mqtt.url`, or `MQTT_URL`) and give the user name here; logged in as a
+        /// running instance's user, the command would take that instance's session instead.
         #[arg(long)]
         client_id: String,
     },

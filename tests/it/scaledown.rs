@@ -3,10 +3,13 @@
 //! member whose session exists, connected or not, so an instance that leaves must take its
 //! session with it (retire), or an operator must drain it (`hyfleet mqtt drain-session`); an
 //! instance that restarts keeps it. Every reading the broker acknowledged is stored once.
+//!
+//! As the shipped configuration intends: each instance logs in as its own user
+//! (`hyfleet.backend`, `hyfleet.backend-2`...), which is also its client id and session, and
+//! each bike as `bike/{id}`.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,143 +17,15 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
+use crate::support::broker::{
+    BACKEND, Credentials, ShippedBroker, commands_user, device_user, ingest_user,
+};
 use crate::support::*;
 
-const BACKEND: &str = "hyfleet.backend";
 const ROOT: &str = "hyfleet/v1";
 const BIKES: u32 = 20;
 const PER_BIKE: u32 = 600;
 const TOTAL: i64 = (BIKES * PER_BIKE) as i64;
-
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// `deploy/mosquitto/`'s configuration and credentials, run on a free port as
-/// `tests/it/deploy/broker.rs` does: only the listener and the paths are changed.
-struct ShippedBroker {
-    port: u16,
-    child: Child,
-    dir: PathBuf,
-    passwords: HashMap<String, String>,
-}
-
-impl ShippedBroker {
-    async fn start() -> ShippedBroker {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = temp_dir();
-        // Started as root, Mosquitto drops to its own user, which must read and write here.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let status = Command::new(repo("deploy/mosquitto/make-passwords.sh"))
-            .args([BIKES.to_string(), "0".into()])
-            .env("OUT_DIR", &dir)
-            .env("ENV_FILE", dir.join(".env"))
-            .stderr(Stdio::null())
-            .status()
-            .expect("run make-passwords.sh");
-        assert!(status.success(), "make-passwords.sh failed");
-        let mut passwords = HashMap::new();
-        let csv = std::fs::read_to_string(dir.join("devices.csv")).unwrap();
-        for line in csv.lines().skip(1) {
-            let f: Vec<&str> = line.split(',').collect();
-            passwords.insert(f[2].to_owned(), f[3].to_owned());
-        }
-        let env = std::fs::read_to_string(dir.join(".env")).unwrap();
-        let backend = env
-            .lines()
-            .find_map(|l| l.strip_prefix("HYFLEET_MQTT_PASSWORD="))
-            .expect("the backend's password in .env");
-        passwords.insert(BACKEND.to_owned(), backend.to_owned());
-
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(&conf, shipped_config(port, &dir)).unwrap();
-        let log = std::fs::File::create(dir.join("log")).unwrap();
-        let child = Command::new("mosquitto")
-            .args(["-c", conf.to_str().unwrap()])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start mosquitto");
-        let broker = ShippedBroker {
-            port,
-            child,
-            dir,
-            passwords,
-        };
-        eventually(10, "mosquitto listening", || async {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .is_ok()
-                .then_some(())
-        })
-        .await;
-        broker
-    }
-
-    fn backend_url(&self) -> String {
-        format!(
-            "mqtt://{BACKEND}:{}@127.0.0.1:{}",
-            self.passwords[BACKEND], self.port
-        )
-    }
-
-    /// Whether the broker holds a session for `client_id` (it connects as the backend with a
-    /// persistent session and reads CONNACK's session-present flag).
-    async fn has_session(&self, client_id: &str) -> bool {
-        let mut opts = MqttOptions::new(client_id, "127.0.0.1", self.port);
-        // Manual acknowledgements: a look must not take what the session holds.
-        opts.set_clean_session(false)
-            .set_manual_acks(true)
-            .set_credentials(BACKEND, &self.passwords[BACKEND]);
-        let (client, mut eventloop) = AsyncClient::new(opts, 10);
-        let present = loop {
-            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll())
-                .await
-                .expect("CONNACK within 10 s")
-                .expect("the backend user connects")
-            {
-                Event::Incoming(Packet::ConnAck(ack)) => break ack.session_present,
-                _ => continue,
-            }
-        };
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
-        present
-    }
-}
-
-impl Drop for ShippedBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn shipped_config(port: u16, dir: &Path) -> String {
-    let text = std::fs::read_to_string(repo("deploy/mosquitto/mosquitto.conf")).unwrap();
-    let mut replaced = 0;
-    let out: Vec<String> = text
-        .lines()
-        .map(|line| {
-            let new = match line.split_whitespace().next().unwrap_or("") {
-                "listener" => format!("listener {port} 127.0.0.1"),
-                "persistence_location" => format!("persistence_location {}/", dir.display()),
-                "password_file" => format!("password_file {}", dir.join("passwords").display()),
-                "acl_file" => format!("acl_file {}", repo("deploy/mosquitto/acl").display()),
-                _ => return line.to_owned(),
-            };
-            replaced += 1;
-            new
-        })
-        .collect();
-    assert_eq!(replaced, 4, "mosquitto.conf changed shape");
-    out.join("\n") + "\n"
-}
 
 /// The bikes, each publishing as its own broker user at QoS 1.
 struct Fleet {
@@ -161,14 +36,16 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn connect(broker: &ShippedBroker) -> Fleet {
+    async fn connect(broker: &ShippedBroker, creds: &Credentials) -> Fleet {
         let acked = Arc::new(AtomicU64::new(0));
         let mut bikes = Vec::new();
         for n in 1..=BIKES {
             let id = format!("XY-B{n:04}");
+            let user = device_user("bike", &id);
+            let (user, password) = creds.of(&user);
             let mut opts = MqttOptions::new(&id, "127.0.0.1", broker.port);
             opts.set_keep_alive(Duration::from_secs(30))
-                .set_credentials(&id, &broker.passwords[&id]);
+                .set_credentials(user, password);
             opts.set_inflight(500);
             let (client, mut eventloop) = AsyncClient::new(opts, 1000);
             let acked = acked.clone();
@@ -229,6 +106,7 @@ impl Fleet {
 /// Three instances on `$share/hyfleet/hyfleet/v1/#`, one database.
 struct Group {
     broker: ShippedBroker,
+    creds: Credentials,
     db: TestDb,
     dirs: Vec<PathBuf>,
     ids: Vec<String>,
@@ -238,10 +116,12 @@ struct Group {
 impl Group {
     /// `retiring[n]` sets `mqtt.retire_on_shutdown` on instance `n`.
     async fn start(retiring: [bool; 3]) -> Group {
-        let broker = ShippedBroker::start().await;
+        let creds = Credentials::for_instances(BIKES, 0, 3);
+        let broker = ShippedBroker::start(&creds).await;
         let db = TestDb::new().await;
         let mut group = Group {
             broker,
+            creds,
             db,
             dirs: Vec::new(),
             ids: Vec::new(),
@@ -249,7 +129,8 @@ impl Group {
         };
         for (n, retire) in retiring.into_iter().enumerate() {
             group.dirs.push(temp_dir());
-            group.ids.push(unique(&format!("hyfleet-{n}")));
+            // Its client id is its user's name, which the broker would impose anyway.
+            group.ids.push(ingest_user(n as u32 + 1));
             let toml = group.toml(n, retire);
             let svc = ChildService::start(&toml, &group.dirs[n]).await;
             group.instances.push(Some(svc));
@@ -264,6 +145,7 @@ url = "{}"
 pool_size = 2
 [mqtt]
 url = "{}"
+commands_url = "{}"
 topic_root = "{ROOT}"
 client_id = "{}"
 shared_group = "hyfleet"
@@ -273,9 +155,15 @@ batch_max_age_ms = 20
 batch_max_rows = 500
 "#,
             self.db.url(),
-            self.broker.backend_url(),
+            self.broker.url(self.creds.of(&self.ids[n])),
+            self.broker.url(self.creds.of(&commands_user(n as u32 + 1))),
             self.ids[n]
         )
+    }
+
+    /// Whether the broker holds instance `n`'s session.
+    async fn has_session(&self, n: usize) -> bool {
+        self.broker.has_session(self.creds.of(&self.ids[n])).await
     }
 
     /// Send `signal` to instance `n` and wait for it to exit; its exit status.
@@ -358,7 +246,7 @@ async fn instances_retired_mid_stream_strand_nothing() {
     // The second instance retires on any stop (`mqtt.retire_on_shutdown`); the third is told
     // to by SIGUSR1.
     let mut group = Group::start([false, true, false]).await;
-    let mut fleet = Fleet::connect(&group.broker).await;
+    let mut fleet = Fleet::connect(&group.broker, &group.creds).await;
     fleet.publish(0..PER_BIKE / 3).await;
     group.wait_storing().await;
     // Each leaves for good while the stream goes on around it.
@@ -379,23 +267,24 @@ async fn instances_retired_mid_stream_strand_nothing() {
     group.assert_all_stored_once().await;
     for n in [1, 2] {
         assert!(
-            !group.broker.has_session(&group.ids[n]).await,
+            !group.has_session(n).await,
             "the retired instance's session is gone from the broker"
         );
     }
-    assert!(group.broker.has_session(&group.ids[0]).await);
+    assert!(group.has_session(0).await);
 }
 
 #[tokio::test]
 async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
     let mut group = Group::start([false; 3]).await;
-    let mut fleet = Fleet::connect(&group.broker).await;
+    let mut fleet = Fleet::connect(&group.broker, &group.creds).await;
     fleet.publish(0..PER_BIKE / 3).await;
     group.wait_storing().await;
     group.instances[1].take().expect("running").kill();
     fleet.publish(PER_BIKE / 3..PER_BIKE).await;
 
-    // The instance never comes back: the operator drains its session.
+    // The instance never comes back: the operator drains its session, logged in as its user
+    // (its own configuration) and naming that user, whose session it is on this broker.
     let config = group.dirs[1].join("hyfleet.toml");
     let id = group.ids[1].clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -429,7 +318,7 @@ async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
     // Its share of the rest of the stream, at least: a third of 8,000 readings.
     assert!(drained > 1000, "drained only {drained}");
     assert!(
-        !group.broker.has_session(&group.ids[1]).await,
+        !group.has_session(1).await,
         "the drained session is gone from the broker"
     );
 }
@@ -437,7 +326,7 @@ async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
 #[tokio::test]
 async fn a_restarting_instance_keeps_its_session() {
     let mut group = Group::start([false; 3]).await;
-    let mut fleet = Fleet::connect(&group.broker).await;
+    let mut fleet = Fleet::connect(&group.broker, &group.creds).await;
     fleet.publish(0..PER_BIKE / 3).await;
     group.wait_storing().await;
     let status = group.stop(1, "-TERM").await;
@@ -467,6 +356,7 @@ async fn a_restarting_instance_keeps_its_session() {
 /// One instance of a group, in this process, with PostgreSQL behind a proxy the test can cut.
 struct OutageRig {
     broker: ShippedBroker,
+    creds: Credentials,
     proxy: Proxy,
     db: TestDb,
     config: hyfleet::config::Config,
@@ -476,10 +366,12 @@ struct OutageRig {
 
 impl OutageRig {
     async fn start() -> OutageRig {
-        let broker = ShippedBroker::start().await;
+        let creds = Credentials::make(BIKES, 0);
+        let broker = ShippedBroker::start(&creds).await;
         let proxy = Proxy::start(([127, 0, 0, 1], 5432).into()).await;
         let db = TestDb::new().await;
-        let mut config = config(&db, &broker.backend_url());
+        let mut config = config(&db, &broker.url(creds.of(BACKEND)));
+        config.mqtt.client_id = BACKEND.into();
         config.database.url = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, db.name);
         config.mqtt.topic_root = ROOT.into();
         config.mqtt.shared_group = Some("hyfleet".into());
@@ -491,6 +383,7 @@ impl OutageRig {
         wait_ready(addr).await;
         OutageRig {
             broker,
+            creds,
             proxy,
             db,
             config,
@@ -502,7 +395,7 @@ impl OutageRig {
     /// A third of the stream stored, then the database cut off while the rest is published:
     /// the instance holds messages it took and cannot commit.
     async fn cut_mid_stream(&self) -> Fleet {
-        let mut fleet = Fleet::connect(&self.broker).await;
+        let mut fleet = Fleet::connect(&self.broker, &self.creds).await;
         fleet.publish(0..PER_BIKE / 3).await;
         let client = self.db.client().await;
         eventually(120, "the first third stored", || async {
@@ -515,12 +408,28 @@ impl OutageRig {
     }
 
     /// How the service ended, within `secs`.
-    async fn ended(self, secs: u64) -> (anyhow::Result<()>, Proxy, TestDb, ShippedBroker) {
+    async fn ended(self, secs: u64) -> (anyhow::Result<()>, Proxy, TestDb, Shipped) {
         let r = tokio::time::timeout(Duration::from_secs(secs), self.task)
             .await
             .unwrap_or_else(|_| panic!("the service ends within {secs} s"))
             .unwrap();
-        (r, self.proxy, self.db, self.broker)
+        let shipped = Shipped {
+            broker: self.broker,
+            creds: self.creds,
+        };
+        (r, self.proxy, self.db, shipped)
+    }
+}
+
+/// The broker of an `OutageRig` that ended, with its credentials.
+struct Shipped {
+    broker: ShippedBroker,
+    creds: Credentials,
+}
+
+impl Shipped {
+    async fn has_session(&self, user: &str) -> bool {
+        self.broker.has_session(self.creds.of(user)).await
     }
 }
 
@@ -596,14 +505,15 @@ async fn a_retirement_during_a_database_outage_keeps_the_session_for_the_operato
 #[tokio::test]
 async fn the_shipped_broker_delivers_a_queue_after_an_unsubscription_and_nothing_new() {
     const QUEUED: u64 = 6000; // max_inflight_messages is 5000
-    let broker = ShippedBroker::start().await;
+    let creds = Credentials::make(BIKES, 0);
+    let broker = ShippedBroker::start(&creds).await;
     let id = unique("probe");
     let filter = format!("$share/hyfleet/{ROOT}/#");
     let connect = || {
         let mut opts = MqttOptions::new(&id, "127.0.0.1", broker.port);
         opts.set_clean_session(false)
             .set_manual_acks(true)
-            .set_credentials(BACKEND, &broker.passwords[BACKEND]);
+            .set_credentials(BACKEND, creds.of(BACKEND).1);
         AsyncClient::new(opts, 20_000)
     };
 
@@ -625,7 +535,7 @@ async fn the_shipped_broker_delivers_a_queue_after_an_unsubscription_and_nothing
     ) {}
     drop(eventloop);
 
-    let mut fleet = Fleet::connect(&broker).await;
+    let mut fleet = Fleet::connect(&broker, &creds).await;
     let per_bike = (QUEUED / u64::from(BIKES)) as u32;
     fleet.publish(0..per_bike).await;
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 use hyfleet::config::Config;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+pub mod broker;
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 pub fn unique(prefix: &str) -> String {

@@ -1,9 +1,6 @@
-//! The shipped Mosquitto configuration, run for real on a free port: only the listener and the
-//! paths are changed, so what is tested is what `docker compose` runs.
+//! The shipped Mosquitto configuration, run for real on a free port (`support::broker`): only the
+//! listener and the paths are changed, so what is tested is what `docker compose` runs.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rumqttc::{
@@ -12,161 +9,10 @@ use rumqttc::{
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use super::repo;
-use crate::support::{InProcess, TestDb, count, eventually, temp_dir, unique};
+use crate::support::broker::{BACKEND, COMMANDS, Credentials, ShippedBroker};
+use crate::support::{InProcess, TestDb, count, eventually, unique};
 
-const BACKEND: &str = "hyfleet.backend";
-const COMMANDS: &str = "hyfleet.commands";
 const ROOT: &str = "hyfleet/v1";
-
-/// Credentials made by the shipped `make-passwords.sh` in a directory of the test's own.
-struct Credentials {
-    dir: PathBuf,
-    passwords: HashMap<String, String>,
-}
-
-impl Credentials {
-    fn make(bikes: u32, buses: u32) -> Credentials {
-        Credentials::for_instances(bikes, buses, 1)
-    }
-
-    fn for_instances(bikes: u32, buses: u32, instances: u32) -> Credentials {
-        let dir = temp_dir();
-        let status = Command::new(repo("deploy/mosquitto/make-passwords.sh"))
-            .args([bikes.to_string(), buses.to_string()])
-            .env("INSTANCES", instances.to_string())
-            .env("OUT_DIR", &dir)
-            .env("ENV_FILE", dir.join(".env"))
-            .stderr(Stdio::null())
-            .status()
-            .expect("run make-passwords.sh");
-        assert!(status.success(), "make-passwords.sh failed");
-        let mut passwords = HashMap::new();
-        let csv = std::fs::read_to_string(dir.join("devices.csv")).unwrap();
-        for line in csv.lines().skip(1) {
-            let f: Vec<&str> = line.split(',').collect();
-            assert_eq!(f.len(), 4, "devices.csv line {line}");
-            passwords.insert(f[2].to_owned(), f[3].to_owned());
-        }
-        assert_eq!(passwords.len() as u32, bikes + buses);
-        let env = std::fs::read_to_string(dir.join(".env")).unwrap();
-        let from_env = |name: &str| {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_owned))
-                .unwrap_or_else(|| panic!("{name} in .env"))
-        };
-        let (backend, commands) = (
-            from_env("HYFLEET_MQTT_PASSWORD"),
-            from_env("HYFLEET_MQTT_COMMANDS_PASSWORD"),
-        );
-        let instances_csv = std::fs::read_to_string(dir.join("instances.csv")).unwrap();
-        for line in instances_csv.lines().skip(1) {
-            let f: Vec<&str> = line.split(',').collect();
-            assert_eq!(f.len(), 5, "instances.csv line {line}");
-            passwords.insert(f[1].to_owned(), f[2].to_owned());
-            passwords.insert(f[3].to_owned(), f[4].to_owned());
-        }
-        assert_eq!(passwords[BACKEND], backend);
-        assert_eq!(passwords[COMMANDS], commands);
-        assert_eq!(passwords.len() as u32, bikes + buses + 2 * instances);
-        Credentials { dir, passwords }
-    }
-
-    fn of<'a>(&'a self, user: &'a str) -> (&'a str, &'a str) {
-        (user, &self.passwords[user])
-    }
-}
-
-impl Drop for Credentials {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `deploy/mosquitto/mosquitto.conf` with the listener on a free port and the paths moved into
-/// `dir`. Every line that is rewritten must exist, so that the test cannot drift from the file.
-pub fn shipped_config(port: u16, dir: &Path, password_file: &Path) -> String {
-    let text = std::fs::read_to_string(repo("deploy/mosquitto/mosquitto.conf")).unwrap();
-    let mut replaced = [false; 4];
-    let out: Vec<String> = text
-        .lines()
-        .map(|line| {
-            let key = line.split_whitespace().next().unwrap_or("");
-            let (i, new) = match key {
-                "listener" => (0, format!("listener {port} 127.0.0.1")),
-                "persistence_location" => (1, format!("persistence_location {}/", dir.display())),
-                "password_file" => (2, format!("password_file {}", password_file.display())),
-                "acl_file" => (
-                    3,
-                    format!("acl_file {}", repo("deploy/mosquitto/acl").display()),
-                ),
-                _ => return line.to_owned(),
-            };
-            assert!(!replaced[i], "`{key}` appears twice in mosquitto.conf");
-            replaced[i] = true;
-            new
-        })
-        .collect();
-    assert_eq!(
-        replaced, [true; 4],
-        "mosquitto.conf sets listener, persistence_location, password_file and acl_file"
-    );
-    out.join("\n") + "\n"
-}
-
-/// Mosquitto running the shipped configuration.
-struct ShippedBroker {
-    port: u16,
-    child: Child,
-    dir: PathBuf,
-}
-
-impl ShippedBroker {
-    async fn start(credentials: &Credentials) -> ShippedBroker {
-        let dir = temp_dir();
-        // Started as root (as in CI), Mosquitto drops to its own user, which must write here.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            shipped_config(port, &dir, &credentials.dir.join("passwords")),
-        )
-        .unwrap();
-        std::fs::set_permissions(&credentials.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let log = std::fs::File::create(dir.join("log")).unwrap();
-        let child = Command::new("mosquitto")
-            .args(["-c", conf.to_str().unwrap()])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start mosquitto");
-        let broker = ShippedBroker { port, child, dir };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not start with the shipped configuration: {}",
-                std::fs::read_to_string(broker.dir.join("log")).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        broker
-    }
-}
-
-impl Drop for ShippedBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// An MQTT client that records what it receives and how many of its publishes were acked.
 struct Client {
