@@ -368,7 +368,7 @@ impl OutageRig {
     async fn start() -> OutageRig {
         let creds = Credentials::make(BIKES, 0);
         let broker = ShippedBroker::start(&creds).await;
-        let proxy = Proxy::start(([127, 0, 0, 1], 5432).into()).await;
+        let proxy = Proxy::start(pg_addr()).await;
         let db = TestDb::new().await;
         let mut config = config(&db, &broker.url(creds.of(BACKEND)));
         config.mqtt.client_id = BACKEND.into();
