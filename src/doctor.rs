@@ -346,7 +346,8 @@ async fn measure_backlog(
     away.wait_for(|p| matches!(p, Packet::SubAck(_))).await?;
     away.close().await;
 
-    let mut publisher = Session::open(mqtt, &format!("{probe}-pub"), true, false).await?;
+    let mut publisher =
+        Session::open(&publisher_of(mqtt), &format!("{probe}-pub"), true, false).await?;
     for i in 0..BACKLOG_PROBE {
         publisher
             .client
@@ -388,11 +389,26 @@ async fn measure_backlog(
     Ok((seen.len(), inflight))
 }
 
+/// The login that publishes the probe's messages. On a broker that pins client ids to user
+/// names, a second connection of the probe's user would be the probe's own session (and a clean
+/// one would end it), so the publisher is the user `{probe user}-pub` with the same password
+/// (`make-passwords.sh` makes both); on an anonymous broker, the same login.
+fn publisher_of(mqtt: &MqttConfig) -> MqttConfig {
+    let mut publisher = mqtt.clone();
+    if let Ok(ep) = mqtt.endpoint()
+        && let Some((user, password)) = ep.credentials
+    {
+        publisher.url = format!("mqtt://{user}-pub:{password}@{}:{}", ep.host, ep.port);
+    }
+    publisher
+}
+
 /// Vehicles publish `status` retained, so that a subscriber learns who is online at once.
 async fn retained(mqtt: &MqttConfig, probe: &str, topic: &str) -> Check {
     let status = format!("{topic}/status");
     let result: Result<bool, String> = async {
-        let mut publisher = Session::open(mqtt, &format!("{probe}-ret"), true, false).await?;
+        let mut publisher =
+            Session::open(&publisher_of(mqtt), &format!("{probe}-ret"), true, false).await?;
         publisher
             .client
             .publish(&status, QoS::AtLeastOnce, true, "online")

@@ -78,9 +78,11 @@ while [ "$i" -le "$instances" ]; do
     [ "$i" = 1 ] && backend_pw=$ingest_pw && commands_pw1=$commands_pw
     i=$((i + 1))
 done
-# `hyfleet doctor`'s probe: a user of its own, never a session of ingest's.
+# `hyfleet doctor`'s probe: users of its own, never a session of ingest's; its publisher
+# `-pub` shares the password, so that one login URL names both.
 doctor_pw=$(secret)
 echo "hyfleet.doctor:$doctor_pw" >>"$plain"
+echo "hyfleet.doctor-pub:$doctor_pw" >>"$plain"
 
 # Hash all at once (-U rewrites a file of clear user:password lines), then move into place.
 mosquitto_passwd -U "$plain"

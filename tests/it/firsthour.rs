@@ -120,6 +120,22 @@ async fn doctor_passes_a_broker_with_the_shipped_limits() {
 }
 
 #[tokio::test]
+async fn doctor_passes_the_shipped_broker_with_a_user_of_its_own() {
+    use crate::support::broker::{Credentials, DOCTOR, ShippedBroker};
+    let db = TestDb::new().await;
+    let credentials = Credentials::make(1, 0);
+    let broker = ShippedBroker::start(&credentials).await;
+    let mut c = config(&db, &broker.url(credentials.of(DOCTOR)));
+    c.mqtt.topic_root = "hyfleet/v1".into();
+    let probe = broker.url(credentials.of(DOCTOR));
+    let checks = doctor::run(&c, Some(&probe)).await;
+    for check in &checks {
+        assert_eq!(check.verdict, Verdict::Ok, "{check}");
+    }
+    assert!(checks.iter().any(|c| c.name == "broker backlog"));
+}
+
+#[tokio::test]
 async fn doctor_says_what_to_do_when_nothing_answers() {
     let mut c = Config::default();
     c.database.url = "postgres://postgres@127.0.0.1:1/hyfleet".into();

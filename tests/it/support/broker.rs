@@ -16,6 +16,8 @@ use super::temp_dir;
 pub const BACKEND: &str = "hyfleet.backend";
 /// Instance 1's command publisher; instance `n` has `hyfleet.commands-{n}`.
 pub const COMMANDS: &str = "hyfleet.commands";
+/// `hyfleet doctor`'s probe: a user of its own, allowed only under `_doctor/`.
+pub const DOCTOR: &str = "hyfleet.doctor";
 
 /// The ingest user `make-passwords.sh` makes for hyfleet instance `n` (1, 2...). The broker
 /// pins client ids to user names, so this is also the name of the instance's session.
@@ -97,7 +99,8 @@ impl Credentials {
         }
         assert_eq!(passwords[BACKEND], backend);
         assert_eq!(passwords[COMMANDS], commands);
-        assert_eq!(passwords.len() as u32, bikes + buses + 2 * instances);
+        passwords.insert(DOCTOR.to_owned(), from_env("HYFLEET_DOCTOR_MQTT_PASSWORD"));
+        assert_eq!(passwords.len() as u32, bikes + buses + 2 * instances + 1);
         Credentials { dir, passwords }
     }
 
