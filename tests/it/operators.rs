@@ -673,7 +673,8 @@ async fn the_grafana_role_runs_the_dashboards_and_reads_no_secret() {
         .env("POSTGRES_DB", &db.name)
         .env("GRAFANA_DB_PASSWORD", "grafana-test-password")
         .env("GRAFANA_DB_USER", &role)
-        .env("PGHOST", "127.0.0.1")
+        .env("PGHOST", pg_addr().ip().to_string())
+        .env("PGPORT", pg_addr().port().to_string())
         .output()
         .unwrap();
     assert!(
