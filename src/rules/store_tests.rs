@@ -63,7 +63,7 @@ impl TestDb {
             .await
             .unwrap();
         client
-            .batch_execute(include_str!("../../schemas/migrations/0012_buses.sql"))
+            .batch_execute(include_str!("../../schemas/migrations/0011_buses.sql"))
             .await
             .unwrap();
         TestDb { name, client }
