@@ -4,10 +4,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-/// Broker settings that keep the delivery promise (the shipped configuration's essentials).
-const BROKER_LIMITS: &str =
-    "max_inflight_messages 2000\nmax_queued_messages 1000000\nmax_queued_bytes 0\n";
-
 fn toml_config(db: &TestDb, broker: &str, root: &str, client_id: &str) -> String {
     format!(
         "[database]\nurl = \"{}\"\npool_size = 2\n[mqtt]\nurl = \"{broker}\"\ntopic_root = \"{root}\"\nclient_id = \"{client_id}\"\n[ingest]\nbatch_max_age_ms = 20\nbatch_max_rows = 500\n",
@@ -26,7 +22,7 @@ fn msg(v: usize, seq: u32, now: chrono::DateTime<chrono::Utc>) -> String {
 
 #[tokio::test]
 async fn a_killed_service_loses_nothing_and_stores_nothing_twice() {
-    let broker = PrivateBroker::start(BROKER_LIMITS).await;
+    let broker = PrivateBroker::start(&shipped_limits()).await;
     let db = TestDb::new().await;
     let dir = temp_dir();
     let root = format!("test/{}", unique("crash"));
@@ -108,7 +104,7 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Rig {
-        let broker = PrivateBroker::start(BROKER_LIMITS).await;
+        let broker = PrivateBroker::start(&shipped_limits()).await;
         let proxy = Proxy::start(pg_addr()).await;
         let db = TestDb::new().await;
         let mut config = config(&db, &broker.url());

@@ -96,20 +96,7 @@ async fn doctor_measures_a_debian_default_broker_dropping_the_backlog() {
 #[tokio::test]
 async fn doctor_passes_a_broker_with_the_shipped_limits() {
     let db = TestDb::new().await;
-    let limits: String = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/mosquitto/mosquitto.conf"),
-    )
-    .unwrap()
-    .lines()
-    .filter(|l| {
-        l.starts_with("max_inflight_messages")
-            || l.starts_with("max_queued_messages")
-            || l.starts_with("max_queued_bytes")
-    })
-    .map(|l| format!("{l}\n"))
-    .collect();
-    assert_eq!(limits.lines().count(), 3, "the shipped limits: {limits}");
-    let broker = PrivateBroker::start(&limits).await;
+    let broker = PrivateBroker::start(&shipped_limits()).await;
     let checks = doctor::run(&doctor_config(&db, &broker.url()), None).await;
     for c in &checks {
         assert_eq!(c.verdict, Verdict::Ok, "{c}");

@@ -9,9 +9,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-const BROKER_LIMITS: &str =
-    "max_inflight_messages 2000\nmax_queued_messages 1000000\nmax_queued_bytes 0\n";
-
 async fn counting_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
     let ids = Arc::new(Mutex::new(Vec::new()));
     let kept = ids.clone();
@@ -59,7 +56,7 @@ secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 #[tokio::test]
 async fn two_instances_share_the_load_and_keep_every_guarantee() {
-    let broker = PrivateBroker::start(BROKER_LIMITS).await;
+    let broker = PrivateBroker::start(&shipped_limits()).await;
     let db = TestDb::new().await;
     let (hook, deliveries) = counting_receiver().await;
     let root = format!("test/{}", unique("scale"));

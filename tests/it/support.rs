@@ -419,6 +419,31 @@ pub fn temp_dir() -> std::path::PathBuf {
     d
 }
 
+/// The delivery settings of the shipped broker configuration (`deploy/mosquitto/mosquitto.conf`):
+/// the inflight window, the queue caps, the packet limit, persistence timing and session
+/// expiry, read from the file itself. A private broker started with them tests a delivery
+/// promise as it ships, without the shipped logins and ACL (which `support::broker` runs).
+pub fn shipped_limits() -> String {
+    const KEYS: [&str; 6] = [
+        "max_inflight_messages",
+        "max_queued_messages",
+        "max_queued_bytes",
+        "max_packet_size",
+        "autosave_interval",
+        "persistent_client_expiration",
+    ];
+    let conf = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/mosquitto/mosquitto.conf"),
+    )
+    .expect("deploy/mosquitto/mosquitto.conf");
+    let lines: Vec<&str> = conf
+        .lines()
+        .filter(|l| KEYS.contains(&l.split_whitespace().next().unwrap_or("")))
+        .collect();
+    assert_eq!(lines.len(), KEYS.len(), "the shipped limits: {lines:?}");
+    lines.join("\n") + "\n"
+}
+
 impl PrivateBroker {
     /// Start `mosquitto` with `extra` configuration lines and persistence in a temp dir.
     pub async fn start(extra: &str) -> PrivateBroker {
