@@ -9,9 +9,10 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::health::Health;
+use crate::ingest::Services;
 use crate::metrics::Metrics;
+use crate::rules::SharedEngine;
 use crate::shutdown::Shutdown;
-use crate::store::writer::Hooks;
 use crate::store::{self, Registry};
 use crate::{api, ingest};
 
@@ -50,7 +51,8 @@ pub async fn serve(
             .await
             .context("cannot register the configured webhooks")?;
     }
-    let hooks = Arc::new(Hooks::new(engine, crate::live::Hub::default()));
+    let services = services(engine);
+    let zones_changed = Arc::new(tokio::sync::Notify::new());
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
@@ -59,8 +61,7 @@ pub async fn serve(
     let deps = ingest::IngestDeps {
         metrics: metrics.clone(),
         health: health.clone(),
-        registry: Arc::new(Registry::new()),
-        hooks: hooks.clone(),
+        services: services.clone(),
     };
 
     let upkeep = tokio::spawn(partition_upkeep(
@@ -68,15 +69,25 @@ pub async fn serve(
         config.clone(),
         shutdown.clone(),
     ));
-    let sweeper = tokio::spawn(offline_sweep(pool.clone(), hooks.clone(), shutdown.clone()));
-    let zone_reload = tokio::spawn(zone_reload(pool.clone(), hooks.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(ingest::sweep::run(
+        pool.clone(),
+        services.rules.clone(),
+        services.alerts.clone(),
+        shutdown.clone(),
+    ));
+    let zone_reload = tokio::spawn(zone_reload(
+        pool.clone(),
+        services.rules.clone(),
+        zones_changed.clone(),
+        shutdown.clone(),
+    ));
     let notifier = {
         let mut stop = shutdown.clone();
         crate::notify::spawn_worker_with_wake(
             pool.clone(),
             config.notify.clone(),
             Arc::new(crate::notify::SystemClock),
-            hooks.outbox_wake.clone(),
+            services.alerts.wake_handle(),
             async move { stop.wait().await },
         )?
     };
@@ -91,7 +102,10 @@ pub async fn serve(
         metrics,
         health,
         config: Arc::new(config.clone()),
-        hooks: hooks.clone(),
+        rules: services.rules.clone(),
+        alerts: services.alerts.clone(),
+        live: services.live.clone(),
+        zones_changed,
         shutdown: shutdown.clone(),
     });
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
@@ -119,16 +133,26 @@ pub async fn drain_session(config: Config) -> anyhow::Result<u64> {
         .context("cannot prepare the database")?;
     let pool = store::pool(&config.database.url, 1)?;
     let engine = build_engine(&pool, &config).await?;
-    let hooks = Arc::new(Hooks::new(engine, crate::live::Hub::default()));
     let health = Arc::new(Health::default());
     health.set_store(true);
     let deps = ingest::IngestDeps {
         metrics: Arc::new(Metrics::default()),
         health,
-        registry: Arc::new(Registry::new()),
-        hooks,
+        services: services(engine),
     };
     ingest::drain_session(&config, deps).await
+}
+
+/// What ingest, the sweep and the API share: the vehicle id cache, the rules engine, the one
+/// way alert transitions are published, and the live feed.
+fn services(engine: crate::rules::Engine) -> Services {
+    let live = crate::live::Hub::default();
+    Services {
+        registry: Arc::new(Registry::new()),
+        rules: Arc::new(SharedEngine::new(engine)),
+        alerts: crate::notify::AlertPublisher::new(live.clone()),
+        live,
+    }
 }
 
 async fn maintain_partitions(
@@ -161,12 +185,8 @@ async fn maintain_partitions(
     if events + rejects > 0 {
         tracing::info!(events, rejects, "expired events and rejects deleted");
     }
-    crate::rules::completeness::expire(
-        &client,
-        config.store.raw_retention_days,
-        chrono::Utc::now(),
-    )
-    .await?;
+    store::completeness::expire(&client, config.store.raw_retention_days, chrono::Utc::now())
+        .await?;
     Ok(())
 }
 
@@ -241,13 +261,13 @@ async fn build_engine(
             .with_context(|| format!("cannot import zones from {}", path.display()))?;
         crate::geo::check_place(&parsed, &[], &config.geo)
             .map_err(|e| anyhow::anyhow!("geo.zones_file {}: {e}", path.display()))?;
-        let n = crate::rules::store::import_zones(&client, &text, config.geo.zones_crs())
+        let n = store::zones::import(&client, &text, config.geo.zones_crs())
             .await
             .with_context(|| format!("cannot import zones from {}", path.display()))?;
         let crs = crate::geo::crs_note(&config.geo);
         tracing::info!(zones = n, file = %path.display(), crs, "imported zones");
     }
-    let zones = crate::rules::store::load_zones(&client).await?;
+    let zones = store::zones::load(&client).await?;
     for w in crate::geo::narrow_zones(zones.zones(), config.rules.gps_tolerance_m) {
         tracing::warn!("{w}");
     }
@@ -256,18 +276,23 @@ async fn build_engine(
 
 /// Keep the rules' zones equal to the table: at once when this instance's API changed them,
 /// and every few seconds for changes made by another instance or `hyfleet zones import`.
-async fn zone_reload(pool: deadpool_postgres::Pool, hooks: Arc<Hooks>, mut shutdown: Shutdown) {
+async fn zone_reload(
+    pool: deadpool_postgres::Pool,
+    rules: Arc<SharedEngine>,
+    changed: Arc<tokio::sync::Notify>,
+    mut shutdown: Shutdown,
+) {
     let mut seen: Option<String> = None;
     loop {
         let result: anyhow::Result<()> = async {
             let client = pool.get().await?;
-            let now = crate::rules::store::zones_fingerprint(&client).await?;
+            let now = store::zones::fingerprint(&client).await?;
             if seen.as_ref() != Some(&now) {
-                let zones = crate::rules::store::load_zones(&client).await?;
+                let zones = store::zones::load(&client).await?;
                 if seen.is_some() {
                     tracing::info!(zones = zones.len(), "zones changed; rules use them now");
                 }
-                hooks.set_zones(Arc::new(zones));
+                rules.set_zones(Arc::new(zones));
                 seen = Some(now);
             }
             Ok(())
@@ -278,40 +303,8 @@ async fn zone_reload(pool: deadpool_postgres::Pool, hooks: Arc<Hooks>, mut shutd
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-            _ = hooks.zones_changed.notified() => {}
+            _ = changed.notified() => {}
             _ = shutdown.wait() => return,
-        }
-    }
-}
-
-/// Open `offline` alerts for vehicles that went quiet: nothing arrives to trigger them.
-async fn offline_sweep(pool: deadpool_postgres::Pool, hooks: Arc<Hooks>, mut shutdown: Shutdown) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = shutdown.wait() => return,
-        }
-        let result: anyhow::Result<Vec<crate::domain::AlertEvent>> = async {
-            let mut client = pool.get().await?;
-            let tx = client.transaction().await?;
-            let events =
-                crate::rules::store::sweep_offline(&tx, &hooks.engine(), chrono::Utc::now())
-                    .await?;
-            crate::notify::enqueue(&tx, &events).await?;
-            tx.commit().await?;
-            Ok(events)
-        }
-        .await;
-        match result {
-            Ok(events) => {
-                if !events.is_empty() {
-                    hooks.outbox_wake.notify_one();
-                }
-                for e in events {
-                    hooks.live.publish(crate::live::LiveEvent::Alert(e));
-                }
-            }
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "offline sweep failed"),
         }
     }
 }

@@ -134,10 +134,10 @@ pub struct Reading {
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-#[cfg(test)]
 impl Reading {
-    /// A bike's reading with the required fields only (speed 10 km/h), for tests to adjust.
-    pub(crate) fn bare(vehicle: &str, ts: DateTime<Utc>, lat: f64, lon: f64, h2_g: f32) -> Self {
+    /// A bike's reading with the required fields only (speed 10 km/h), for tests and tools to
+    /// adjust. Panics on an invalid vehicle id.
+    pub fn bare(vehicle: &str, ts: DateTime<Utc>, lat: f64, lon: f64, h2_g: f32) -> Self {
         Reading {
             vehicle: VehicleId::parse(vehicle).expect("a valid vehicle id"),
             kind: VehicleKind::Bike,
@@ -315,6 +315,13 @@ pub enum AlertState {
 }
 
 impl AlertState {
+    /// The stored name back; `None` for anything else. The one place states are parsed.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Open, Self::Acknowledged, Self::Resolved]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertState::Open => "open",
@@ -333,6 +340,13 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// The stored name back; `None` for anything else. The one place severities are parsed.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Info, Self::Warning, Self::Critical]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Info => "info",
@@ -359,6 +373,11 @@ pub enum AlertEventType {
 }
 
 impl AlertEventType {
+    /// The stored name back; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
     pub const ALL: [AlertEventType; 5] = [
         AlertEventType::Opened,
         AlertEventType::Escalated,
@@ -397,6 +416,42 @@ pub struct Alert {
     pub lon: Option<f64>,
     /// Rule-specific facts, e.g. `{"nearest_zone": "P-03", "distance_m": 41.2}`.
     pub details: serde_json::Value,
+}
+
+/// What the rules decided about one alert: an incident opens, changes severity or ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertAction {
+    Open(Severity),
+    Escalate(Severity),
+    /// The condition fell back to a lower severity without clearing.
+    Deescalate(Severity),
+    Resolve,
+}
+
+/// A change of one alert, keyed by `(vehicle, rule, zone)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertChange {
+    pub rule: String,
+    pub zone: Option<String>,
+    pub action: AlertAction,
+    pub at: DateTime<Utc>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub details: serde_json::Value,
+}
+
+/// A finished ride.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ride {
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    pub start: Option<(f64, f64)>,
+    pub end: Option<(f64, f64)>,
+    pub distance_km: f64,
+    pub h2_used_g: f32,
+    pub ended_in_parking: bool,
+    /// The parking area it ended in, when it did.
+    pub parking_zone: Option<String>,
 }
 
 /// One transition of one alert, as stored and as emitted to webhooks. `id` is stable: the

@@ -136,7 +136,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", hyfleet::geo::crs_note(&config.geo));
                 let zones = hyfleet::geo::parse_zones(&text, config.geo.zones_crs())
                     .with_context(|| format!("reading {}", file.display()))?;
-                let known = hyfleet::rules::store::load_zones(&client).await?;
+                let known = hyfleet::store::zones::load(&client).await?;
                 let placed = hyfleet::geo::check_place(&zones, known.zones(), &config.geo)
                     .map_err(|e| {
                         anyhow::anyhow!("{}: {e}; nothing was imported", file.display())
@@ -145,8 +145,8 @@ fn main() -> anyhow::Result<()> {
                 for w in placed.warnings.iter().chain(&narrow) {
                     eprintln!("warning: {w}");
                 }
-                let n = hyfleet::rules::store::import_zones(&client, &text, config.geo.zones_crs())
-                    .await?;
+                let n =
+                    hyfleet::store::zones::import(&client, &text, config.geo.zones_crs()).await?;
                 println!("imported {n} zones from {}", file.display());
                 Ok(())
             }

@@ -86,7 +86,7 @@ pub struct Metrics {
     write_phase_micros: [AtomicU64; WritePhase::ALL.len()],
 }
 
-/// The steps of a batch's transaction (`store::writer`), timed one after another.
+/// The steps of a batch's unit of work (`ingest::commit`), timed one after another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WritePhase {
     /// Vehicle ids resolved (registered on first sight) and the batch's vehicles locked.
@@ -95,23 +95,26 @@ pub enum WritePhase {
     Copy,
     /// Staged readings moved into `telemetry`, duplicates skipped.
     Insert,
-    /// Latest state, minute and day rollups, events, statuses and rejects.
-    State,
+    /// Minute and day rollups, events, statuses and rejects.
+    Records,
     /// Telemetry completeness (gaps in `seq`) and its rule.
     Completeness,
-    /// Rules run and their state, alerts and rides saved; webhook outbox filled.
+    /// The rules run over the new readings and events; their alerts and rides stored.
     Rules,
+    /// Each vehicle's latest state and rule state saved; the webhook outbox filled.
+    State,
     Commit,
 }
 
 impl WritePhase {
-    pub const ALL: [WritePhase; 7] = [
+    pub const ALL: [WritePhase; 8] = [
         WritePhase::Lock,
         WritePhase::Copy,
         WritePhase::Insert,
-        WritePhase::State,
+        WritePhase::Records,
         WritePhase::Completeness,
         WritePhase::Rules,
+        WritePhase::State,
         WritePhase::Commit,
     ];
 
@@ -120,9 +123,10 @@ impl WritePhase {
             WritePhase::Lock => "lock",
             WritePhase::Copy => "copy",
             WritePhase::Insert => "insert",
-            WritePhase::State => "state",
+            WritePhase::Records => "records",
             WritePhase::Completeness => "completeness",
             WritePhase::Rules => "rules",
+            WritePhase::State => "state",
             WritePhase::Commit => "commit",
         }
     }

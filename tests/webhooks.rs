@@ -16,7 +16,7 @@ use support::{Receiver, Respond, TestDb, event, hook, notify_config};
 async fn enqueue(db: &TestDb, events: &[hyfleet::domain::AlertEvent]) {
     let mut conn = db.pool.get().await.unwrap();
     let tx = conn.transaction().await.unwrap();
-    notify::enqueue(&tx, events).await.unwrap();
+    notify::outbox::enqueue(&tx, events).await.unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -66,7 +66,9 @@ async fn generic_delivery_is_signed_and_rollback_sends_nothing() {
     {
         let mut conn = db.pool.get().await.unwrap();
         let tx = conn.transaction().await.unwrap();
-        notify::enqueue(&tx, &[event(99, T::Opened)]).await.unwrap();
+        notify::outbox::enqueue(&tx, &[event(99, T::Opened)])
+            .await
+            .unwrap();
         tx.rollback().await.unwrap();
     }
     let ev = event(1, T::Opened);

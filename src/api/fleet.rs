@@ -218,7 +218,7 @@ pub(super) async fn refuel_plan(State(s): State<AppState>) -> Result<impl IntoRe
     let rows = client
         .query(&sql, &[&bike_pct, &bus_pct, &bike_kpg, &bus_kpg])
         .await?;
-    let zones = crate::rules::store::load_zones(&client).await?;
+    let zones = crate::store::zones::load(&client).await?;
     let mut items: Vec<RefuelStop> = rows
         .iter()
         .filter_map(|r| {

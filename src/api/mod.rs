@@ -45,8 +45,14 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub config: Arc<crate::config::Config>,
-    /// The live hub, the webhook worker's wake-up and the zone reload shared with ingest.
-    pub hooks: Arc<crate::store::writer::Hooks>,
+    /// The rules engine ingest runs (zone changes are checked against it).
+    pub rules: Arc<crate::rules::SharedEngine>,
+    /// How operators' alert changes reach the webhook outbox and the live feed.
+    pub alerts: crate::notify::AlertPublisher,
+    /// What just committed, for the event stream.
+    pub live: crate::live::Hub,
+    /// Tells the zone reload that this instance changed the zones.
+    pub zones_changed: Arc<tokio::sync::Notify>,
     /// Ends open event streams so that a graceful shutdown does not wait on them.
     pub shutdown: crate::shutdown::Shutdown,
 }

@@ -193,7 +193,7 @@ pub(super) async fn stream(
     let slot = api
         .streams
         .take(&caller.name, cfg.max_streams, cfg.max_streams_per_token)?;
-    let rx = api.app.hooks.live.subscribe();
+    let rx = api.app.live.subscribe();
     let stop = api.app.shutdown.clone();
     let gone: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(revoked(api, caller));
     let state = (rx, filter, stop, gone, slot);

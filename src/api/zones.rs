@@ -96,7 +96,7 @@ fn zone_problem(e: crate::geo::ZoneError) -> Problem {
 /// refuses nothing for its place: an operator drawing a new district zone by zone may add
 /// its service area last.
 fn checked(s: &AppState, zones: &[Zone]) -> Result<Vec<String>, Problem> {
-    let known = s.hooks.engine();
+    let known = s.rules.current();
     let mut warnings = match crate::geo::check_place(zones, known.zones().zones(), &s.config.geo) {
         Ok(placed) => placed.warnings,
         Err(far) => vec![far],
@@ -147,7 +147,7 @@ pub(super) async fn create(
         }
     }
     tx.commit().await?;
-    s.hooks.zones_changed.notify_one();
+    s.zones_changed.notify_one();
     let features: Vec<Value> = zones.iter().map(Zone::to_feature).collect();
     let out = if features.len() == 1 && body.get("type") == Some(&json!("Feature")) {
         features.into_iter().next().unwrap_or_default()
@@ -195,7 +195,7 @@ pub(super) async fn put(
         )
         .await?
         .get(0);
-    s.hooks.zones_changed.notify_one();
+    s.zones_changed.notify_one();
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -215,6 +215,6 @@ pub(super) async fn delete(
     if n == 0 {
         return Err(Problem::not_found(format!("no zone `{id}`")));
     }
-    s.hooks.zones_changed.notify_one();
+    s.zones_changed.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }

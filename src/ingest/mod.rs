@@ -16,7 +16,9 @@
 mod acker;
 mod batcher;
 mod budget;
+pub mod commit;
 mod mqtt;
+pub mod sweep;
 mod writers;
 
 use std::sync::Arc;
@@ -26,15 +28,16 @@ use crate::decode::Decoder;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::store::Registry;
+
+pub use commit::Services;
 
 /// What ingest shares with the rest of the service.
 #[derive(Clone)]
 pub struct IngestDeps {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub registry: Arc<Registry>,
-    pub hooks: Arc<crate::store::writer::Hooks>,
+    /// What each batch's unit of work reaches beyond the database.
+    pub services: Services,
 }
 
 /// A message taken from the broker: what to decode and how to acknowledge it.

@@ -9,10 +9,10 @@ use tokio::task::JoinHandle;
 
 use super::IngestDeps;
 use super::batcher::Job;
+use super::commit::Committer;
 use crate::config::Config;
 use crate::decode::Decoded;
 use crate::domain::{Reject, RejectReason};
-use crate::store::BatchWriter;
 
 pub type Done = mpsc::UnboundedSender<Vec<(u64, rumqttc::Publish)>>;
 
@@ -45,7 +45,7 @@ struct Writer {
     url: String,
     config: Config,
     deps: IngestDeps,
-    conn: Option<BatchWriter>,
+    conn: Option<Committer>,
 }
 
 impl Writer {
@@ -87,7 +87,7 @@ impl Writer {
                         self.deps.metrics.write_errors.fetch_add(1, Relaxed);
                         self.deps.health.set_store(false);
                         tracing::error!(writer = self.n, error = format!("{e:#}"), retry_in = ?backoff, "batch write failed; retrying");
-                        if self.conn.as_ref().is_some_and(BatchWriter::is_closed) {
+                        if self.conn.as_ref().is_some_and(Committer::is_closed) {
                             self.conn = None;
                         }
                         tokio::time::sleep(backoff).await;
@@ -105,12 +105,11 @@ impl Writer {
     ) -> anyhow::Result<()> {
         if self.conn.is_none() {
             self.conn = Some(
-                BatchWriter::connect(
+                Committer::connect(
                     &self.url,
-                    self.deps.registry.clone(),
                     self.config.profiles.clone(),
                     self.config.ingest.auto_register,
-                    self.deps.hooks.clone(),
+                    self.deps.services.clone(),
                 )
                 .await?,
             );
@@ -119,7 +118,7 @@ impl Writer {
         let started = std::time::Instant::now();
         let now = chrono::Utc::now();
         let unknown_before = batch.rejects.len();
-        let outcome = match conn.write(batch, now).await {
+        let outcome = match conn.commit(batch, now).await {
             Ok(o) => o,
             Err(e) => {
                 // A broken connection is not retried in place.

@@ -1,6 +1,7 @@
 //! Alert notifications (docs/alerts.md): a transactional outbox and its delivery worker.
 //!
-//! Producers call [`enqueue`] in the transaction that changes an alert; [`spawn_worker`] sends
+//! Producers publish through the [`AlertPublisher`]: into the outbox in the transaction that
+//! changes an alert, to the worker and the live feed after it commits; [`spawn_worker`] sends
 //! what is due to each webhook in its [`Format`], signed, retried with backoff, folded into
 //! digests when a chat robot's rate limit would be passed; the API lists and changes webhooks
 //! and their [`deliveries`] through the functions of [`outbox`].
@@ -12,6 +13,7 @@ pub mod message;
 mod netguard;
 pub mod outbox;
 mod policy;
+mod publisher;
 pub mod sign;
 mod worker;
 
@@ -20,6 +22,7 @@ pub use config::{Format, MIN_SECRET_BYTES, NotifyConfig, WebhookConfig, check_se
 pub use netguard::{UrlRefused, check_url, is_private};
 pub use outbox::{
     Attempt, Delivery, Webhook, WebhookError, attempts, create_webhook, delete_webhook, deliveries,
-    enqueue, get_webhook, list_webhooks, redact_url, sync_config_webhooks,
+    get_webhook, list_webhooks, redact_url, sync_config_webhooks,
 };
+pub use publisher::{AlertPublisher, Enqueued};
 pub use worker::{MAX_ANSWER_BYTES, Worker, delivery_panics, spawn_worker, spawn_worker_with_wake};

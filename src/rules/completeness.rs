@@ -23,18 +23,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use anyhow::Context as _;
 use chrono::{DateTime, Duration, DurationRound as _, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use tokio_postgres::Transaction;
-use tokio_postgres::types::Type;
+use serde_json::{Value, json};
 
 use super::builtin::Verdict;
 use super::engine::{Engine, Moment};
-use super::store::{Loaded, VehicleRow};
 use super::{Output, VehicleRuleState};
-use crate::domain::{AlertEvent, Reading, Severity};
+use crate::domain::{Reading, Severity};
 
 pub const TELEMETRY_GAP: &str = "telemetry_gap";
 
@@ -128,6 +124,24 @@ impl Hour {
             stretches: Vec::new(),
             missing: 0,
         }
+    }
+
+    /// An hour as stored: its stretches are JSON.
+    pub fn from_stored(
+        hour: DateTime<Utc>,
+        stretches: Value,
+        missing: i64,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Hour {
+            hour,
+            stretches: serde_json::from_value(stretches)?,
+            missing,
+        })
+    }
+
+    /// The stretches, as stored.
+    pub fn stretches_json(&self) -> Value {
+        serde_json::to_value(&self.stretches).expect("stretches serialise")
     }
 
     pub fn received(&self) -> i64 {
@@ -293,153 +307,131 @@ pub fn verdict(recent: &[&Hour], cfg: &TelemetryGapConfig) -> Verdict {
     }
 }
 
+/// The batch's newly stored readings that carry a `seq`, per vehicle database id: what
+/// completeness accounts for. Pure; the caller reads and writes the hours.
+#[derive(Debug)]
+pub struct Batch {
+    by_vehicle: BTreeMap<i32, Vec<(DateTime<Utc>, i64)>>,
+    now: DateTime<Utc>,
+}
+
+/// The window of hours the rule looks at, around `now`.
+fn recent(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    (
+        hour_of(now) - Duration::hours(1),
+        hour_of(now) + Duration::hours(1),
+    )
+}
+
+impl Batch {
+    pub fn new<'a>(
+        fresh: impl IntoIterator<Item = (i32, &'a Reading)>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut by_vehicle: BTreeMap<i32, Vec<(DateTime<Utc>, i64)>> = BTreeMap::new();
+        for (id, r) in fresh {
+            if let Some(seq) = r.seq {
+                by_vehicle
+                    .entry(id)
+                    .or_default()
+                    .push((r.ts, i64::from(seq)));
+            }
+        }
+        for rs in by_vehicle.values_mut() {
+            rs.sort_unstable();
+            rs.dedup();
+        }
+        Batch { by_vehicle, now }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_vehicle.is_empty()
+    }
+
+    /// Per vehicle, the span of hours to read: those its readings fall in and the rule's
+    /// recent ones (the store adds the nearest stored hour on either side).
+    pub fn windows(&self) -> Vec<(i32, DateTime<Utc>, DateTime<Utc>)> {
+        let (recent_from, recent_to) = recent(self.now);
+        self.by_vehicle
+            .iter()
+            .map(|(id, rs)| {
+                let first = rs.iter().map(|r| hour_of(r.0)).min().unwrap_or(recent_from);
+                let last = rs.iter().map(|r| hour_of(r.0)).max().unwrap_or(recent_to);
+                (*id, first.min(recent_from), last.max(recent_to))
+            })
+            .collect()
+    }
+
+    /// Merge the batch into the stored hours (per vehicle, in time order, as read for
+    /// [`Batch::windows`]).
+    pub fn merge(self, mut stored: HashMap<i32, Vec<Hour>>) -> Accounted {
+        let mut accounted = Accounted {
+            merged: HashMap::with_capacity(self.by_vehicle.len()),
+            now: self.now,
+            missing: 0,
+            filled: 0,
+        };
+        for (id, from, _) in self.windows() {
+            let m = merge(
+                stored.remove(&id).unwrap_or_default(),
+                from,
+                &self.by_vehicle[&id],
+            );
+            if m.delta > 0 {
+                accounted.missing += m.delta as u64;
+            } else {
+                accounted.filled += m.delta.unsigned_abs();
+            }
+            accounted.merged.insert(id, m);
+        }
+        accounted
+    }
+}
+
 /// What a batch did to completeness.
-#[derive(Debug, Default)]
-pub struct Applied {
-    /// Alert transitions of `telemetry_gap`, stored already.
-    pub events: Vec<AlertEvent>,
+#[derive(Debug)]
+pub struct Accounted {
+    merged: HashMap<i32, Merged>,
+    now: DateTime<Utc>,
     /// Readings newly found missing...
     pub missing: u64,
     /// ...and missing ones that arrived after all (net, per vehicle).
     pub filled: u64,
 }
 
-const READ: &str = "SELECT w.vehicle, c.hour, c.stretches, c.missing
-    FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[]) AS w(vehicle, lo, hi)
-    CROSS JOIN LATERAL (
-        (SELECT hour, stretches, missing FROM telemetry_completeness
-          WHERE vehicle = w.vehicle AND hour < w.lo ORDER BY hour DESC LIMIT 1)
-        UNION ALL
-        (SELECT hour, stretches, missing FROM telemetry_completeness
-          WHERE vehicle = w.vehicle AND hour >= w.lo AND hour <= w.hi)
-        UNION ALL
-        (SELECT hour, stretches, missing FROM telemetry_completeness
-          WHERE vehicle = w.vehicle AND hour > w.hi ORDER BY hour LIMIT 1)
-    ) c
-    ORDER BY w.vehicle, c.hour";
-
-const INT4_ARRAY: Type = Type::INT4_ARRAY;
-const TS_ARRAY: Type = Type::TIMESTAMPTZ_ARRAY;
-
-const WRITE: &str =
-    "INSERT INTO telemetry_completeness (vehicle, hour, stretches, received, missing)
-    SELECT * FROM unnest($1::int4[], $2::timestamptz[], $3::jsonb[], $4::int4[], $5::int8[])
-    ON CONFLICT (vehicle, hour) DO UPDATE SET stretches = EXCLUDED.stretches,
-        received = EXCLUDED.received, missing = EXCLUDED.missing";
-
-/// Inside the batch transaction, with the batch's vehicles locked: account for the readings
-/// it newly stored (`fresh`, sorted by vehicle then time), then run `telemetry_gap` on the
-/// vehicles' rule state (before the other rules, which save it) and store its transitions.
-/// One read and one write per batch, whatever the number of readings.
-pub async fn apply(
-    tx: &Transaction<'_>,
-    engine: &Engine,
-    vehicles: &[VehicleRow],
-    states: &mut Loaded,
-    fresh: &[&Reading],
-    now: DateTime<Utc>,
-) -> anyhow::Result<Applied> {
-    let code_to_row: HashMap<_, _> = vehicles.iter().map(|v| (&v.code, v)).collect();
-    let mut by_vehicle: BTreeMap<i32, Vec<(DateTime<Utc>, i64)>> = BTreeMap::new();
-    for r in fresh {
-        if let (Some(seq), Some(v)) = (r.seq, code_to_row.get(&r.vehicle)) {
-            by_vehicle
-                .entry(v.id)
-                .or_default()
-                .push((r.ts, i64::from(seq)));
-        }
-    }
-    // A reading sent twice within one batch is inserted once but listed twice in `fresh`.
-    for rs in by_vehicle.values_mut() {
-        rs.sort_unstable();
-        rs.dedup();
-    }
-    let mut applied = Applied::default();
-    if by_vehicle.is_empty() {
-        return Ok(applied);
-    }
-    let recent_from = hour_of(now) - Duration::hours(1);
-    let recent_to = hour_of(now) + Duration::hours(1);
-    let (mut ids, mut los, mut his) = (Vec::new(), Vec::new(), Vec::new());
-    for (id, rs) in &by_vehicle {
-        let first = rs.iter().map(|r| hour_of(r.0)).min().unwrap_or(recent_from);
-        let last = rs.iter().map(|r| hour_of(r.0)).max().unwrap_or(recent_to);
-        ids.push(*id);
-        los.push(first.min(recent_from));
-        his.push(last.max(recent_to));
-    }
-    // Typed: one round trip each, no separate prepare.
-    let rows = tx
-        .query_typed(
-            READ,
-            &[(&ids, INT4_ARRAY), (&los, TS_ARRAY), (&his, TS_ARRAY)],
-        )
-        .await
-        .context("reading completeness")?;
-    let mut known: HashMap<i32, Vec<Hour>> = HashMap::new();
-    for row in rows {
-        let stretches: Vec<Stretch> =
-            serde_json::from_value(row.get(2)).context("reading completeness stretches")?;
-        known.entry(row.get(0)).or_default().push(Hour {
-            hour: row.get(1),
-            stretches,
-            missing: row.get(3),
-        });
+impl Accounted {
+    /// The hours to store, with their vehicle.
+    pub fn changed(&self) -> impl Iterator<Item = (i32, &Hour)> {
+        self.merged
+            .iter()
+            .flat_map(|(id, m)| m.changed.iter().map(move |&i| (*id, &m.hours[i])))
     }
 
-    let (mut w_id, mut w_hour, mut w_st, mut w_rec, mut w_mis) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut merged: HashMap<i32, Merged> = HashMap::new();
-    for (i, (id, rs)) in by_vehicle.iter().enumerate() {
-        let m = merge(known.remove(id).unwrap_or_default(), los[i], rs);
-        for &c in &m.changed {
-            let h = &m.hours[c];
-            w_id.push(*id);
-            w_hour.push(h.hour);
-            w_st.push(serde_json::to_value(&h.stretches).context("completeness stretches")?);
-            w_rec.push(i32::try_from(h.received()).unwrap_or(i32::MAX));
-            w_mis.push(h.missing);
-        }
-        if m.delta > 0 {
-            applied.missing += m.delta as u64;
-        } else {
-            applied.filled += m.delta.unsigned_abs();
-        }
-        merged.insert(*id, m);
-    }
-    if !w_id.is_empty() {
-        tx.execute_typed(
-            WRITE,
-            &[
-                (&w_id, INT4_ARRAY),
-                (&w_hour, TS_ARRAY),
-                (&w_st, Type::JSONB_ARRAY),
-                (&w_rec, INT4_ARRAY),
-                (&w_mis, Type::INT8_ARRAY),
-            ],
-        )
-        .await
-        .context("storing completeness")?;
-    }
-
-    let cfg = &engine.rules.telemetry_gap;
-    for v in vehicles {
-        let (Some(m), Some((state, _, _))) = (merged.get(&v.id), states.get_mut(&v.id)) else {
-            continue;
+    /// `telemetry_gap` for vehicle `id`, on its rule state (run before the other rules, which
+    /// save the state). Nothing for a vehicle the batch brought no numbered reading of.
+    pub fn on_vehicle(
+        &self,
+        engine: &Engine,
+        id: i32,
+        state: &mut VehicleRuleState,
+    ) -> Vec<Output> {
+        let Some(m) = self.merged.get(&id) else {
+            return Vec::new();
         };
+        let (recent_from, recent_to) = recent(self.now);
         let recent: Vec<&Hour> = m
             .hours
             .iter()
             .filter(|h| h.hour >= recent_from && h.hour < recent_to)
             .collect();
-        let outputs = on_completeness(engine, state, &recent, now, cfg);
-        if !outputs.is_empty() {
-            applied
-                .events
-                .extend(super::store::persist_outputs(tx, v, outputs).await?);
-        }
+        on_completeness(
+            engine,
+            state,
+            &recent,
+            self.now,
+            &engine.rules.telemetry_gap,
+        )
     }
-    Ok(applied)
 }
 
 /// The rule's step for one vehicle, at `now` (hyfleet's clock, like `offline`): its time
@@ -471,22 +463,6 @@ fn on_completeness(
         m,
     );
     out
-}
-
-/// Hours older than the raw readings' retention go with them.
-pub async fn expire(
-    client: &tokio_postgres::Client,
-    retention_days: u32,
-    now: DateTime<Utc>,
-) -> anyhow::Result<u64> {
-    let cutoff = now - Duration::days(i64::from(retention_days));
-    client
-        .execute(
-            "DELETE FROM telemetry_completeness WHERE hour < $1",
-            &[&cutoff],
-        )
-        .await
-        .context("expiring completeness")
 }
 
 #[cfg(test)]

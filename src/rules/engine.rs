@@ -15,6 +15,7 @@ use super::custom::{self, CustomRule};
 use super::ride;
 use super::state::{Slot, VehicleRuleState, slot_key, split_key};
 use crate::config::{Config, Profiles};
+pub use crate::domain::{AlertAction, AlertChange, Ride};
 use crate::domain::{Event, EventType, Reading, Severity, VehicleKind, tidy_numbers};
 use crate::geo::{Crs, ZoneIndex};
 
@@ -26,41 +27,6 @@ pub struct VehicleInfo {
     pub tank_g: f32,
     /// An operator-set consumption ratio, used until the vehicle's own is learned.
     pub km_per_g: Option<f32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlertAction {
-    Open(Severity),
-    Escalate(Severity),
-    /// The condition fell back to a lower severity without clearing.
-    Deescalate(Severity),
-    Resolve,
-}
-
-/// A change of one alert, keyed by `(vehicle, rule, zone)`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlertChange {
-    pub rule: String,
-    pub zone: Option<String>,
-    pub action: AlertAction,
-    pub at: DateTime<Utc>,
-    pub lat: Option<f64>,
-    pub lon: Option<f64>,
-    pub details: Value,
-}
-
-/// A finished ride.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Ride {
-    pub started_at: DateTime<Utc>,
-    pub ended_at: DateTime<Utc>,
-    pub start: Option<(f64, f64)>,
-    pub end: Option<(f64, f64)>,
-    pub distance_km: f64,
-    pub h2_used_g: f32,
-    pub ended_in_parking: bool,
-    /// The parking area it ended in, when it did.
-    pub parking_zone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -450,6 +416,52 @@ impl Engine {
         }
         if !late {
             state.last_ts = Some(ev.ts);
+        }
+        out
+    }
+
+    /// What the rules need to know of a vehicle of `kind`, from its stored overrides.
+    pub fn vehicle_info(
+        &self,
+        kind: VehicleKind,
+        tank_g: Option<f32>,
+        km_per_g: Option<f32>,
+    ) -> VehicleInfo {
+        VehicleInfo {
+            kind,
+            tank_g: tank_g.unwrap_or_else(|| self.profiles.get(kind).tank_g),
+            km_per_g,
+        }
+    }
+
+    /// A batch's newly stored readings and events of one vehicle, arrived at `now`: the
+    /// vehicle is not offline, and each message goes through the rules in measurement order
+    /// (an event lands among the readings by its time; equal times keep readings first).
+    pub fn on_batch(
+        &self,
+        state: &mut VehicleRuleState,
+        info: &VehicleInfo,
+        readings: &[&Reading],
+        events: &[&Event],
+        now: DateTime<Utc>,
+    ) -> Vec<Output> {
+        enum Item<'a> {
+            Reading(&'a Reading),
+            Event(&'a Event),
+        }
+        let mut items: Vec<(DateTime<Utc>, Item<'_>)> = readings
+            .iter()
+            .map(|r| (r.ts, Item::Reading(r)))
+            .chain(events.iter().map(|e| (e.ts, Item::Event(e))))
+            .collect();
+        // Stable: readings keep their order.
+        items.sort_by_key(|i| i.0);
+        let mut out = self.on_seen(state, now);
+        for (_, item) in items {
+            out.extend(match item {
+                Item::Reading(r) => self.on_reading(state, r, info),
+                Item::Event(e) => self.on_event(state, e, info),
+            });
         }
         out
     }

@@ -3,8 +3,9 @@
 //!
 //! [`Engine`] is pure: it reads a [`VehicleRuleState`] and a message and returns
 //! [`Output`]s, touching nothing else, so every rule is tested without a database. The state
-//! lives in `vehicles.rule_state` and [`store`] loads, runs and saves it inside the ingest
-//! transaction, under the vehicle's row lock: any instance may process any vehicle.
+//! lives in `vehicles.rule_state`; ingest's unit of work (`ingest::commit`) loads it, runs the
+//! engine and saves it inside the batch's transaction, under the vehicle's row lock: any
+//! instance may process any vehicle. Nothing here does I/O.
 
 mod builtin;
 pub mod completeness;
@@ -14,7 +15,6 @@ mod custom;
 mod engine;
 mod ride;
 mod state;
-pub mod store;
 
 pub use builtin::NAMES as BUILTIN_RULES;
 pub use builtin::{H2Level, hydrogen_level};
@@ -22,8 +22,53 @@ pub use config::{CustomRuleConfig, RulesConfig, Thresholds};
 pub use engine::{AlertAction, AlertChange, Engine, EngineError, Output, Ride, VehicleInfo};
 pub use state::{Slot, VehicleRuleState};
 
+use std::sync::{Arc, RwLock};
+
+/// The engine the service runs now: the API and the zone reload swap in one over new zones,
+/// each batch takes the one current when it starts.
+pub struct SharedEngine(RwLock<Arc<Engine>>);
+
+impl SharedEngine {
+    pub fn new(engine: Engine) -> Self {
+        SharedEngine(RwLock::new(Arc::new(engine)))
+    }
+
+    pub fn current(&self) -> Arc<Engine> {
+        self.0.read().expect("engine lock").clone()
+    }
+
+    /// Run the rules over `zones` from now on (after zones change through the API or an
+    /// import).
+    pub fn set_zones(&self, zones: Arc<crate::geo::ZoneIndex>) {
+        let mut e = self.0.write().expect("engine lock");
+        *e = Arc::new(e.with_zones(zones));
+    }
+}
+
+/// A rule state as stored; one this version cannot read starts afresh rather than stop
+/// ingest: the cost is at most one hold time of delay on open alerts.
+pub fn parse_rule_state(
+    vehicle: impl std::fmt::Display,
+    raw: serde_json::Value,
+) -> VehicleRuleState {
+    serde_json::from_value(raw).unwrap_or_else(|e| {
+        tracing::warn!(%vehicle, error = %e, "unreadable rule state, starting afresh");
+        VehicleRuleState::default()
+    })
+}
+
 #[cfg(test)]
 mod tests;
 
-#[cfg(test)]
-mod store_tests;
+/// A stored rule state with the incident of `(rule, zone)` forgotten, as an operator's resolve
+/// asks: a condition that still holds (or comes back) is a new incident after its hold time.
+pub fn forget(
+    vehicle: &str,
+    stored: serde_json::Value,
+    rule: &str,
+    zone: Option<&str>,
+) -> serde_json::Result<serde_json::Value> {
+    let mut state = parse_rule_state(vehicle, stored);
+    state.forget(rule, zone);
+    serde_json::to_value(&state)
+}

@@ -1,14 +1,23 @@
-//! PostgreSQL: the database itself (creation, migrations, partitions), the batch writer that
-//! ingest commits through, and the queries the API reads with.
+//! PostgreSQL: the database itself (creation, migrations, partitions, pools) and one
+//! repository per concept, each owning its SQL and row mapping: `telemetry`, `vehicles`,
+//! `rollup`, `records` (events, rejects), `completeness`, `alerts`, `rides`, `zones`, and
+//! `queries` (the API's reads). Nothing here decides what data means: no rules, no webhooks,
+//! no live feed; ingest's unit of work calls these in one transaction.
 
+pub mod alerts;
+pub mod completeness;
 mod copy;
 pub mod local_server;
 pub mod migrate;
 pub mod partitions;
 pub mod queries;
-mod registry;
+pub mod records;
+pub mod registry;
+pub mod rides;
 pub mod rollup;
-pub mod writer;
+pub mod telemetry;
+pub mod vehicles;
+pub mod zones;
 
 use std::str::FromStr;
 
@@ -17,7 +26,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 pub use registry::Registry;
-pub use writer::{BatchWriter, WriteOutcome};
 
 /// Parse a `postgres://` URL. The error names neither the URL nor the parser's complaint,
 /// either of which could carry the password.

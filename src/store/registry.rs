@@ -1,15 +1,12 @@
 //! Vehicle ids to database ids, cached: telemetry rows carry the 4-byte database id, not the
 //! fleet's text id. Unknown vehicles are registered with their kind's profile on first sight,
-//! and that kind is theirs for good: what they send under another kind is refused.
+//! and that kind is theirs for good (ingest refuses what they send under another).
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use chrono::{DateTime, Utc};
-
 use crate::config::Profiles;
-use crate::decode::Decoded;
-use crate::domain::{Reject, RejectReason, VehicleId, VehicleKind};
+use crate::domain::{VehicleId, VehicleKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VehicleRef {
@@ -103,54 +100,4 @@ impl Registry {
         }
         Ok(out)
     }
-}
-
-/// Records sent under a kind other than their vehicle's registered one become rejects
-/// (`kind_mismatch`): a bike publishing under `bus/` would otherwise be checked against a bus's
-/// tank and speed and be stored with figures no bike can have. A new vehicle registers with the
-/// kind of its first record in the batch, so the same batch's others are checked against it.
-pub fn refuse_other_kind(
-    batch: &mut Decoded,
-    refs: &HashMap<VehicleId, VehicleRef>,
-    now: DateTime<Utc>,
-) {
-    let registered = |v: &VehicleId| refs.get(v).map(|r| r.kind);
-    let other = |v: &VehicleId, sent: VehicleKind| registered(v).is_some_and(|k| k != sent);
-    let reject = |v: &VehicleId, sent: VehicleKind, channel: &str, payload: &[u8]| {
-        let kind = registered(v).map_or("?", VehicleKind::as_str);
-        Reject::new(
-            now,
-            &format!("{sent}/{v}/{channel}"),
-            Some(v.as_str()),
-            RejectReason::KindMismatch,
-            &format!("vehicle `{v}` is registered as a {kind}, not a {sent}"),
-            payload,
-        )
-    };
-    let mut rejects = Vec::new();
-    batch.readings.retain(|r| {
-        let keep = !other(&r.vehicle, r.kind);
-        if !keep {
-            let payload = serde_json::to_vec(r).unwrap_or_default();
-            rejects.push(reject(&r.vehicle, r.kind, "telemetry", &payload));
-        }
-        keep
-    });
-    batch.events.retain(|e| {
-        let keep = !other(&e.vehicle, e.kind);
-        if !keep {
-            let payload = serde_json::to_vec(&e.body).unwrap_or_default();
-            rejects.push(reject(&e.vehicle, e.kind, "event", &payload));
-        }
-        keep
-    });
-    batch.statuses.retain(|s| {
-        let keep = !other(&s.vehicle, s.kind);
-        if !keep {
-            let payload = if s.online { "online" } else { "offline" };
-            rejects.push(reject(&s.vehicle, s.kind, "status", payload.as_bytes()));
-        }
-        keep
-    });
-    batch.rejects.extend(rejects);
 }

@@ -68,7 +68,7 @@ async fn gbfs_feeds_publish_the_fleet_rotate_ids_and_validate_against_the_offici
     let db = TestDb::new().await;
     let client = db.client().await;
     let zones =
-        hyfleet::rules::store::import_zones(&client, hyfleet::sim::data::ZONES_GEOJSON, Crs::Wgs84)
+        hyfleet::store::zones::import(&client, hyfleet::sim::data::ZONES_GEOJSON, Crs::Wgs84)
             .await
             .unwrap();
     seed_vehicle(

@@ -13,6 +13,7 @@ mod fences;
 mod firsthour;
 mod gbfs;
 mod ingest;
+mod lifecycle;
 mod limits;
 mod operators;
 mod scale;
