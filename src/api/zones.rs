@@ -8,54 +8,28 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio_postgres::Row;
 
 use super::extract::{J, P, Q};
 use super::{AppState, Problem};
 use crate::geo::{Zone, ZoneKind, parse_feature, parse_zones};
-
-fn feature(row: &Row) -> Value {
-    let id: String = row.get(0);
-    let mut props: Value = row.get(3);
-    if let Some(p) = props.as_object_mut() {
-        p.insert("id".into(), Value::String(id.clone()));
-        p.insert("name".into(), Value::String(row.get(1)));
-        p.insert("kind".into(), Value::String(row.get(2)));
-    }
-    json!({
-        "type": "Feature",
-        "id": id,
-        "properties": props,
-        "geometry": row.get::<_, Value>(4),
-    })
-}
+use crate::store::zones::{self, StoredZone};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListParams {
-    kind: Option<String>,
+    kind: Option<ZoneKind>,
 }
 
 pub(super) async fn list(
     State(s): State<AppState>,
     Q(p): Q<ListParams>,
 ) -> Result<impl IntoResponse, Problem> {
-    if let Some(k) = &p.kind
-        && ZoneKind::parse(k).is_none()
-    {
-        return Err(Problem::bad_request(format!(
-            "kind `{k}` is not parking, no_parking, service_area, slow or station"
-        )));
-    }
     let client = s.pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT id, name, kind, properties, geometry FROM zones
-             WHERE ($1::text IS NULL OR kind = $1) ORDER BY id",
-            &[&p.kind],
-        )
-        .await?;
-    let features: Vec<Value> = rows.iter().map(feature).collect();
+    let features: Vec<Value> = zones::all(&client, p.kind)
+        .await?
+        .iter()
+        .map(StoredZone::feature)
+        .collect();
     Ok(Json(
         json!({"type": "FeatureCollection", "features": features}),
     ))
@@ -66,24 +40,10 @@ pub(super) async fn one(
     P(id): P<String>,
 ) -> Result<impl IntoResponse, Problem> {
     let client = s.pool.get().await?;
-    let row = client
-        .query_opt(
-            "SELECT id, name, kind, properties, geometry FROM zones WHERE id = $1",
-            &[&id],
-        )
+    let zone = zones::get(&client, &id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no zone `{id}`")))?;
-    Ok(Json(feature(&row)))
-}
-
-fn columns(z: &Zone) -> (String, String, &'static str, Value, Value) {
-    (
-        z.id.clone(),
-        z.name.clone(),
-        z.kind.as_str(),
-        Value::Object(z.properties.clone()),
-        z.geometry_geojson(),
-    )
+    Ok(Json(zone.feature()))
 }
 
 fn zone_problem(e: crate::geo::ZoneError) -> Problem {
@@ -124,31 +84,21 @@ pub(super) async fn create(
     State(s): State<AppState>,
     J(body): J<Value>,
 ) -> Result<impl IntoResponse, Problem> {
-    let zones = parse_zones(&body.to_string(), s.config.geo.zones_crs()).map_err(zone_problem)?;
-    if zones.is_empty() {
+    let new = parse_zones(&body.to_string(), s.config.geo.zones_crs()).map_err(zone_problem)?;
+    if new.is_empty() {
         return Err(Problem::bad_request("the FeatureCollection has no feature"));
     }
-    let warnings = checked(&s, &zones)?;
+    let warnings = checked(&s, &new)?;
     let mut client = s.pool.get().await?;
     let tx = client.transaction().await?;
-    for z in &zones {
-        let (id, name, kind, props, geom) = columns(z);
-        let n = tx
-            .execute(
-                "INSERT INTO zones (id, name, kind, properties, geometry)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
-                &[&id, &name, &kind, &props, &geom],
-            )
-            .await?;
-        if n == 0 {
-            return Err(Problem::conflict(format!(
-                "zone `{id}` exists; PUT /api/v1/zones/{id} replaces it"
-            )));
-        }
+    if let Err(id) = zones::insert_new(&tx, &new).await? {
+        return Err(Problem::conflict(format!(
+            "zone `{id}` exists; PUT /api/v1/zones/{id} replaces it"
+        )));
     }
     tx.commit().await?;
     s.zones_changed.notify_one();
-    let features: Vec<Value> = zones.iter().map(Zone::to_feature).collect();
+    let features: Vec<Value> = new.iter().map(Zone::to_feature).collect();
     let out = if features.len() == 1 && body.get("type") == Some(&json!("Feature")) {
         features.into_iter().next().unwrap_or_default()
     } else {
@@ -183,18 +133,8 @@ pub(super) async fn put(
     }
     let zone = parse_feature(&body, s.config.geo.zones_crs()).map_err(zone_problem)?;
     let warnings = checked(&s, std::slice::from_ref(&zone))?;
-    let (id, name, kind, props, geom) = columns(&zone);
     let client = s.pool.get().await?;
-    let created: bool = client
-        .query_one(
-            "INSERT INTO zones (id, name, kind, properties, geometry) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind,
-                 properties = EXCLUDED.properties, geometry = EXCLUDED.geometry, updated_at = now()
-             RETURNING (xmax = 0)",
-            &[&id, &name, &kind, &props, &geom],
-        )
-        .await?
-        .get(0);
+    let created = zones::put(&client, &zone).await?;
     s.zones_changed.notify_one();
     let status = if created {
         StatusCode::CREATED
@@ -209,10 +149,7 @@ pub(super) async fn delete(
     P(id): P<String>,
 ) -> Result<impl IntoResponse, Problem> {
     let client = s.pool.get().await?;
-    let n = client
-        .execute("DELETE FROM zones WHERE id = $1", &[&id])
-        .await?;
-    if n == 0 {
+    if !zones::delete(&client, &id).await? {
         return Err(Problem::not_found(format!("no zone `{id}`")));
     }
     s.zones_changed.notify_one();

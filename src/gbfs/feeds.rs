@@ -40,14 +40,8 @@ pub struct VehicleRow {
     pub safety_alert: bool,
 }
 
-#[derive(Debug, Clone)]
-pub struct ZoneRow {
-    pub id: String,
-    pub name: String,
-    pub kind: String,
-    pub properties: Value,
-    pub geometry: Value,
-}
+/// A zone as stored.
+pub use crate::store::zones::StoredZone as ZoneRow;
 
 pub fn envelope(data: Value, ttl: u32, now: DateTime<Utc>) -> Value {
     json!({

@@ -46,21 +46,7 @@ pub async fn vehicles(client: &Client) -> anyhow::Result<Vec<VehicleRow>> {
 }
 
 pub async fn zones(client: &Client) -> anyhow::Result<Vec<ZoneRow>> {
-    let rows = client
-        .query(
-            "SELECT id, name, kind, properties, geometry FROM zones ORDER BY id",
-            &[],
-        )
+    crate::store::zones::all(client, None)
         .await
-        .context("reading zones for GBFS")?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ZoneRow {
-            id: r.get(0),
-            name: r.get(1),
-            kind: r.get(2),
-            properties: r.get(3),
-            geometry: r.get(4),
-        })
-        .collect())
+        .context("reading zones for GBFS")
 }

@@ -4,9 +4,9 @@
 
 use anyhow::Context as _;
 use serde_json::Value;
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{Client, GenericClient, Row, Transaction};
 
-use crate::geo::{Crs, Zone, ZoneIndex, parse_feature, parse_zones};
+use crate::geo::{Crs, Zone, ZoneIndex, ZoneKind, parse_feature, parse_zones};
 
 /// Import (insert or replace by id) the zones of a GeoJSON FeatureCollection drawn in `crs`.
 /// All or nothing: a bad feature refuses the whole file.
@@ -55,31 +55,132 @@ pub async fn fingerprint(client: &Client) -> anyhow::Result<String> {
     Ok(row.get(0))
 }
 
-/// Every stored zone, indexed.
-pub async fn load(client: &Client) -> anyhow::Result<ZoneIndex> {
+/// A zone as stored: its own columns, and the rest of its GeoJSON properties.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredZone {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub properties: Value,
+    /// GeoJSON geometry, WGS-84.
+    pub geometry: Value,
+}
+
+impl StoredZone {
+    fn from_row(row: &Row) -> Self {
+        StoredZone {
+            id: row.get(0),
+            name: row.get(1),
+            kind: row.get(2),
+            properties: row.get(3),
+            geometry: row.get(4),
+        }
+    }
+
+    /// The GeoJSON Feature, with `id`, `name` and `kind` among its properties.
+    pub fn feature(&self) -> Value {
+        let mut props = self.properties.clone();
+        if let Some(p) = props.as_object_mut() {
+            p.insert("id".into(), Value::String(self.id.clone()));
+            p.insert("name".into(), Value::String(self.name.clone()));
+            p.insert("kind".into(), Value::String(self.kind.clone()));
+        }
+        serde_json::json!({
+            "type": "Feature",
+            "id": self.id,
+            "properties": props,
+            "geometry": self.geometry,
+        })
+    }
+}
+
+const SELECT: &str = "SELECT id, name, kind, properties, geometry FROM zones";
+
+/// Every stored zone (of one kind, if given), by id.
+pub async fn all(client: &Client, kind: Option<ZoneKind>) -> anyhow::Result<Vec<StoredZone>> {
     let rows = client
         .query(
-            "SELECT id, name, kind, properties, geometry FROM zones ORDER BY id",
-            &[],
+            &format!("{SELECT} WHERE ($1::text IS NULL OR kind = $1) ORDER BY id"),
+            &[&kind.map(ZoneKind::as_str)],
         )
         .await
-        .context("loading zones")?;
-    let mut zones = Vec::with_capacity(rows.len());
-    for row in rows {
-        let id: String = row.get(0);
-        let mut props: Value = row.get(3);
-        if let Some(p) = props.as_object_mut() {
-            p.insert("id".into(), Value::String(id.clone()));
-            p.insert("name".into(), Value::String(row.get(1)));
-            p.insert("kind".into(), Value::String(row.get(2)));
+        .context("reading zones")?;
+    Ok(rows.iter().map(StoredZone::from_row).collect())
+}
+
+pub async fn get(client: &Client, id: &str) -> anyhow::Result<Option<StoredZone>> {
+    let row = client
+        .query_opt(&format!("{SELECT} WHERE id = $1"), &[&id])
+        .await
+        .context("reading a zone")?;
+    Ok(row.as_ref().map(StoredZone::from_row))
+}
+
+/// Insert `zones`, all or none: `Err` names the first id that exists already.
+pub async fn insert_new(
+    tx: &Transaction<'_>,
+    zones: &[Zone],
+) -> anyhow::Result<Result<(), String>> {
+    for z in zones {
+        let n = tx
+            .execute(
+                "INSERT INTO zones (id, name, kind, properties, geometry)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                &[
+                    &z.id,
+                    &z.name,
+                    &z.kind.as_str(),
+                    &Value::Object(z.properties.clone()),
+                    &z.geometry_geojson(),
+                ],
+            )
+            .await
+            .context("storing a zone")?;
+        if n == 0 {
+            return Ok(Err(z.id.clone()));
         }
-        let feature = serde_json::json!({
-            "type": "Feature",
-            "properties": props,
-            "geometry": row.get::<_, Value>(4),
-        });
+    }
+    Ok(Ok(()))
+}
+
+/// Insert or replace one zone; true when it is new.
+pub async fn put(client: &Client, z: &Zone) -> anyhow::Result<bool> {
+    let created = client
+        .query_one(
+            "INSERT INTO zones (id, name, kind, properties, geometry) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind,
+                 properties = EXCLUDED.properties, geometry = EXCLUDED.geometry, updated_at = now()
+             RETURNING (xmax = 0)",
+            &[
+                &z.id,
+                &z.name,
+                &z.kind.as_str(),
+                &Value::Object(z.properties.clone()),
+                &z.geometry_geojson(),
+            ],
+        )
+        .await
+        .context("storing a zone")?
+        .get(0);
+    Ok(created)
+}
+
+/// Remove one zone; false when there was none.
+pub async fn delete(client: &Client, id: &str) -> anyhow::Result<bool> {
+    let n = client
+        .execute("DELETE FROM zones WHERE id = $1", &[&id])
+        .await
+        .context("deleting a zone")?;
+    Ok(n > 0)
+}
+
+/// Every stored zone, indexed.
+pub async fn load(client: &Client) -> anyhow::Result<ZoneIndex> {
+    let mut zones = Vec::new();
+    for z in all(client, None).await? {
         zones.push(
-            parse_feature(&feature, Crs::Wgs84).with_context(|| format!("stored zone `{id}`"))?,
+            parse_feature(&z.feature(), Crs::Wgs84)
+                .with_context(|| format!("stored zone `{}`", z.id))?,
         );
     }
     Ok(ZoneIndex::new(zones))
