@@ -453,15 +453,7 @@ fn on_completeness(
         at: now,
         pos: state.fix.map(|f| (f.lat, f.lon)),
     };
-    engine.step(
-        state,
-        &mut out,
-        TELEMETRY_GAP,
-        None,
-        verdict,
-        cfg.hold_secs,
-        m,
-    );
+    engine.judge(state, &mut out, TELEMETRY_GAP, verdict, cfg.hold_secs, m);
     out
 }
 

@@ -3,6 +3,7 @@
 //! Time only moves forward for alerts: `state.last_ts` is the newest measurement acted on,
 //! and a reading older than it (a backlog published after newer data) changes no alert.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -165,7 +166,7 @@ impl Engine {
             return out;
         }
         state.last_ts = Some(r.ts);
-        let t = self.rules.thresholds(info.kind).clone();
+        let t = self.rules.thresholds(info.kind);
         // A position of no value says nothing about where the vehicle is: the rules keep to
         // the last good fix, and it does not count towards (or against) plausibility.
         let has_fix = self.has_fix(r);
@@ -180,7 +181,7 @@ impl Engine {
 
         let tol = self.tolerance_m(r.hdop);
         let gps = if has_fix {
-            builtin::gps_check(state, r, tol, &t)
+            builtin::gps_check(state, r, tol, t)
         } else {
             builtin::GpsCheck {
                 plausible: false,
@@ -188,11 +189,10 @@ impl Engine {
                 verdict: Verdict::Unknown,
             }
         };
-        self.step(
+        self.judge(
             state,
             &mut out,
             builtin::GPS_IMPLAUSIBLE,
-            None,
             gps.verdict,
             0,
             here,
@@ -236,79 +236,30 @@ impl Engine {
             self.km_per_g(state, info),
             info,
             &self.profiles,
-            &t,
+            t,
             state.open_severity(builtin::LOW_HYDROGEN),
         );
-        self.step(
-            state,
-            &mut out,
-            builtin::LOW_HYDROGEN,
-            None,
-            level,
-            t.low_h2_hold_secs,
-            here,
-        );
-
         let slow = geo.and_then(|g| builtin::slow_zone(&self.zones, g, info.kind));
-        let speed = builtin::overspeed(r.speed_kmh, self.profiles.get(info.kind), slow, &t);
-        self.step(
-            state,
-            &mut out,
-            builtin::OVERSPEED,
-            None,
-            speed,
-            t.overspeed_hold_secs,
-            here,
-        );
-
+        let speed = builtin::overspeed(r.speed_kmh, self.profiles.get(info.kind), slow, t);
         let service = builtin::service_area(&self.zones, geo, info.kind);
-        let hold = t.out_of_service_hold_secs;
-        self.step(
-            state,
-            &mut out,
-            builtin::OUT_OF_SERVICE_AREA,
-            None,
-            service,
-            hold,
-            here,
-        );
-
         let top = t.pressure_top_bar(self.profiles.nominal_pressure_bar(info.kind));
-        let tank = builtin::tank_fault(r, &t, top);
-        self.step(
-            state,
-            &mut out,
-            builtin::TANK_FAULT,
-            None,
-            tank,
-            t.tank_fault_hold_secs,
-            here,
-        );
-
-        // The leak rule measures rest from the vehicle's position: a fix of no value must not
-        // look like a move away and restart it.
-        let placed;
-        let r_at = match (has_fix, state.fix) {
-            (false, Some(f)) => {
-                placed = Reading {
-                    lat: f.lat,
-                    lon: f.lon,
-                    ..r.clone()
-                };
-                &placed
-            }
-            _ => r,
-        };
-        let leak = builtin::leak(state, r_at, refuelled, tol, &t);
-        self.step(
-            state,
-            &mut out,
-            builtin::H2_LEAK_SUSPECTED,
-            None,
-            leak,
-            t.leak_hold_secs,
-            here,
-        );
+        let tank = builtin::tank_fault(r, t, top);
+        let leak = builtin::leak(state, &Self::placed(r, has_fix, state), refuelled, tol, t);
+        // Each verdict concerns its own rule's slot only: all are judged, then stepped in turn.
+        let verdicts = [
+            (builtin::LOW_HYDROGEN, level, t.low_h2_hold_secs),
+            (builtin::OVERSPEED, speed, t.overspeed_hold_secs),
+            (
+                builtin::OUT_OF_SERVICE_AREA,
+                service,
+                t.out_of_service_hold_secs,
+            ),
+            (builtin::TANK_FAULT, tank, t.tank_fault_hold_secs),
+            (builtin::H2_LEAK_SUSPECTED, leak, t.leak_hold_secs),
+        ];
+        for (rule, verdict, hold) in verdicts {
+            self.judge(state, &mut out, rule, verdict, hold, here);
+        }
 
         if !self.custom.is_empty() {
             let vehicle =
@@ -319,18 +270,24 @@ impl Engine {
             for rule in self.custom.iter().filter(|c| c.applies_to(info.kind)) {
                 let verdict = rule.evaluate(&self.cel_env, r, &vehicle, &zones);
                 let hold = rule.config().hold_secs;
-                self.step(
-                    state,
-                    &mut out,
-                    &rule.config().name,
-                    None,
-                    verdict,
-                    hold,
-                    here,
-                );
+                self.judge(state, &mut out, &rule.config().name, verdict, hold, here);
             }
         }
         out
+    }
+
+    /// `r` where the vehicle is: at the last good fix when `r`'s own is of no value. The leak
+    /// rule measures rest from the position, and a fix of no value must not look like a move
+    /// away that restarts it.
+    fn placed<'r>(r: &'r Reading, has_fix: bool, state: &VehicleRuleState) -> Cow<'r, Reading> {
+        match (has_fix, state.fix) {
+            (false, Some(f)) => Cow::Owned(Reading {
+                lat: f.lat,
+                lon: f.lon,
+                ..r.clone()
+            }),
+            _ => Cow::Borrowed(r),
+        }
     }
 
     pub fn on_event(
@@ -387,11 +344,10 @@ impl Engine {
                         t,
                         state.open_severity(builtin::LOW_HYDROGEN),
                     );
-                    self.step(
+                    self.judge(
                         state,
                         &mut out,
                         builtin::LOW_HYDROGEN,
-                        None,
                         level,
                         t.low_h2_hold_secs,
                         at,
@@ -402,11 +358,10 @@ impl Engine {
                     at: ev.ts,
                     pos: self.fix_pos(state),
                 };
-                self.step(
+                self.judge(
                     state,
                     &mut out,
                     builtin::H2_LEAK_SUSPECTED,
-                    None,
                     Verdict::Clear,
                     0,
                     at,
@@ -474,15 +429,7 @@ impl Engine {
             at: now,
             pos: self.fix_pos(state),
         };
-        self.step(
-            state,
-            &mut out,
-            builtin::OFFLINE,
-            None,
-            Verdict::Clear,
-            0,
-            at,
-        );
+        self.judge(state, &mut out, builtin::OFFLINE, Verdict::Clear, 0, at);
         out
     }
 
@@ -505,7 +452,7 @@ impl Engine {
             };
             let details = json!({"last_seen": seen, "offline_after_secs": after});
             let v = Verdict::Active(Severity::Warning, details);
-            self.step(state, &mut out, builtin::OFFLINE, None, v, 0, at);
+            self.judge(state, &mut out, builtin::OFFLINE, v, 0, at);
         }
         out
     }
@@ -617,7 +564,7 @@ impl Engine {
                 .collect();
             for key in keys {
                 let zone = split_key(&key).1.map(str::to_owned);
-                self.step(state, out, rule, zone.as_deref(), Verdict::Clear, 0, at);
+                self.step(state, out, (rule, zone.as_deref()), Verdict::Clear, 0, at);
             }
             return;
         }
@@ -644,15 +591,26 @@ impl Engine {
         }));
     }
 
-    /// Advance one `(rule, zone)` slot by a verdict: hold times on the way up, hysteresis
-    /// (the `Keep` band) on the way down, escalation while open.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn step(
+    /// [`Engine::step`] for a rule without zones.
+    pub(crate) fn judge(
         &self,
         state: &mut VehicleRuleState,
         out: &mut Vec<Output>,
         rule: &str,
-        zone: Option<&str>,
+        verdict: Verdict,
+        hold_secs: u32,
+        m: Moment,
+    ) {
+        self.step(state, out, (rule, None), verdict, hold_secs, m);
+    }
+
+    /// Advance one `(rule, zone)` slot by a verdict: hold times on the way up, hysteresis
+    /// (the `Keep` band) on the way down, escalation while open.
+    pub(crate) fn step(
+        &self,
+        state: &mut VehicleRuleState,
+        out: &mut Vec<Output>,
+        (rule, zone): (&str, Option<&str>),
         verdict: Verdict,
         hold_secs: u32,
         m: Moment,
