@@ -139,11 +139,38 @@ fn page(item: &str, cursor: &str) -> Value {
     })
 }
 
+/// Every named schema of the document, by resource.
 fn schemas() -> Value {
-    let time = json!({"type": "string", "format": "date-time"});
-    let ntime = json!({"type": ["string", "null"], "format": "date-time"});
     let mut all = Map::new();
-    let part = json!({
+    for part in [
+        vehicles(),
+        telemetry(),
+        rides_and_commands(),
+        alerts(),
+        alert_events_and_zones(),
+        fleet_and_webhook_input(),
+        webhooks(),
+        rejects_and_tokens(),
+        token_input(),
+    ] {
+        all.extend(part.as_object().cloned().unwrap_or_default());
+    }
+    Value::Object(all)
+}
+
+fn time() -> Value {
+    json!({"type": "string", "format": "date-time"})
+}
+
+fn ntime() -> Value {
+    json!({"type": ["string", "null"], "format": "date-time"})
+}
+
+/// Problems, readiness and vehicles.
+fn vehicles() -> Value {
+    let time = time();
+    let ntime = ntime();
+    json!({
         "Problem": {
             "type": "object", "description": "RFC 9457 problem details",
             "required": ["type", "title", "status"],
@@ -170,9 +197,13 @@ fn schemas() -> Value {
             },
         },
         "VehiclePage": page("Vehicle", "string"),
-    });
-    all.extend(part.as_object().cloned().unwrap_or_default());
-    let part = json!({
+    })
+}
+
+/// Readings, buckets and tracks.
+fn telemetry() -> Value {
+    let time = time();
+    json!({
         "Reading": {
             "type": "object", "required": ["ts", "lat", "lon", "speed_kmh", "h2_g"],
             "description": "a stored reading; optional fields are absent when not sent",
@@ -221,9 +252,13 @@ fn schemas() -> Value {
                     "times": {"type": "array", "items": time}}},
             },
         },
-    });
-    all.extend(part.as_object().cloned().unwrap_or_default());
-    let part = json!({
+    })
+}
+
+/// Rides and commands.
+fn rides_and_commands() -> Value {
+    let time = time();
+    json!({
         "Ride": {
             "type": "object",
             "required": ["id", "started_at", "ended_at", "distance_km", "h2_used_g", "ended_in_parking"],
@@ -249,9 +284,14 @@ fn schemas() -> Value {
             "properties": {"id": {"type": "string", "format": "uuid"}, "ts": time,
                 "type": {"type": "string"}, "args": {"type": "object"}},
         },
-    });
-    all.extend(part.as_object().cloned().unwrap_or_default());
-    let part = json!({
+    })
+}
+
+/// Alerts and operators' actions on them.
+fn alerts() -> Value {
+    let time = time();
+    let ntime = ntime();
+    json!({
         "Alert": {
             "type": "object",
             "required": ["id", "vehicle_id", "vehicle_kind", "rule", "state", "severity", "opened_at", "details"],
@@ -274,9 +314,13 @@ fn schemas() -> Value {
                     "note": nullable("string")}}}}}],
         },
         "AlertAction": {"type": "object", "properties": {"note": {"type": "string", "maxLength": 2000}}},
-    });
-    all.extend(part.as_object().cloned().unwrap_or_default());
-    let part = json!({
+    })
+}
+
+/// Alert events (as webhooks receive them) and zones.
+fn alert_events_and_zones() -> Value {
+    let time = time();
+    json!({
         "AlertEvent": {
             "type": "object", "required": ["id", "event_type", "at", "alert"],
             "properties": {
@@ -296,9 +340,13 @@ fn schemas() -> Value {
                 "features": {"type": "array", "items": reference("Feature")}},
         },
         "ZoneInput": {"oneOf": [reference("Feature"), reference("FeatureCollection")]},
-    });
-    all.extend(part.as_object().cloned().unwrap_or_default());
-    let part = json!({
+    })
+}
+
+/// The fleet summary, refuel plans and a new webhook.
+fn fleet_and_webhook_input() -> Value {
+    let time = time();
+    json!({
         "FleetSummary": {
             "type": "object",
             "properties": {
@@ -335,9 +383,14 @@ fn schemas() -> Value {
                 "rate_per_minute": {"type": "integer", "minimum": 1},
             },
         },
-    });
-    all.extend(part.as_object().cloned().unwrap_or_default());
-    let part = json!({
+    })
+}
+
+/// Webhooks and their deliveries.
+fn webhooks() -> Value {
+    let time = time();
+    let ntime = ntime();
+    json!({
         "Webhook": {
             "type": "object",
             "properties": {
@@ -362,9 +415,14 @@ fn schemas() -> Value {
             },
         },
         "DeliveryPage": page("Delivery", "integer"),
-    });
-    all.extend(part.as_object().cloned().unwrap_or_default());
-    let part = json!({
+    })
+}
+
+/// Rejects and tokens.
+fn rejects_and_tokens() -> Value {
+    let time = time();
+    let ntime = ntime();
+    json!({
         "Reject": {
             "type": "object",
             "properties": {
@@ -384,9 +442,12 @@ fn schemas() -> Value {
             },
         },
         "TokenList": {"type": "object", "properties": {"items": {"type": "array", "items": reference("Token")}}},
-    });
-    all.extend(part.as_object().cloned().unwrap_or_default());
-    let part = json!({
+    })
+}
+
+/// A new token.
+fn token_input() -> Value {
+    json!({
         "TokenRequest": {
             "type": "object", "required": ["name", "role"],
             "properties": {"name": {"type": "string"}, "role": {"type": "string", "enum": ["viewer", "operator", "admin"]}},
@@ -395,7 +456,5 @@ fn schemas() -> Value {
             "allOf": [reference("Token"), {"type": "object", "required": ["token"],
                 "properties": {"token": {"type": "string", "description": "shown once"}}}],
         },
-    });
-    all.extend(part.as_object().cloned().unwrap_or_default());
-    Value::Object(all)
+    })
 }
