@@ -226,70 +226,9 @@ impl Decoder {
         let lon = require(w.lon, "lon")?;
         let speed_kmh = require(w.speed_kmh, "speed_kmh")?;
         let h2_g = require(w.h2_g, "h2_g")?;
-        if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
-            return refuse(
-                RejectReason::OutOfRange,
-                format!("lat {lat} is not in [-90, 90]"),
-            );
-        }
-        if !(lon.is_finite() && (-180.0..=180.0).contains(&lon)) {
-            return refuse(
-                RejectReason::OutOfRange,
-                format!("lon {lon} is not in [-180, 180]"),
-            );
-        }
-        if !(speed_kmh.is_finite() && (0.0..=MAX_SPEED_KMH).contains(&speed_kmh)) {
-            return refuse(
-                RejectReason::OutOfRange,
-                format!("speed_kmh {speed_kmh} is not in [0, {MAX_SPEED_KMH}]"),
-            );
-        }
         let tank = self.profiles.get(t.kind).tank_g;
-        if !(h2_g.is_finite() && h2_g >= 0.0 && h2_g <= 1.2 * tank) {
-            return refuse(
-                RejectReason::OutOfRange,
-                format!("h2_g {h2_g} is not in [0, 1.2 × tank of {tank} g]"),
-            );
-        }
-        if let Some(h) = w.heading_deg
-            && !(h.is_finite() && (0.0..=360.0).contains(&h))
-        {
-            return refuse(
-                RejectReason::OutOfRange,
-                format!("heading_deg {h} is not in [0, 360]"),
-            );
-        }
-        if let Some(h) = w.hdop
-            && !(h.is_finite() && h >= 0.0)
-        {
-            return refuse(
-                RejectReason::OutOfRange,
-                format!("hdop {h} is negative or not finite"),
-            );
-        }
-        if let Some(o) = w.odo_km
-            && !(o.is_finite() && o >= 0.0)
-        {
-            return refuse(
-                RejectReason::OutOfRange,
-                format!("odo_km {o} is negative or not finite"),
-            );
-        }
-        for (name, v) in [
-            ("h2_pressure_bar", w.h2_pressure_bar),
-            ("tank_temp_c", w.tank_temp_c),
-            ("fc_power_w", w.fc_power_w),
-            ("fc_temp_c", w.fc_temp_c),
-            ("batt_v", w.batt_v),
-        ] {
-            if let Some(v) = v
-                && !v.is_finite()
-            {
-                return refuse(
-                    RejectReason::OutOfRange,
-                    format!("{name} is not a finite number"),
-                );
-            }
+        if let Some(detail) = out_of_range(&w, (lat, lon), speed_kmh, h2_g, tank) {
+            return refuse(RejectReason::OutOfRange, detail);
         }
         let faults = w.faults.unwrap_or_default();
         if faults.iter().any(|f| f.contains('\0')) {
@@ -490,6 +429,50 @@ fn truncate(s: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests;
+
+/// What is wrong with the first number of a reading outside its range, if one is.
+fn out_of_range(
+    w: &WireTelemetry,
+    (lat, lon): (f64, f64),
+    speed_kmh: f32,
+    h2_g: f32,
+    tank: f32,
+) -> Option<String> {
+    let within = |v: f64, lo: f64, hi: f64| v.is_finite() && (lo..=hi).contains(&v);
+    if !within(lat, -90.0, 90.0) {
+        return Some(format!("lat {lat} is not in [-90, 90]"));
+    }
+    if !within(lon, -180.0, 180.0) {
+        return Some(format!("lon {lon} is not in [-180, 180]"));
+    }
+    if !within(speed_kmh.into(), 0.0, MAX_SPEED_KMH.into()) {
+        return Some(format!(
+            "speed_kmh {speed_kmh} is not in [0, {MAX_SPEED_KMH}]"
+        ));
+    }
+    if !within(h2_g.into(), 0.0, f64::from(1.2 * tank)) {
+        return Some(format!("h2_g {h2_g} is not in [0, 1.2 × tank of {tank} g]"));
+    }
+    if let Some(h) = w.heading_deg.filter(|h| !within((*h).into(), 0.0, 360.0)) {
+        return Some(format!("heading_deg {h} is not in [0, 360]"));
+    }
+    if let Some(h) = w.hdop.filter(|h| !(h.is_finite() && *h >= 0.0)) {
+        return Some(format!("hdop {h} is negative or not finite"));
+    }
+    if let Some(o) = w.odo_km.filter(|o| !(o.is_finite() && *o >= 0.0)) {
+        return Some(format!("odo_km {o} is negative or not finite"));
+    }
+    [
+        ("h2_pressure_bar", w.h2_pressure_bar),
+        ("tank_temp_c", w.tank_temp_c),
+        ("fc_power_w", w.fc_power_w),
+        ("fc_temp_c", w.fc_temp_c),
+        ("batt_v", w.batt_v),
+    ]
+    .into_iter()
+    .find(|(_, v)| v.is_some_and(|v| !v.is_finite()))
+    .map(|(name, _)| format!("{name} is not a finite number"))
+}
 
 #[cfg(test)]
 mod fuzz_tests;
