@@ -426,134 +426,29 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(e) = self.mqtt.endpoint() {
-            return Err(invalid("mqtt.url", e));
-        }
-        if !self.database.url.starts_with("postgres://")
-            && !self.database.url.starts_with("postgresql://")
-        {
-            return Err(invalid(
-                "database.url",
-                "must be a postgres:// URL (postgres://user@host:port/dbname)",
-            ));
-        }
-        if self.database.pool_size == 0 {
-            return Err(invalid("database.pool_size", "must be at least 1"));
-        }
-        if self.database.public_pool_size == 0 {
-            return Err(invalid("database.public_pool_size", "must be at least 1"));
-        }
-        if self.database.pool_wait_ms == 0 {
-            return Err(invalid("database.pool_wait_ms", "must be at least 1"));
-        }
-        if self.database.statement_timeout_ms < 100 {
-            return Err(invalid(
-                "database.statement_timeout_ms",
-                "must be at least 100",
-            ));
-        }
-        let root = &self.mqtt.topic_root;
-        if root.is_empty()
-            || root.contains(['+', '#'])
-            || root.starts_with('/')
-            || root.ends_with('/')
-        {
-            return Err(invalid(
-                "mqtt.topic_root",
-                "must be a non-empty topic prefix without wildcards or leading/trailing '/'",
-            ));
-        }
-        if self.mqtt.client_id.is_empty() {
-            return Err(invalid(
-                "mqtt.client_id",
-                "must be set: a persistent session needs a fixed client id",
-            ));
-        }
-        if let Some(g) = &self.mqtt.shared_group
-            && (g.is_empty() || g.contains(['/', '+', '#']))
-        {
-            return Err(invalid("mqtt.shared_group", "must be a plain name"));
-        }
+        self.mqtt.validate()?;
         self.validate_commands_login()?;
-        if self.http.addr.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "http.addr",
-                format!("`{}` is not host:port", self.http.addr),
-            ));
+        self.database.validate()?;
+        self.http.validate()?;
+        self.ingest.validate()?;
+        self.store.validate()?;
+        self.validate_profiles()?;
+        let within = |section: &str, r: Result<(), (String, String)>| {
+            r.map_err(|(o, m)| invalid(&format!("{section}{o}"), m))
+        };
+        within("geo.", self.geo.validate())?;
+        within("rules.", self.rules.validate())?;
+        within("notify.", self.notify.validate())?;
+        within("api.", self.api.validate())?;
+        within("", self.gbfs.validate())?;
+        within("dashboard.", self.dashboard.validate())?;
+        for (n, w) in self.webhooks.iter().enumerate() {
+            within(&format!("webhooks[{n}]."), w.validate())?;
         }
-        if self.http.max_body_bytes < 1024 {
-            return Err(invalid("http.max_body_bytes", "must be at least 1024"));
-        }
-        if self.http.header_read_timeout_secs == 0 {
-            return Err(invalid(
-                "http.header_read_timeout_secs",
-                "must be at least 1",
-            ));
-        }
-        let i = &self.ingest;
-        if i.max_payload_bytes < 256 {
-            return Err(invalid("ingest.max_payload_bytes", "must be at least 256"));
-        }
-        if i.max_batch == 0 {
-            return Err(invalid("ingest.max_batch", "must be at least 1"));
-        }
-        if i.batch_max_rows == 0 {
-            return Err(invalid("ingest.batch_max_rows", "must be at least 1"));
-        }
-        if !(1..=16).contains(&i.writers) {
-            return Err(invalid("ingest.writers", "must be between 1 and 16"));
-        }
-        if i.max_future_secs < 0 {
-            return Err(invalid("ingest.max_future_secs", "must not be negative"));
-        }
-        if i.device_messages_per_minute == 0 {
-            return Err(invalid(
-                "ingest.device_messages_per_minute",
-                "must be at least 1",
-            ));
-        }
-        if i.device_burst_minutes == 0 {
-            return Err(invalid("ingest.device_burst_minutes", "must be at least 1"));
-        }
-        if i.device_bytes_per_minute < i.max_payload_bytes as u64 {
-            return Err(invalid(
-                "ingest.device_bytes_per_minute",
-                "must be at least ingest.max_payload_bytes: a device must be able to send one largest message",
-            ));
-        }
-        if self.store.event_retention_days == 0 {
-            return Err(invalid("store.event_retention_days", "must be at least 1"));
-        }
-        if self.store.reject_retention_days == 0 {
-            return Err(invalid("store.reject_retention_days", "must be at least 1"));
-        }
-        if self.store.rejects_max_per_vehicle == 0 {
-            return Err(invalid(
-                "store.rejects_max_per_vehicle",
-                "must be at least 1",
-            ));
-        }
-        if self.store.raw_retention_days == 0 {
-            return Err(invalid("store.raw_retention_days", "must be at least 1"));
-        }
-        if self.store.pack_after_days == 0 {
-            return Err(invalid(
-                "store.pack_after_days",
-                "must be at least 1: today's partition is still being written",
-            ));
-        }
-        if self.store.minute_rollup_retention_days < self.store.raw_retention_days {
-            return Err(invalid(
-                "store.minute_rollup_retention_days",
-                "must be at least store.raw_retention_days: rollups outlive the raw data",
-            ));
-        }
-        if self.store.day_rollup_retention_days < self.store.minute_rollup_retention_days {
-            return Err(invalid(
-                "store.day_rollup_retention_days",
-                "must be at least store.minute_rollup_retention_days",
-            ));
-        }
+        Ok(())
+    }
+
+    fn validate_profiles(&self) -> Result<(), ConfigError> {
         for kind in VehicleKind::ALL {
             let p = self.profiles.get(kind);
             let name = kind.as_str();
@@ -574,25 +469,143 @@ impl Config {
                 }
             }
         }
-        self.geo
-            .validate()
-            .map_err(|(o, m)| invalid(&format!("geo.{o}"), m))?;
-        self.rules
-            .validate()
-            .map_err(|(o, m)| invalid(&format!("rules.{o}"), m))?;
-        self.notify
-            .validate()
-            .map_err(|(o, m)| invalid(&format!("notify.{o}"), m))?;
-        self.api
-            .validate()
-            .map_err(|(o, m)| invalid(&format!("api.{o}"), m))?;
-        self.gbfs.validate().map_err(|(o, m)| invalid(&o, m))?;
-        self.dashboard
-            .validate()
-            .map_err(|(o, m)| invalid(&format!("dashboard.{o}"), m))?;
-        for (n, w) in self.webhooks.iter().enumerate() {
-            w.validate()
-                .map_err(|(o, m)| invalid(&format!("webhooks[{n}].{o}"), m))?;
+        Ok(())
+    }
+}
+
+/// `option` must be at least `min`.
+fn at_least(option: &str, value: impl Into<u64>, min: u64) -> Result<(), ConfigError> {
+    if value.into() < min {
+        return Err(invalid(option, format!("must be at least {min}")));
+    }
+    Ok(())
+}
+
+impl MqttConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = self.endpoint() {
+            return Err(invalid("mqtt.url", e));
+        }
+        let root = &self.topic_root;
+        if root.is_empty()
+            || root.contains(['+', '#'])
+            || root.starts_with('/')
+            || root.ends_with('/')
+        {
+            return Err(invalid(
+                "mqtt.topic_root",
+                "must be a non-empty topic prefix without wildcards or leading/trailing '/'",
+            ));
+        }
+        if self.client_id.is_empty() {
+            return Err(invalid(
+                "mqtt.client_id",
+                "must be set: a persistent session needs a fixed client id",
+            ));
+        }
+        if let Some(g) = &self.shared_group
+            && (g.is_empty() || g.contains(['/', '+', '#']))
+        {
+            return Err(invalid("mqtt.shared_group", "must be a plain name"));
+        }
+        Ok(())
+    }
+}
+
+impl DatabaseConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.url.starts_with("postgres://") && !self.url.starts_with("postgresql://") {
+            return Err(invalid(
+                "database.url",
+                "must be a postgres:// URL (postgres://user@host:port/dbname)",
+            ));
+        }
+        at_least("database.pool_size", self.pool_size as u64, 1)?;
+        at_least("database.public_pool_size", self.public_pool_size as u64, 1)?;
+        at_least("database.pool_wait_ms", self.pool_wait_ms, 1)?;
+        at_least(
+            "database.statement_timeout_ms",
+            self.statement_timeout_ms,
+            100,
+        )
+    }
+}
+
+impl HttpConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.addr.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.addr",
+                format!("`{}` is not host:port", self.addr),
+            ));
+        }
+        at_least("http.max_body_bytes", self.max_body_bytes as u64, 1024)?;
+        at_least(
+            "http.header_read_timeout_secs",
+            self.header_read_timeout_secs,
+            1,
+        )
+    }
+}
+
+impl IngestConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least(
+            "ingest.max_payload_bytes",
+            self.max_payload_bytes as u64,
+            256,
+        )?;
+        at_least("ingest.max_batch", self.max_batch as u64, 1)?;
+        at_least("ingest.batch_max_rows", self.batch_max_rows as u64, 1)?;
+        if !(1..=16).contains(&self.writers) {
+            return Err(invalid("ingest.writers", "must be between 1 and 16"));
+        }
+        if self.max_future_secs < 0 {
+            return Err(invalid("ingest.max_future_secs", "must not be negative"));
+        }
+        at_least(
+            "ingest.device_messages_per_minute",
+            self.device_messages_per_minute,
+            1,
+        )?;
+        at_least("ingest.device_burst_minutes", self.device_burst_minutes, 1)?;
+        if self.device_bytes_per_minute < self.max_payload_bytes as u64 {
+            return Err(invalid(
+                "ingest.device_bytes_per_minute",
+                "must be at least ingest.max_payload_bytes: a device must be able to send one largest message",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl StoreConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least("store.event_retention_days", self.event_retention_days, 1)?;
+        at_least("store.reject_retention_days", self.reject_retention_days, 1)?;
+        at_least(
+            "store.rejects_max_per_vehicle",
+            self.rejects_max_per_vehicle,
+            1,
+        )?;
+        at_least("store.raw_retention_days", self.raw_retention_days, 1)?;
+        if self.pack_after_days == 0 {
+            return Err(invalid(
+                "store.pack_after_days",
+                "must be at least 1: today's partition is still being written",
+            ));
+        }
+        if self.minute_rollup_retention_days < self.raw_retention_days {
+            return Err(invalid(
+                "store.minute_rollup_retention_days",
+                "must be at least store.raw_retention_days: rollups outlive the raw data",
+            ));
+        }
+        if self.day_rollup_retention_days < self.minute_rollup_retention_days {
+            return Err(invalid(
+                "store.day_rollup_retention_days",
+                "must be at least store.minute_rollup_retention_days",
+            ));
         }
         Ok(())
     }
