@@ -1,89 +1,246 @@
-//! Counters and histograms behind `/metrics`, rendered in the Prometheus text format. Each
-//! figure is named once here, so logs, tests and dashboards agree on it.
+//! What `/metrics` reports, kept in a `prometheus-client` registry and rendered by it in the
+//! OpenMetrics text format (which Prometheus scrapes). Each figure is named once here, so logs,
+//! tests and dashboards agree on it; what an event does to them is said where the event is
+//! defined ([`IngestEvent`]).
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::domain::RejectReason;
+use crate::health::Health;
 
-/// A histogram with fixed buckets; `observe` is lock-free.
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, v: f64) {
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            if v <= *b {
-                c.fetch_add(1, Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros
-            .fetch_add((v * 1e6).max(0.0) as u64, Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Relaxed));
-        }
-        let n = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {n}");
-    }
-}
-
-const SIZE_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0];
-const SECONDS_BUCKETS: &[f64] = &[
+const SIZE_BUCKETS: [f64; 8] = [1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0];
+const SECONDS_BUCKETS: [f64; 11] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
+}
+
 pub struct Metrics {
-    pub messages_received: AtomicU64,
-    pub readings_received: AtomicU64,
-    pub readings_stored: AtomicU64,
-    pub readings_duplicate: AtomicU64,
-    pub events_stored: AtomicU64,
+    registry: Registry,
+    pub messages_received: Counter,
+    pub readings_received: Counter,
+    pub readings_stored: Counter,
+    pub readings_duplicate: Counter,
+    pub events_stored: Counter,
     /// Readings found missing between consecutive `seq`, and missing ones that came late.
-    pub readings_missing: AtomicU64,
-    pub readings_gap_filled: AtomicU64,
-    rejects: [AtomicU64; RejectReason::ALL.len()],
+    pub readings_missing: Counter,
+    pub readings_gap_filled: Counter,
+    rejects: Family<ReasonLabel, Counter>,
     pub batch_rows: Histogram,
     pub commit_seconds: Histogram,
-    pub write_errors: AtomicU64,
-    /// How long the oldest message of the last committed batch waited in hyfleet, in ms.
-    pub lag_ms: AtomicI64,
-    /// Age of the newest reading of the last committed batch (device clock to commit), in ms.
-    pub reading_age_ms: AtomicI64,
+    pub write_errors: Counter,
+    /// How long the oldest message of the last committed batch waited in hyfleet.
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+    /// Age of the newest reading of the last committed batch (device clock to commit).
+    pub reading_age_seconds: Gauge<f64, AtomicU64>,
     /// Messages taken from the broker and not yet acknowledged.
-    pub unacked: AtomicI64,
-    pub mqtt_connected: AtomicI64,
-    pub mqtt_reconnects: AtomicU64,
-    pub alert_events: AtomicU64,
+    pub unacked: Gauge,
+    mqtt_connected: Gauge,
+    mqtt_reconnects: Counter,
+    pub alert_events: Counter,
     /// Time spent in each step of the batch transaction, summed.
-    write_phase_micros: [AtomicU64; WritePhase::ALL.len()],
+    write_phase: Family<PhaseLabel, Counter<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            messages_received: Counter::default(),
+            readings_received: Counter::default(),
+            readings_stored: Counter::default(),
+            readings_duplicate: Counter::default(),
+            events_stored: Counter::default(),
+            readings_missing: Counter::default(),
+            readings_gap_filled: Counter::default(),
+            rejects: Family::default(),
+            batch_rows: Histogram::new(SIZE_BUCKETS),
+            commit_seconds: Histogram::new(SECONDS_BUCKETS),
+            write_errors: Counter::default(),
+            lag_seconds: Gauge::default(),
+            reading_age_seconds: Gauge::default(),
+            unacked: Gauge::default(),
+            mqtt_connected: Gauge::default(),
+            mqtt_reconnects: Counter::default(),
+            alert_events: Counter::default(),
+            write_phase: Family::default(),
+        };
+        // Every reason and phase is listed from the start, at 0, so a dashboard's rate() sees
+        // the first one happen.
+        for r in RejectReason::ALL {
+            let _ = m.rejects.get_or_create(&ReasonLabel { reason: r.as_str() });
+        }
+        for p in WritePhase::ALL {
+            let _ = m
+                .write_phase
+                .get_or_create(&PhaseLabel { phase: p.as_str() });
+        }
+        let r = &mut m.registry;
+        // Counters are registered without `_total`: the encoder adds it.
+        r.register(
+            "hyfleet_mqtt_messages",
+            "MQTT messages taken from the broker",
+            m.messages_received.clone(),
+        );
+        r.register(
+            "hyfleet_readings_received",
+            "Telemetry readings decoded and valid",
+            m.readings_received.clone(),
+        );
+        r.register(
+            "hyfleet_readings_stored",
+            "Readings committed to the store",
+            m.readings_stored.clone(),
+        );
+        r.register(
+            "hyfleet_readings_duplicate",
+            "Readings already stored (redeliveries, retries)",
+            m.readings_duplicate.clone(),
+        );
+        r.register(
+            "hyfleet_events_stored",
+            "Vehicle events committed",
+            m.events_stored.clone(),
+        );
+        r.register(
+            "hyfleet_readings_missing",
+            "Readings found missing between consecutive seq of a vehicle (a fall of seq is a restart, not a gap)",
+            m.readings_missing.clone(),
+        );
+        r.register(
+            "hyfleet_readings_gap_filled",
+            "Missing readings that arrived late (a backlog) and filled their gap",
+            m.readings_gap_filled.clone(),
+        );
+        r.register(
+            "hyfleet_rejects",
+            "Messages or backlog records refused, by reason",
+            m.rejects.clone(),
+        );
+        r.register(
+            "hyfleet_batch_rows",
+            "Readings per committed batch",
+            m.batch_rows.clone(),
+        );
+        r.register(
+            "hyfleet_commit_seconds",
+            "Time to write and commit one batch",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "hyfleet_write_phase_seconds",
+            "Time in each step of the batch transactions",
+            m.write_phase.clone(),
+        );
+        r.register(
+            "hyfleet_write_errors",
+            "Batch writes that failed and were retried",
+            m.write_errors.clone(),
+        );
+        r.register(
+            "hyfleet_ingest_lag_seconds",
+            "How long the oldest message of the last batch waited in hyfleet before its commit",
+            m.lag_seconds.clone(),
+        );
+        r.register(
+            "hyfleet_reading_age_seconds",
+            "Age of the newest reading of the last batch at commit (device clock)",
+            m.reading_age_seconds.clone(),
+        );
+        r.register(
+            "hyfleet_unacked_messages",
+            "Messages taken from the broker, not yet acknowledged",
+            m.unacked.clone(),
+        );
+        r.register(
+            "hyfleet_mqtt_connected",
+            "1 when connected and subscribed to the broker",
+            m.mqtt_connected.clone(),
+        );
+        r.register(
+            "hyfleet_mqtt_reconnects",
+            "Connections to the broker lost",
+            m.mqtt_reconnects.clone(),
+        );
+        r.register(
+            "hyfleet_alert_events",
+            "Alert transitions emitted",
+            m.alert_events.clone(),
+        );
+        r.register_collector(Box::new(WebhookPanics));
+        m
+    }
+}
+
+/// The webhook worker counts the deliveries that panicked on its own (it runs without these
+/// metrics); read at each scrape.
+#[derive(Debug)]
+struct WebhookPanics;
+
+impl Collector for WebhookPanics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = ConstCounter::new(crate::notify::delivery_panics());
+        let m = encoder.encode_descriptor(
+            "hyfleet_webhook_panics",
+            "Webhook deliveries that panicked inside hyfleet: marked failed, their loop went on",
+            None,
+            c.metric_type(),
+        )?;
+        c.encode(m)
+    }
+}
+
+/// What happens to ingest's broker connection, each with everything it means in one place:
+/// the health `/readyz` reports, the metrics, the log line.
+pub enum IngestEvent<'a> {
+    /// Subscribed: messages flow.
+    Subscribed,
+    /// The connection failed or was lost; ingest retries after `retry_in`.
+    ConnectionLost {
+        error: &'a dyn std::fmt::Display,
+        retry_in: std::time::Duration,
+    },
+    /// Ingest stopped talking to the broker (shutdown, or a retirement that lost it).
+    Disconnected,
+}
+
+impl IngestEvent<'_> {
+    pub fn record(self, metrics: &Metrics, health: &Health) {
+        match self {
+            IngestEvent::Subscribed => {
+                health.set_mqtt(true);
+                metrics.mqtt_connected.set(1);
+            }
+            IngestEvent::ConnectionLost { error, retry_in } => {
+                if health.mqtt() {
+                    metrics.mqtt_reconnects.inc();
+                }
+                health.set_mqtt(false);
+                metrics.mqtt_connected.set(0);
+                tracing::warn!(%error, ?retry_in, "MQTT connection failed");
+            }
+            IngestEvent::Disconnected => {
+                health.set_mqtt(false);
+                metrics.mqtt_connected.set(0);
+            }
+        }
+    }
 }
 
 /// The steps of a batch's unit of work (`ingest::commit`), timed one after another.
@@ -156,181 +313,36 @@ impl PhaseTimes {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            messages_received: AtomicU64::new(0),
-            readings_received: AtomicU64::new(0),
-            readings_stored: AtomicU64::new(0),
-            readings_duplicate: AtomicU64::new(0),
-            events_stored: AtomicU64::new(0),
-            readings_missing: AtomicU64::new(0),
-            readings_gap_filled: AtomicU64::new(0),
-            rejects: Default::default(),
-            batch_rows: Histogram::new(SIZE_BUCKETS),
-            commit_seconds: Histogram::new(SECONDS_BUCKETS),
-            write_errors: AtomicU64::new(0),
-            lag_ms: AtomicI64::new(0),
-            reading_age_ms: AtomicI64::new(0),
-            unacked: AtomicI64::new(0),
-            mqtt_connected: AtomicI64::new(0),
-            mqtt_reconnects: AtomicU64::new(0),
-            alert_events: AtomicU64::new(0),
-            write_phase_micros: Default::default(),
-        }
-    }
-}
-
 impl Metrics {
     pub fn reject(&self, reason: RejectReason) {
-        self.rejects[reason.index()].fetch_add(1, Relaxed);
+        self.rejects
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 
     pub fn rejects(&self, reason: RejectReason) -> u64 {
-        self.rejects[reason.index()].load(Relaxed)
+        self.rejects
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .get()
     }
 
     pub fn add_phases(&self, t: &PhaseTimes) {
-        for (total, v) in self.write_phase_micros.iter().zip(t.micros) {
-            total.fetch_add(v, Relaxed);
+        for p in WritePhase::ALL {
+            self.write_phase
+                .get_or_create(&PhaseLabel { phase: p.as_str() })
+                .inc_by(t.micros[p as usize] as f64 / 1e6);
         }
     }
 
+    /// The OpenMetrics text of every figure.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        counter(
-            &mut out,
-            "hyfleet_mqtt_messages_total",
-            "MQTT messages taken from the broker.",
-            self.messages_received.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "hyfleet_readings_received_total",
-            "Telemetry readings decoded and valid.",
-            self.readings_received.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "hyfleet_readings_stored_total",
-            "Readings committed to the store.",
-            self.readings_stored.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "hyfleet_readings_duplicate_total",
-            "Readings already stored (redeliveries, retries).",
-            self.readings_duplicate.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "hyfleet_events_stored_total",
-            "Vehicle events committed.",
-            self.events_stored.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "hyfleet_readings_missing_total",
-            "Readings found missing between consecutive seq of a vehicle (a fall of seq is a restart, not a gap).",
-            self.readings_missing.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "hyfleet_readings_gap_filled_total",
-            "Missing readings that arrived late (a backlog) and filled their gap.",
-            self.readings_gap_filled.load(Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hyfleet_rejects_total Messages or backlog records refused, by reason.\n# TYPE hyfleet_rejects_total counter"
-        );
-        for r in RejectReason::ALL {
-            let _ = writeln!(
-                out,
-                "hyfleet_rejects_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                self.rejects(r)
-            );
-        }
-        self.batch_rows.render(
-            &mut out,
-            "hyfleet_batch_rows",
-            "Readings per committed batch.",
-        );
-        self.commit_seconds.render(
-            &mut out,
-            "hyfleet_commit_seconds",
-            "Time to write and commit one batch.",
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hyfleet_write_phase_seconds_total Time in each step of the batch transactions.\n# TYPE hyfleet_write_phase_seconds_total counter"
-        );
-        for p in WritePhase::ALL {
-            let _ = writeln!(
-                out,
-                "hyfleet_write_phase_seconds_total{{phase=\"{}\"}} {}",
-                p.as_str(),
-                self.write_phase_micros[p as usize].load(Relaxed) as f64 / 1e6
-            );
-        }
-        counter(
-            &mut out,
-            "hyfleet_write_errors_total",
-            "Batch writes that failed and were retried.",
-            self.write_errors.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "hyfleet_ingest_lag_seconds",
-            "How long the oldest message of the last batch waited in hyfleet before its commit.",
-            self.lag_ms.load(Relaxed) as f64 / 1e3,
-        );
-        gauge(
-            &mut out,
-            "hyfleet_reading_age_seconds",
-            "Age of the newest reading of the last batch at commit (device clock).",
-            self.reading_age_ms.load(Relaxed) as f64 / 1e3,
-        );
-        gauge(
-            &mut out,
-            "hyfleet_unacked_messages",
-            "Messages taken from the broker, not yet acknowledged.",
-            self.unacked.load(Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "hyfleet_mqtt_connected",
-            "1 when connected and subscribed to the broker.",
-            self.mqtt_connected.load(Relaxed) as f64,
-        );
-        counter(
-            &mut out,
-            "hyfleet_mqtt_reconnects_total",
-            "Connections to the broker lost.",
-            self.mqtt_reconnects.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "hyfleet_alert_events_total",
-            "Alert transitions emitted.",
-            self.alert_events.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "hyfleet_webhook_panics_total",
-            "Webhook deliveries that panicked inside hyfleet: marked failed, their loop went on.",
-            crate::notify::delivery_panics(),
-        );
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String does not fail");
         out
     }
 }

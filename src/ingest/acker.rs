@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use rumqttc::AsyncClient;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -33,7 +32,7 @@ pub async fn run(
             sent += 1;
             next += 1;
         }
-        metrics.unacked.fetch_sub(sent, Relaxed);
+        metrics.unacked.dec_by(sent);
         if sent > 0 {
             acked.send_replace(next - 1);
         }

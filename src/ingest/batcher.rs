@@ -4,7 +4,6 @@
 //! enough and its writer is free to take it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -127,7 +126,7 @@ pub async fn run(
         }
         metrics
             .readings_received
-            .fetch_add((job.decoded.readings.len() - before) as u64, Relaxed);
+            .inc_by((job.decoded.readings.len() - before) as u64);
         job.acks.push((arrival, msg.ack));
         if job.decoded.readings.len() >= config.batch_max_rows || job.acks.len() >= max_messages {
             flush(&mut open[i], &writers[i], &metrics).await?;

@@ -20,7 +20,6 @@
 //! `LEAVE_STALL`) keeps the session, unsubscribed, for `hyfleet mqtt drain-session`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -31,7 +30,7 @@ use tokio::time::Instant;
 use super::Incoming;
 use crate::config::Config;
 use crate::health::Health;
-use crate::metrics::Metrics;
+use crate::metrics::{IngestEvent, Metrics};
 use crate::shutdown::Shutdown;
 
 /// Largest packet accepted from the broker. Larger payloads are refused by the shipped broker
@@ -268,8 +267,8 @@ pub async fn poll(
                             Ok(permit) => {
                                 permit.send(m);
                                 ended.taken += 1;
-                                metrics.messages_received.fetch_add(1, Relaxed);
-                                metrics.unacked.fetch_add(1, Relaxed);
+                                metrics.messages_received.inc();
+                                metrics.unacked.inc();
                             }
                             Err(_) => break 'poll, // the pipeline stopped
                         },
@@ -307,8 +306,7 @@ pub async fn poll(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
-                health.set_mqtt(true);
-                metrics.mqtt_connected.store(1, Relaxed);
+                IngestEvent::Subscribed.record(&metrics, &health);
             }
             Ok(Event::Incoming(Packet::UnsubAck(_))) => {
                 if let Phase::Leaving(l) = &mut phase
@@ -326,15 +324,15 @@ pub async fn poll(
             }
             Ok(_) => {}
             Err(e) => {
-                if health.mqtt() {
-                    metrics.mqtt_reconnects.fetch_add(1, Relaxed);
-                }
-                health.set_mqtt(false);
-                metrics.mqtt_connected.store(0, Relaxed);
                 connected = false;
                 match phase {
-                    Phase::Stopping(_) => break, // the broker is gone: nothing more to send
+                    Phase::Stopping(_) => {
+                        // The broker is gone: nothing more to send.
+                        IngestEvent::Disconnected.record(&metrics, &health);
+                        break;
+                    }
                     Phase::Leaving(_) => {
+                        IngestEvent::Disconnected.record(&metrics, &health);
                         // What was taken on this connection and not acknowledged is delivered
                         // again to the session, which only a new leave can take.
                         tracing::error!(error = %e, "lost the broker while leaving; the session is kept");
@@ -342,7 +340,11 @@ pub async fn poll(
                     }
                     Phase::Running => {}
                 }
-                tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection failed");
+                IngestEvent::ConnectionLost {
+                    error: &e,
+                    retry_in: backoff,
+                }
+                .record(&metrics, &health);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.wait() => {
@@ -358,8 +360,7 @@ pub async fn poll(
     }
     ended.leaving = matches!(phase, Phase::Leaving(_)) || start == Start::Leave;
     let emptied = matches!(&phase, Phase::Leaving(l) if l.empty) && ended.drained && !late;
-    health.set_mqtt(false);
-    metrics.mqtt_connected.store(0, Relaxed);
+    IngestEvent::Disconnected.record(&metrics, &health);
     let _ = client.try_disconnect();
     // Let the disconnect (and any acknowledgement queued before it) go out.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {

@@ -1,7 +1,6 @@
 //! Writer tasks: each owns a database connection and commits whole batches, retrying a batch
 //! until it commits (or the service stops) so that nothing taken from the broker is dropped.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -84,7 +83,7 @@ impl Writer {
                         break;
                     }
                     Err(e) => {
-                        self.deps.metrics.write_errors.fetch_add(1, Relaxed);
+                        self.deps.metrics.write_errors.inc();
                         self.deps.health.set_store(false);
                         tracing::error!(writer = self.n, error = format!("{e:#}"), retry_in = ?backoff, "batch write failed; retrying");
                         if self.conn.as_ref().is_some_and(Committer::is_closed) {
@@ -132,24 +131,20 @@ impl Writer {
         m.commit_seconds.observe(started.elapsed().as_secs_f64());
         m.add_phases(&outcome.phases);
         m.batch_rows.observe(batch.readings.len() as f64);
-        m.readings_stored.fetch_add(outcome.stored as u64, Relaxed);
-        m.readings_duplicate
-            .fetch_add(outcome.duplicates as u64, Relaxed);
-        m.events_stored.fetch_add(outcome.events as u64, Relaxed);
-        m.readings_missing
-            .fetch_add(outcome.readings_missing, Relaxed);
-        m.readings_gap_filled.fetch_add(outcome.gap_filled, Relaxed);
-        m.alert_events
-            .fetch_add(outcome.alert_events as u64, Relaxed);
+        m.readings_stored.inc_by(outcome.stored as u64);
+        m.readings_duplicate.inc_by(outcome.duplicates as u64);
+        m.events_stored.inc_by(outcome.events as u64);
+        m.readings_missing.inc_by(outcome.readings_missing);
+        m.readings_gap_filled.inc_by(outcome.gap_filled);
+        m.alert_events.inc_by(outcome.alert_events as u64);
         for r in &batch.rejects[unknown_before.min(batch.rejects.len())..] {
             m.reject(r.reason);
         }
         let committed = chrono::Utc::now();
-        m.lag_ms
-            .store((committed - first_received).num_milliseconds(), Relaxed);
+        let seconds = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+        m.lag_seconds.set(seconds(committed - first_received));
         if let Some(ts) = outcome.newest_ts {
-            m.reading_age_ms
-                .store((committed - ts).num_milliseconds(), Relaxed);
+            m.reading_age_seconds.set(seconds(committed - ts));
         }
         Ok(())
     }
