@@ -70,16 +70,13 @@ pub async fn serve(
     ));
     let sweeper = tokio::spawn(offline_sweep(pool.clone(), hooks.clone(), shutdown.clone()));
     let zone_reload = tokio::spawn(zone_reload(pool.clone(), hooks.clone(), shutdown.clone()));
-    let notifier = {
-        let mut stop = shutdown.clone();
-        crate::notify::spawn_worker_with_wake(
-            pool.clone(),
-            config.notify.clone(),
-            Arc::new(crate::notify::SystemClock),
-            hooks.outbox_wake.clone(),
-            async move { stop.wait().await },
-        )?
-    };
+    let notifier = crate::notify::spawn_worker_with_wake(
+        pool.clone(),
+        config.notify.clone(),
+        Arc::new(crate::notify::SystemClock),
+        hooks.outbox_wake.clone(),
+        shutdown.clone(),
+    )?;
     let ingest = {
         let config = config.clone();
         let shutdown = shutdown.clone();

@@ -256,32 +256,26 @@ async fn restarted_workers_deliver_every_event_exactly_once() {
     let clock: Arc<dyn notify::Clock> = Arc::new(notify::SystemClock);
 
     let events: Vec<_> = (1..=40).map(|a| event(a, T::Opened)).collect();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let first = notify::spawn_worker(db.pool.clone(), cfg.clone(), clock.clone(), async {
-        let _ = stopped.await;
-    })
-    .unwrap();
+    let (stop, stopped) = hyfleet::shutdown::channel();
+    let first = notify::spawn_worker(db.pool.clone(), cfg.clone(), clock.clone(), stopped).unwrap();
     for chunk in events.chunks(10) {
         enqueue(&db, chunk).await;
     }
     support::wait_until(|| rx.received().len() >= 10).await;
-    stop.send(()).unwrap();
+    stop.fire();
     first.await.unwrap();
     let at_stop = rx.received().len();
     assert!(at_stop < 40, "stopped midway ({at_stop})");
 
     // Two instances on one database: they share the work, never a message.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let spawn = |mut s: tokio::sync::watch::Receiver<bool>| {
-        notify::spawn_worker(db.pool.clone(), cfg.clone(), clock.clone(), async move {
-            let _ = s.changed().await;
-        })
-        .unwrap()
+    let (stop, stopped) = hyfleet::shutdown::channel();
+    let spawn = |s: hyfleet::shutdown::Shutdown| {
+        notify::spawn_worker(db.pool.clone(), cfg.clone(), clock.clone(), s).unwrap()
     };
     let (a, b) = (spawn(stopped.clone()), spawn(stopped));
     support::wait_until(|| rx.received().len() >= 40).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.send(true).unwrap();
+    stop.fire();
     a.await.unwrap();
     b.await.unwrap();
 
@@ -476,22 +470,17 @@ async fn private_urls_are_refused_unless_allowed_and_secrets_stay_hidden() {
     ));
 }
 
-/// Runs the delivery loops as the service does, until the returned sender fires.
+/// Runs the delivery loops as the service does, until the returned trigger fires.
 fn spawn_loops(
     db: &TestDb,
     cfg: &notify::NotifyConfig,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+) -> (hyfleet::shutdown::Trigger, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = hyfleet::shutdown::channel();
     let handle = notify::spawn_worker(
         db.pool.clone(),
         cfg.clone(),
         Arc::new(notify::SystemClock),
-        async {
-            let _ = stopped.await;
-        },
+        stopped,
     )
     .unwrap();
     (stop, handle)
@@ -561,7 +550,7 @@ async fn a_huge_retry_after_stops_no_webhook() {
         || async { count_state(&db, ids[1], "delivered").await == 4 },
     )
     .await;
-    stop.send(()).unwrap();
+    stop.fire();
     loops.await.unwrap();
 }
 
@@ -751,7 +740,7 @@ async fn hanging_receivers_do_not_delay_a_healthy_one() {
     support::wait_until(|| healthy.received().len() == 3).await;
     let took = sent.elapsed();
     assert!(took < Duration::from_millis(2500), "{took:?}");
-    stop.send(()).unwrap();
+    stop.fire();
     loops.await.unwrap();
 }
 
@@ -822,11 +811,8 @@ async fn a_panic_in_a_delivery_fails_that_delivery_and_the_loop_goes_on() {
     )
     .await;
     let clock = Arc::new(FaultyClock::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let loops = notify::spawn_worker(db.pool.clone(), cfg, clock.clone(), async {
-        let _ = stopped.await;
-    })
-    .unwrap();
+    let (stop, stopped) = hyfleet::shutdown::channel();
+    let loops = notify::spawn_worker(db.pool.clone(), cfg, clock.clone(), stopped).unwrap();
     let panics = notify::delivery_panics();
     enqueue(&db, &[event(1, T::Opened)]).await;
     support::wait_until(|| rx.requests() == 1).await;
@@ -854,6 +840,6 @@ async fn a_panic_in_a_delivery_fails_that_delivery_and_the_loop_goes_on() {
         count_state(&db, ids[0], "delivered").await == 1
     })
     .await;
-    stop.send(()).unwrap();
+    stop.fire();
     loops.await.unwrap();
 }
