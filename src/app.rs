@@ -100,10 +100,17 @@ pub async fn serve(
     )
     .await;
     let ingested = ingest.await.context("ingest panicked");
-    let _ = notifier.await;
-    upkeep.abort();
-    sweeper.abort();
-    zone_reload.abort();
+    // Each task watches `shutdown` and ends at its next step; a delivery under way finishes.
+    for (task, handle) in [
+        ("webhook worker", notifier),
+        ("partition upkeep", upkeep),
+        ("offline sweep", sweeper),
+        ("zone reload", zone_reload),
+    ] {
+        if let Err(e) = handle.await {
+            tracing::error!(task, error = %e, "background task failed");
+        }
+    }
     ingested?
 }
 
