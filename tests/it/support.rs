@@ -1,5 +1,6 @@
 //! What the integration tests share: a database of their own, a topic root of their own, the
-//! service started in-process or as a child process, an MQTT publisher and a TCP proxy.
+//! service started in-process or as a child process, an MQTT publisher, a TCP proxy, brokers
+//! (`broker`) and webhook receivers (`receiver`).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::LazyLock;
@@ -10,6 +11,7 @@ use hyfleet::config::Config;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 pub mod broker;
+pub mod receiver;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -298,6 +300,11 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Poll `done` until it holds, for at most 30 s.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    eventually(30, what, || std::future::ready(done().then_some(()))).await
 }
 
 pub async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
