@@ -81,16 +81,13 @@ pub async fn serve(
         zones_changed.clone(),
         shutdown.clone(),
     ));
-    let notifier = {
-        let mut stop = shutdown.clone();
-        crate::notify::spawn_worker_with_wake(
-            pool.clone(),
-            config.notify.clone(),
-            Arc::new(crate::notify::SystemClock),
-            services.alerts.wake_handle(),
-            async move { stop.wait().await },
-        )?
-    };
+    let notifier = crate::notify::spawn_worker_with_wake(
+        pool.clone(),
+        config.notify.clone(),
+        Arc::new(crate::notify::SystemClock),
+        services.alerts.wake_handle(),
+        shutdown.clone(),
+    )?;
     let ingest = {
         let config = config.clone();
         let shutdown = shutdown.clone();
@@ -117,10 +114,17 @@ pub async fn serve(
     )
     .await;
     let ingested = ingest.await.context("ingest panicked");
-    let _ = notifier.await;
-    upkeep.abort();
-    sweeper.abort();
-    zone_reload.abort();
+    // Each task watches `shutdown` and ends at its next step; a delivery under way finishes.
+    for (task, handle) in [
+        ("webhook worker", notifier),
+        ("partition upkeep", upkeep),
+        ("offline sweep", sweeper),
+        ("zone reload", zone_reload),
+    ] {
+        if let Err(e) = handle.await {
+            tracing::error!(task, error = %e, "background task failed");
+        }
+    }
     ingested?
 }
 

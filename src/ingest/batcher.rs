@@ -157,7 +157,8 @@ fn handed_over(job: Job, metrics: &Metrics) -> Job {
     job
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
+/// Sleeps until `deadline`, or forever without one: a `select!` branch for an optional timer.
+pub(super) async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::Incoming;
+use super::batcher::sleep_until_opt;
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::{IngestEvent, Metrics};
@@ -409,11 +410,4 @@ async fn end_session(opts: &MqttOptions) -> anyhow::Result<()> {
     })
     .await
     .context("the broker did not answer within 10 s")?
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }

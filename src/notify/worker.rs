@@ -10,7 +10,6 @@
 //! last attempt succeeded, so receivers that fail or hang share the rest. A panic while sending
 //! is caught: the delivery is marked failed with the reason, counted, and the loop goes on.
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +29,7 @@ use super::netguard::{GuardedResolver, refuse_literal};
 use super::outbox::cancel_pending;
 use super::policy::{backoff, error_chain, later, parse_retry_after, robot_error, robot_throttle};
 use crate::domain::AlertEvent;
+use crate::shutdown::Shutdown;
 
 /// Most bytes of a receiver's answer that are read: enough for a chat robot's error code.
 pub const MAX_ANSWER_BYTES: usize = 8 * 1024;
@@ -605,14 +605,14 @@ async fn pause(tx: &Transaction<'_>, webhook_id: i64, until: DateTime<Utc>) -> a
     Ok(())
 }
 
-/// Runs `cfg.concurrency` delivery loops until `shutdown` completes; each finishes the message
+/// Runs `cfg.concurrency` delivery loops until `shutdown` fires; each finishes the message
 /// it is sending before it stops. With two or more, half of them (rounded down) serve only
 /// webhooks whose last attempt succeeded: receivers that fail or hang cannot take every loop.
 pub fn spawn_worker(
     pool: Pool,
     cfg: NotifyConfig,
     clock: Arc<dyn Clock>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
     spawn_worker_with_wake(
         pool,
@@ -631,12 +631,11 @@ pub fn spawn_worker_with_wake(
     cfg: NotifyConfig,
     clock: Arc<dyn Clock>,
     wake: Arc<tokio::sync::Notify>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
     let loops = cfg.concurrency;
     let poll = cfg.poll_interval();
     let worker = Arc::new(Worker::new(pool, cfg, clock)?);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let handles: Vec<_> = (0..loops)
         .map(|n| {
             let lane = if n < loops - loops / 2 {
@@ -646,9 +645,9 @@ pub fn spawn_worker_with_wake(
             };
             let worker = worker.clone();
             let wake = wake.clone();
-            let mut stop = stop_rx.clone();
+            let mut stop = shutdown.clone();
             tokio::spawn(async move {
-                while !*stop.borrow() {
+                while !stop.is_triggered() {
                     let idle = match worker.supervised_step(lane).await {
                         Ok(true) => false,
                         Ok(false) => true,
@@ -664,7 +663,7 @@ pub fn spawn_worker_with_wake(
                         tokio::select! {
                             _ = tokio::time::sleep(poll) => {}
                             _ = wake.notified() => {}
-                            _ = stop.changed() => {}
+                            _ = stop.wait() => return,
                         }
                     }
                 }
@@ -672,8 +671,6 @@ pub fn spawn_worker_with_wake(
         })
         .collect();
     Ok(tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
         for h in handles {
             let _ = h.await;
         }

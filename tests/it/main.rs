@@ -21,4 +21,4 @@ mod scaledown;
 mod schemathesis;
 #[allow(dead_code)] // each test file uses its own part of the support
 mod support;
-mod webhook_receivers;
+mod webhooks;

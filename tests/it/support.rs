@@ -1,5 +1,6 @@
 //! What the integration tests share: a database of their own, a topic root of their own, the
-//! service started in-process or as a child process, an MQTT publisher and a TCP proxy.
+//! service started in-process or as a child process, an MQTT publisher, a TCP proxy, brokers
+//! (`broker`) and webhook receivers (`receiver`).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::LazyLock;
@@ -10,6 +11,9 @@ use hyfleet::config::Config;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 pub mod broker;
+pub mod receiver;
+
+pub use broker::{PrivateBroker, shipped_limits};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -300,6 +304,11 @@ where
     }
 }
 
+/// Poll `done` until it holds, for at most 30 s.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    eventually(30, what, || std::future::ready(done().then_some(()))).await
+}
+
 pub async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -396,120 +405,9 @@ impl Proxy {
     }
 }
 
-/// A private Mosquitto on a free port with the project's broker configuration.
-pub struct PrivateBroker {
-    pub port: u16,
-    child: Child,
-    conf: std::path::PathBuf,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
+/// A directory of its own under the system's temporary directory.
 pub fn temp_dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(unique("hyfleet"));
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// The delivery settings of the shipped broker configuration (`deploy/mosquitto/mosquitto.conf`):
-/// the inflight window, the queue caps, the packet limit, persistence timing and session
-/// expiry, read from the file itself. A private broker started with them tests a delivery
-/// promise as it ships, without the shipped logins and ACL (which `support::broker` runs).
-pub fn shipped_limits() -> String {
-    const KEYS: [&str; 6] = [
-        "max_inflight_messages",
-        "max_queued_messages",
-        "max_queued_bytes",
-        "max_packet_size",
-        "autosave_interval",
-        "persistent_client_expiration",
-    ];
-    let conf = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/mosquitto/mosquitto.conf"),
-    )
-    .expect("deploy/mosquitto/mosquitto.conf");
-    let lines: Vec<&str> = conf
-        .lines()
-        .filter(|l| KEYS.contains(&l.split_whitespace().next().unwrap_or("")))
-        .collect();
-    assert_eq!(lines.len(), KEYS.len(), "the shipped limits: {lines:?}");
-    lines.join("\n") + "\n"
-}
-
-impl PrivateBroker {
-    /// Start `mosquitto` with `extra` configuration lines and persistence in a temp dir.
-    pub async fn start(extra: &str) -> PrivateBroker {
-        let dir = temp_dir();
-        // Started as root, mosquitto drops to its own user: it must be able to write its
-        // persistence file here, or a restart silently forgets every session.
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n{extra}\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let child = spawn_mosquitto(&conf, port);
-        PrivateBroker {
-            port,
-            child,
-            conf,
-            _dir: tempdir::Dir(dir),
-        }
-    }
-
-    /// Stop it as an operator would (SIGTERM: it saves its persistence file), then start it
-    /// again on the same port with the same files.
-    pub async fn restart(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let _ = self.child.wait();
-        self.child = spawn_mosquitto(&self.conf, self.port);
-    }
-
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-}
-
-fn spawn_mosquitto(conf: &std::path::Path, port: u16) -> Child {
-    let child = Command::new("mosquitto")
-        .args(["-c", conf.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mosquitto");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "mosquitto did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -1,7 +1,9 @@
-//! `deploy/mosquitto/` run for real: credentials made by the shipped `make-passwords.sh` and
-//! Mosquitto started with the shipped `mosquitto.conf`, only its listener and paths changed, so
-//! that what is tested is what `docker compose` runs. (`PrivateBroker` is for configurations
-//! that are not the shipped one.)
+//! Private Mosquitto brokers, each on a free port with its files in a directory of its own.
+//!
+//! `ShippedBroker` runs `deploy/mosquitto/` for real: credentials made by the shipped
+//! `make-passwords.sh` and Mosquitto started with the shipped `mosquitto.conf`, only its listener
+//! and paths changed, so that what is tested is what `docker compose` runs. `PrivateBroker` runs
+//! configurations that are not the shipped one (anonymous, with `shipped_limits` or others).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,126 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
 
 use super::temp_dir;
+
+/// A Mosquitto process: its port, its configuration and persistence in a directory of its own
+/// (removed when dropped), its output in `log` there.
+struct Mosquitto {
+    port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto with the configuration `conf` writes for a free port and the directory.
+    async fn start(conf: impl FnOnce(u16, &Path) -> String) -> Mosquitto {
+        let dir = temp_dir();
+        // Started as root (as in CI), Mosquitto drops to its own user: it must be able to write
+        // its persistence file here, or a restart silently forgets every session.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(dir.join("mosquitto.conf"), conf(port, &dir)).unwrap();
+        let child = Mosquitto::spawn(&dir, port).await;
+        Mosquitto { port, child, dir }
+    }
+
+    async fn spawn(dir: &Path, port: u16) -> Child {
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let child = Command::new("mosquitto")
+            .args(["-c", dir.join("mosquitto.conf").to_str().unwrap()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not start: {}",
+                std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        child
+    }
+
+    /// Stop it as an operator would (SIGTERM: it saves its persistence file), then start it
+    /// again on the same port with the same files.
+    async fn restart(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = self.child.wait();
+        self.child = Mosquitto::spawn(&self.dir, self.port).await;
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An anonymous Mosquitto with persistence and the configuration lines a test gives.
+pub struct PrivateBroker {
+    pub port: u16,
+    process: Mosquitto,
+}
+
+impl PrivateBroker {
+    /// Start `mosquitto` with `extra` configuration lines.
+    pub async fn start(extra: &str) -> PrivateBroker {
+        let process = Mosquitto::start(|port, dir| {
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n{extra}\n",
+                dir.display()
+            )
+        })
+        .await;
+        PrivateBroker {
+            port: process.port,
+            process,
+        }
+    }
+
+    /// Stop it with SIGTERM (it saves its persistence file) and start it again on the same
+    /// port with the same files.
+    pub async fn restart(&mut self) {
+        self.process.restart().await
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The delivery settings of the shipped broker configuration (`deploy/mosquitto/mosquitto.conf`):
+/// the inflight window, the queue caps, the packet limit, persistence timing and session
+/// expiry, read from the file itself. A private broker started with them tests a delivery
+/// promise as it ships, without the shipped logins and ACL (which `ShippedBroker` runs).
+pub fn shipped_limits() -> String {
+    const KEYS: [&str; 6] = [
+        "max_inflight_messages",
+        "max_queued_messages",
+        "max_queued_bytes",
+        "max_packet_size",
+        "autosave_interval",
+        "persistent_client_expiration",
+    ];
+    let conf = std::fs::read_to_string(repo("deploy/mosquitto/mosquitto.conf"))
+        .expect("deploy/mosquitto/mosquitto.conf");
+    let lines: Vec<&str> = conf
+        .lines()
+        .filter(|l| KEYS.contains(&l.split_whitespace().next().unwrap_or("")))
+        .collect();
+    assert_eq!(lines.len(), KEYS.len(), "the shipped limits: {lines:?}");
+    lines.join("\n") + "\n"
+}
 
 /// Instance 1's ingest user; instance `n` has `hyfleet.backend-{n}` (see `ingest_user`).
 pub const BACKEND: &str = "hyfleet.backend";
@@ -150,46 +272,19 @@ pub fn shipped_config(port: u16, dir: &Path, password_file: &Path) -> String {
 /// Mosquitto running the shipped configuration with `Credentials`' password file.
 pub struct ShippedBroker {
     pub port: u16,
-    child: Child,
-    dir: PathBuf,
+    _process: Mosquitto,
 }
 
 impl ShippedBroker {
     pub async fn start(credentials: &Credentials) -> ShippedBroker {
-        let dir = temp_dir();
-        // Started as root (as in CI), Mosquitto drops to its own user, which must write here.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            shipped_config(port, &dir, &credentials.dir.join("passwords")),
-        )
-        .unwrap();
         std::fs::set_permissions(&credentials.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let log = std::fs::File::create(dir.join("log")).unwrap();
-        let child = Command::new("mosquitto")
-            .args(["-c", conf.to_str().unwrap()])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start mosquitto");
-        let broker = ShippedBroker { port, child, dir };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not start with the shipped configuration: {}",
-                std::fs::read_to_string(broker.dir.join("log")).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let passwords = credentials.dir.join("passwords");
+        let process = Mosquitto::start(|port, dir| shipped_config(port, dir, &passwords)).await;
+        ShippedBroker {
+            port: process.port,
+            _process: process,
         }
-        broker
     }
 
     /// `mqtt://user:password@127.0.0.1:port` for a login.
@@ -221,13 +316,5 @@ impl ShippedBroker {
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
         present
-    }
-}
-
-impl Drop for ShippedBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,5 +1,6 @@
-//! A database of its own per test, and a webhook receiver that checks signatures the way the
-//! platforms document them, computed here independently of the code under test.
+//! Webhook receivers on port 0: one that checks signatures the way the platforms document them,
+//! computed here independently of the code under test, and one on a bare socket that answers as
+//! no well-behaved HTTP server would.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,134 +12,15 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use chrono::Utc;
-use deadpool_postgres::{Pool, PoolConfig, Runtime};
 use hmac::{Hmac, KeyInit, Mac};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Sha256;
-use tokio_postgres::NoTls;
-
-use hyfleet::domain::{Alert, AlertEvent, AlertEventType, AlertState, Severity, VehicleKind};
-use hyfleet::notify::{Format, NotifyConfig, WebhookConfig};
 
 /// `whsec_` + base64("generic-secret-key").
 pub const GENERIC_SECRET: &str = "whsec_Z2VuZXJpYy1zZWNyZXQta2V5";
 const GENERIC_KEY: &[u8] = b"generic-secret-key";
 pub const DING_SECRET: &str = "SEC0123456789abcdef";
 pub const FEISHU_SECRET: &str = "feishu-test-secret";
-
-/// The tests' PostgreSQL server: the system's, or the throwaway one `tests/services.sh` started.
-fn pg() -> String {
-    std::env::var("HYFLEET_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-pub struct TestDb {
-    pub pool: Pool,
-    name: String,
-}
-
-impl TestDb {
-    pub async fn new() -> Self {
-        let name = format!("hyfleet_test_{}", uuid::Uuid::new_v4().simple());
-        let (admin, conn) = tokio_postgres::connect(&format!("{}/postgres", pg()), NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let mut cfg = deadpool_postgres::Config::new();
-        cfg.url = Some(format!("{}/{name}", pg()));
-        cfg.pool = Some(PoolConfig::new(3));
-        let pool = cfg.create_pool(Some(Runtime::Tokio1), NoTls).unwrap();
-        pool.get()
-            .await
-            .unwrap()
-            .batch_execute(include_str!("../../schemas/migrations/0003_webhooks.sql"))
-            .await
-            .unwrap();
-        TestDb { pool, name }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        self.pool.close();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime, which cannot block on itself.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let (admin, conn) = tokio_postgres::connect(&format!("{}/postgres", pg()), NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                let _ = admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
-        })
-        .join();
-    }
-}
-
-pub fn notify_config() -> NotifyConfig {
-    NotifyConfig {
-        allow_private_networks: true,
-        http_timeout_secs: 5,
-        ..NotifyConfig::default()
-    }
-}
-
-pub fn hook(name: &str, url: &str, format: Format) -> WebhookConfig {
-    WebhookConfig {
-        name: name.into(),
-        url: url.into(),
-        secret: (format == Format::Generic).then(|| GENERIC_SECRET.into()),
-        events: AlertEventType::ALL.to_vec(),
-        format,
-        rate_per_minute: None,
-    }
-}
-
-pub fn event(alert_id: i64, event_type: AlertEventType) -> AlertEvent {
-    let now = Utc::now();
-    AlertEvent {
-        id: uuid::Uuid::new_v4(),
-        event_type,
-        at: now,
-        alert: Alert {
-            id: alert_id,
-            vehicle_id: format!("XY-B{alert_id:04}"),
-            vehicle_kind: VehicleKind::Bike,
-            rule: "parking_violation".into(),
-            zone: None,
-            state: match event_type {
-                AlertEventType::Acknowledged => AlertState::Acknowledged,
-                AlertEventType::Resolved => AlertState::Resolved,
-                _ => AlertState::Open,
-            },
-            severity: Severity::Warning,
-            opened_at: now,
-            acknowledged_at: None,
-            resolved_at: None,
-            lat: Some(37.1465),
-            lon: Some(111.7739),
-            details: json!({"nearest_zone": "P-03", "distance_m": 41.2}),
-        },
-    }
-}
-
-pub async fn wait_until(mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[derive(Debug, Clone)]
 pub enum Respond {
@@ -414,18 +296,5 @@ impl RawReceiver {
     /// Connections not yet closed.
     pub fn open(&self) -> usize {
         self.open.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-/// Waits up to 30 s for an asynchronous condition.
-pub async fn eventually<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
