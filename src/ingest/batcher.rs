@@ -14,7 +14,6 @@ use crate::config::IngestConfig;
 use crate::decode::{Decoded, Decoder};
 use crate::domain::RejectReason;
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
 
 /// A batch on its way to a writer. Each acknowledgement carries its message's arrival
 /// number, so that the acker can send them in arrival order.
@@ -41,7 +40,6 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Incoming>,
     writers: Vec<mpsc::Sender<Job>>,
-    _shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let max_age = config.batch_max_age();
     // A batch also closes on message count, so a stream of rejects or statuses cannot grow

@@ -113,7 +113,6 @@ async fn pipeline(
         deps.metrics.clone(),
         msg_rx,
         jobs,
-        shutdown.clone(),
     ));
     let acker = tokio::spawn(acker::run(
         client.clone(),

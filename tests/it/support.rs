@@ -70,17 +70,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        // The tests' server, the system's or the throwaway one: never a fixed address.
         let _ = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-q",
-                "-c",
-            ])
+            .args(["-d", &format!("{}/postgres", *PG), "-q", "-c"])
             .arg(format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.name
