@@ -93,18 +93,21 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tokio::spawn(async move { ingest::run(&config, deps, shutdown).await })
     };
-    let router = api::router(api::AppState {
-        pool: api_pool,
-        public_pool,
-        metrics,
-        health,
-        config: Arc::new(config.clone()),
-        rules: services.rules.clone(),
-        alerts: services.alerts.clone(),
-        live: services.live.clone(),
-        zones_changed,
-        shutdown: shutdown.clone(),
-    });
+    let router = api::router(
+        api::AppState {
+            pool: api_pool,
+            public_pool,
+            metrics,
+            health,
+            config: Arc::new(config.clone()),
+            rules: services.rules.clone(),
+            alerts: services.alerts.clone(),
+            live: services.live.clone(),
+            zones_changed,
+            shutdown: shutdown.clone(),
+        },
+        crate::gbfs::routes().merge(crate::web::routes()),
+    );
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
     crate::http::serve(
         listener,
@@ -257,7 +260,7 @@ async fn build_engine(
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(_) if *path == crate::geo::GeoConfig::default().zones_file => {
-                crate::sim::data::ZONES_GEOJSON.to_owned()
+                crate::sample::ZONES_GEOJSON.to_owned()
             }
             Err(e) => return Err(e).with_context(|| format!("geo.zones_file {}", path.display())),
         };
@@ -275,7 +278,12 @@ async fn build_engine(
     for w in crate::geo::narrow_zones(zones.zones(), config.rules.gps_tolerance_m) {
         tracing::warn!("{w}");
     }
-    Ok(crate::rules::Engine::new(config, Arc::new(zones))?)
+    Ok(crate::rules::Engine::new(
+        &config.rules,
+        &config.profiles,
+        config.geo.crs,
+        Arc::new(zones),
+    )?)
 }
 
 /// Keep the rules' zones equal to the table: at once when this instance's API changed them,

@@ -463,3 +463,72 @@ pub struct AlertEvent {
     pub at: DateTime<Utc>,
     pub alert: Alert,
 }
+
+/// What the backend knows about a kind of vehicle, overridable per vehicle.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub tank_g: f32,
+    pub range_km: f32,
+    pub speed_cap_kmh: f32,
+    /// The tank's nominal working pressure (rated at 15 °C), bar; absent: the kind's default
+    /// ([`Profiles::nominal_pressure_bar`]). The pressure band of `tank_fault` tops out at the
+    /// maximum operating pressure, 1.25 × this.
+    #[serde(default)]
+    pub nominal_pressure_bar: Option<f32>,
+}
+
+impl Profile {
+    /// Nominal consumption ratio, used until a vehicle's own consumption is known.
+    pub fn km_per_g(&self) -> f32 {
+        self.range_km / self.tank_g
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Profiles {
+    pub bike: Profile,
+    pub bus: Profile,
+}
+
+impl Default for Profiles {
+    fn default() -> Self {
+        Self {
+            // Published facts of the Xiaoyi shared bikes.
+            bike: Profile {
+                tank_g: 50.0,
+                range_km: 60.0,
+                speed_cap_kmh: 23.0,
+                nominal_pressure_bar: Some(30.0),
+            },
+            // Not published: assumed defaults for a 12 m fuel-cell coach, to be configured.
+            bus: Profile {
+                tank_g: 25_000.0,
+                range_km: 350.0,
+                speed_cap_kmh: 80.0,
+                nominal_pressure_bar: Some(350.0),
+            },
+        }
+    }
+}
+
+impl Profiles {
+    pub fn get(&self, kind: VehicleKind) -> &Profile {
+        match kind {
+            VehicleKind::Bike => &self.bike,
+            VehicleKind::Bus => &self.bus,
+        }
+    }
+
+    /// Nominal working pressure of a kind's tank, bar: the profile's, else the kind's default.
+    /// A bus carries 35 MPa (350 bar) type III/IV cylinders. A bike's metal-hydride canister
+    /// is charged at low pressure: such stores work between about 1 and 25 bar and are charged
+    /// at up to 30 bar, so 30 bar is its nominal pressure (a band up to 37.5 bar).
+    pub fn nominal_pressure_bar(&self, kind: VehicleKind) -> f32 {
+        self.get(kind).nominal_pressure_bar.unwrap_or(match kind {
+            VehicleKind::Bike => 30.0,
+            VehicleKind::Bus => 350.0,
+        })
+    }
+}

@@ -20,6 +20,7 @@ pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod rules;
+pub mod sample;
 pub mod shutdown;
 pub mod sim;
 pub mod store;

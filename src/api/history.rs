@@ -411,7 +411,7 @@ pub(super) async fn track(
     let sql = format!(
         "SELECT lon, lat, ts FROM telemetry_between($1, $2, $3) WHERE {}
          ORDER BY ts, COALESCE(seq, -1) LIMIT $4",
-        crate::decode::sql_has_fix("$5")
+        crate::geo::fix::sql_has_fix("$5")
     );
     let rows = client
         .query(

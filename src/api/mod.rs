@@ -75,14 +75,14 @@ impl FromRef<Api> for AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The operator API, beside `public`: routes anyone may read (the open-data feeds, the
+/// dashboard's files), which get their own connection pool.
+pub fn router(state: AppState, public: Router<AppState>) -> Router {
     let body_limit = DefaultBodyLimit::max(state.config.http.max_body_bytes);
-    let public = crate::gbfs::routes()
-        .merge(crate::web::routes())
-        .with_state(AppState {
-            pool: state.public_pool.clone(),
-            ..state.clone()
-        });
+    let public = public.with_state(AppState {
+        pool: state.public_pool.clone(),
+        ..state.clone()
+    });
     let api = Api {
         tokens: Arc::new(auth::Tokens::from_config(&state.config.api)),
         commands: Arc::default(),

@@ -201,8 +201,10 @@ fn rules(args: RulesArgs) -> anyhow::Result<()> {
     use hyfleet::rules::{Engine, VehicleInfo, VehicleRuleState};
 
     let config = hyfleet::config::Config::default();
-    let zones = hyfleet::geo::parse_zones(sim::data::ZONES_GEOJSON, hyfleet::geo::Crs::Wgs84)?;
-    let engine = Engine::new(&config, Arc::new(hyfleet::geo::ZoneIndex::new(zones)))?;
+    let zones =
+        hyfleet::geo::parse_zones(hyfleet::sample::ZONES_GEOJSON, hyfleet::geo::Crs::Wgs84)?;
+    let zones = Arc::new(hyfleet::geo::ZoneIndex::new(zones));
+    let engine = Engine::new(&config.rules, &config.profiles, config.geo.crs, zones)?;
     let info = VehicleInfo {
         kind: VehicleKind::Bike,
         tank_g: 50.0,

@@ -1,12 +1,11 @@
 //! Bytes and a topic in, validated readings, events, statuses and rejects out (docs/mqtt.md).
 //! Pure: no I/O, the clock is a parameter, so every rule here is tested exhaustively.
 
-mod fix;
 mod limits;
 mod topic;
 mod wire;
 
-pub use fix::{NoFix, no_value_fix, sql_has_fix};
+pub use crate::geo::fix::{NoFix, no_value_fix};
 pub use limits::{MAX_EVENT_BYTES, MAX_EVENT_EXTRA_BYTES};
 
 pub use topic::{Channel, Topic};

@@ -4,11 +4,11 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::config::GbfsConfig;
+use super::GbfsConfig;
 use super::rotate::IdRotation;
 use super::stations::Station;
-use crate::config::{Profile, Profiles};
 use crate::domain::VehicleKind;
+use crate::domain::{Profile, Profiles};
 
 /// The feeds every system of ours publishes, in the order `gbfs.json` lists them.
 pub const FEEDS: [&str; 6] = [

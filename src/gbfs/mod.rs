@@ -1,7 +1,6 @@
 //! Public GBFS v3.0 feeds under `/gbfs/`, without a token (docs/api.md): the fleet as open
 //! data for journey planners and the city, with vehicle ids rotated after every ride.
 
-mod config;
 pub mod feeds;
 mod rotate;
 mod source;
@@ -16,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 
-pub use config::GbfsConfig;
+pub use crate::config::gbfs::GbfsConfig;
 pub use rotate::IdRotation;
 
 use crate::api::{AppState, Problem};

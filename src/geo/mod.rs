@@ -1,6 +1,7 @@
 //! Geometry: coordinate systems, zones and the index that answers "which zones is this point
 //! in, and how far is the nearest parking area".
 
+pub mod fix;
 pub mod gcj02;
 mod import;
 pub mod metric;

@@ -23,8 +23,8 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, Transaction};
 
-use crate::config::Profiles;
 use crate::decode::Decoded;
+use crate::domain::Profiles;
 use crate::domain::{AlertEvent, Event, Reading, Reject, RejectReason, VehicleId, VehicleKind};
 use crate::live::{Hub, LiveEvent, Position};
 use crate::metrics::{PhaseTimes, WritePhase};

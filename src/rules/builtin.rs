@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::config::Thresholds;
 use super::engine::{GeoFix, VehicleInfo};
 use super::state::{Fix, Rest, VehicleRuleState};
-use crate::config::{Profile, Profiles};
+use crate::domain::{Profile, Profiles};
 use crate::domain::{Reading, Severity, VehicleKind};
 use crate::geo::{Zone, ZoneIndex, ZoneKind, at_margin_m, distance_m};
 

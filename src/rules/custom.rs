@@ -17,7 +17,7 @@ use super::builtin::Verdict;
 use super::config::CustomRuleConfig;
 use super::engine::VehicleInfo;
 use super::state::{VehicleRuleState, split_key};
-use crate::config::Profiles;
+use crate::domain::Profiles;
 use crate::domain::{Reading, VehicleId, VehicleKind};
 use crate::geo::{ZoneHit, ZoneKind};
 

@@ -15,7 +15,7 @@ use super::consumption::{self, Learning};
 use super::custom::{self, CustomRule};
 use super::ride;
 use super::state::{Slot, VehicleRuleState, slot_key, split_key};
-use crate::config::{Config, Profiles};
+use crate::domain::Profiles;
 pub use crate::domain::{AlertAction, AlertChange, Ride};
 use crate::domain::{Event, EventType, Reading, Severity, VehicleKind, tidy_numbers};
 use crate::geo::{Crs, ZoneIndex};
@@ -78,22 +78,27 @@ pub(crate) struct GeoFix {
 }
 
 impl Engine {
-    pub fn new(config: &Config, zones: Arc<ZoneIndex>) -> Result<Self, EngineError> {
-        config
-            .rules
+    /// The rules of `rules` for vehicles of `profiles` over `zones`; positions are sent in
+    /// `crs`.
+    pub fn new(
+        rules: &RulesConfig,
+        profiles: &Profiles,
+        crs: Crs,
+        zones: Arc<ZoneIndex>,
+    ) -> Result<Self, EngineError> {
+        rules
             .validate()
             .map_err(|(option, message)| EngineError::Config { option, message })?;
-        let custom = config
-            .rules
+        let custom = rules
             .custom
             .iter()
             .map(|c| CustomRule::new(c.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|(option, message)| EngineError::Config { option, message })?;
         Ok(Self {
-            rules: config.rules.clone(),
-            profiles: config.profiles.clone(),
-            crs: config.geo.crs,
+            rules: rules.clone(),
+            profiles: profiles.clone(),
+            crs,
             zones,
             custom,
             cel_env: Arc::new(cel::Env::stdlib()),
@@ -130,7 +135,7 @@ impl Engine {
 
     /// Whether a reading's position may be used at all (DESIGN §14).
     pub fn has_fix(&self, r: &Reading) -> bool {
-        crate::decode::no_value_fix(r, self.rules.max_hdop).is_none()
+        crate::geo::fix::no_value_fix(r, self.rules.max_hdop).is_none()
     }
 
     /// Kilometres per gram to predict range with: learned, else set, else nominal.

@@ -55,7 +55,7 @@ fn zones() -> Arc<ZoneIndex> {
 }
 
 fn engine_with(config: Config) -> Engine {
-    Engine::new(&config, zones()).unwrap()
+    Engine::new(&config.rules, &config.profiles, config.geo.crs, zones()).unwrap()
 }
 
 fn engine() -> Engine {
@@ -893,7 +893,8 @@ fn field_zones() -> Arc<ZoneIndex> {
 
 #[test]
 fn a_ride_ending_in_a_lane_narrower_than_gps_error_is_a_violation_naming_it() {
-    let e = Engine::new(&Config::default(), field_zones()).unwrap();
+    let c = Config::default();
+    let e = Engine::new(&c.rules, &c.profiles, c.geo.crs, field_zones()).unwrap();
     // In the lane (47.5 m east, its middle), 1.5 m beside it (half its width is the margin),
     // and 4 m beside it.
     for (n, east) in [(0, -2.5), (1, 1.5), (2, -9.0)] {
@@ -923,7 +924,8 @@ fn a_ride_ending_in_a_lane_narrower_than_gps_error_is_a_violation_naming_it() {
 
 #[test]
 fn zones_bind_only_the_kinds_they_name() {
-    let e = Engine::new(&Config::default(), field_zones()).unwrap();
+    let c = Config::default();
+    let e = Engine::new(&c.rules, &c.profiles, c.geo.crs, field_zones()).unwrap();
     let bus = VehicleInfo {
         kind: VehicleKind::Bus,
         tank_g: 25_000.0,

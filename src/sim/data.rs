@@ -6,14 +6,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::geom::{LatLon, Polygon};
-use crate::config::Profiles;
+use crate::domain::Profiles;
 
-/// Zones of the Xiaoyi sample (GeoJSON FeatureCollection, WGS-84).
-pub const ZONES_GEOJSON: &str = include_str!("../../data/xiaoyi/zones.geojson");
-/// The Xiaoyi–Jiexiu bus line and its stops.
-pub const BUS_ROUTE_GEOJSON: &str = include_str!("../../data/xiaoyi/bus_route.geojson");
-/// `[profiles.*]` of the Xiaoyi fleet, in the configuration file's format.
-pub const PROFILES_TOML: &str = include_str!("../../data/xiaoyi/profiles.toml");
+pub use crate::sample::{BUS_ROUTE_GEOJSON, PROFILES_TOML, ZONES_GEOJSON};
 
 #[derive(Debug, Clone)]
 pub struct Area {

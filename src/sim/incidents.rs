@@ -272,7 +272,13 @@ mod tests {
         let start = chrono::Utc::now() - chrono::Duration::hours(1);
         let mut fleet = Fleet::new(cfg, Arc::new(MapData::xiaoyi()), start);
         let decoder = Decoder::new(&config);
-        let engine = Engine::new(&config, Arc::new(ZoneIndex::default())).unwrap();
+        let engine = Engine::new(
+            &config.rules,
+            &config.profiles,
+            config.geo.crs,
+            Arc::new(ZoneIndex::default()),
+        )
+        .unwrap();
         let info = VehicleInfo {
             kind: VehicleKind::Bus,
             tank_g: 25_000.0,

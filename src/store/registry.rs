@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use crate::config::Profiles;
+use crate::domain::Profiles;
 use crate::domain::{VehicleId, VehicleKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

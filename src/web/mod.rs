@@ -5,9 +5,7 @@
 //! background. The page holds no data of its own; it asks for an API token and reads the
 //! operator API like any other client.
 
-mod config;
-
-pub use config::{DashboardConfig, TileCrs, TileLayer, Tiles};
+pub use crate::config::dashboard::{DashboardConfig, TileCrs, TileLayer, Tiles};
 
 use axum::Router;
 use axum::extract::State;

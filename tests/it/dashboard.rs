@@ -21,7 +21,7 @@ const BIKES: usize = 40;
 const BUSES: usize = 2;
 
 async fn seed(db: &tokio_postgres::Client) -> Vec<i64> {
-    hyfleet::store::zones::import(db, hyfleet::sim::data::ZONES_GEOJSON, Crs::Wgs84)
+    hyfleet::store::zones::import(db, hyfleet::sample::ZONES_GEOJSON, Crs::Wgs84)
         .await
         .unwrap();
     for i in 0..BIKES {

@@ -362,7 +362,7 @@ fn sample_moved(f: impl Fn(f64, f64) -> (f64, f64)) -> String {
             _ => {}
         }
     }
-    let mut doc: Value = serde_json::from_str(hyfleet::sim::data::ZONES_GEOJSON).unwrap();
+    let mut doc: Value = serde_json::from_str(hyfleet::sample::ZONES_GEOJSON).unwrap();
     for feature in doc["features"].as_array_mut().unwrap() {
         walk(&mut feature["geometry"]["coordinates"], &f);
     }
@@ -402,7 +402,7 @@ async fn zones_import_names_its_coordinate_system_and_refuses_a_file_of_another_
     };
 
     let sample = dir.join("xiaoyi.geojson");
-    std::fs::write(&sample, hyfleet::sim::data::ZONES_GEOJSON).unwrap();
+    std::fs::write(&sample, hyfleet::sample::ZONES_GEOJSON).unwrap();
     let (ok, stdout, stderr) = import(&sample, None);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(

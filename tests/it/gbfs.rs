@@ -67,10 +67,9 @@ fn vehicle_at(feed: &Value, lat: f64) -> Value {
 async fn gbfs_feeds_publish_the_fleet_rotate_ids_and_validate_against_the_official_schemas() {
     let db = TestDb::new().await;
     let client = db.client().await;
-    let zones =
-        hyfleet::store::zones::import(&client, hyfleet::sim::data::ZONES_GEOJSON, Crs::Wgs84)
-            .await
-            .unwrap();
+    let zones = hyfleet::store::zones::import(&client, hyfleet::sample::ZONES_GEOJSON, Crs::Wgs84)
+        .await
+        .unwrap();
     seed_vehicle(
         &client,
         "XY-B0001",
@@ -162,7 +161,7 @@ async fn gbfs_feeds_publish_the_fleet_rotate_ids_and_validate_against_the_offici
     assert_eq!(b3["is_disabled"], true, "an offline bike cannot be rented");
 
     let (_, _, stations) = get(&svc.url("/gbfs/station_information.json")).await;
-    let parking = hyfleet::sim::data::ZONES_GEOJSON
+    let parking = hyfleet::sample::ZONES_GEOJSON
         .matches("\"kind\": \"parking\"")
         .count();
     assert_eq!(
@@ -205,7 +204,7 @@ async fn gbfs_feeds_publish_the_fleet_rotate_ids_and_validate_against_the_offici
     let features = fences["data"]["geofencing_zones"]["features"]
         .as_array()
         .unwrap();
-    let stations_count = hyfleet::sim::data::ZONES_GEOJSON
+    let stations_count = hyfleet::sample::ZONES_GEOJSON
         .matches("\"kind\": \"station\"")
         .count();
     assert_eq!(features.len(), zones - stations_count);

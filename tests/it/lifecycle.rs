@@ -58,7 +58,8 @@ impl Lab {
         hyfleet::store::partitions::maintain(&client, 7, 1, Utc::now())
             .await
             .unwrap();
-        let engine = Engine::new(&Config::default(), zones()).unwrap();
+        let c = Config::default();
+        let engine = Engine::new(&c.rules, &c.profiles, c.geo.crs, zones()).unwrap();
         let live = Hub::default();
         let services = Services {
             registry: Arc::new(hyfleet::store::Registry::new()),

@@ -8,7 +8,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod api;
+pub mod dashboard;
+pub mod gbfs;
+
 use crate::domain::VehicleKind;
+pub use crate::domain::{Profile, Profiles};
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -23,9 +28,9 @@ pub struct Config {
     pub rules: crate::rules::RulesConfig,
     pub webhooks: Vec<crate::notify::WebhookConfig>,
     pub notify: crate::notify::NotifyConfig,
-    pub api: crate::api::ApiConfig,
-    pub gbfs: crate::gbfs::GbfsConfig,
-    pub dashboard: crate::web::DashboardConfig,
+    pub api: api::ApiConfig,
+    pub gbfs: gbfs::GbfsConfig,
+    pub dashboard: dashboard::DashboardConfig,
 }
 
 #[derive(Clone, Deserialize)]
@@ -287,75 +292,6 @@ impl Default for HttpConfig {
 impl HttpConfig {
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.header_read_timeout_secs)
-    }
-}
-
-/// What the backend knows about a kind of vehicle, overridable per vehicle.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Profile {
-    pub tank_g: f32,
-    pub range_km: f32,
-    pub speed_cap_kmh: f32,
-    /// The tank's nominal working pressure (rated at 15 °C), bar; absent: the kind's default
-    /// ([`Profiles::nominal_pressure_bar`]). The pressure band of `tank_fault` tops out at the
-    /// maximum operating pressure, 1.25 × this.
-    #[serde(default)]
-    pub nominal_pressure_bar: Option<f32>,
-}
-
-impl Profile {
-    /// Nominal consumption ratio, used until a vehicle's own consumption is known.
-    pub fn km_per_g(&self) -> f32 {
-        self.range_km / self.tank_g
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Profiles {
-    pub bike: Profile,
-    pub bus: Profile,
-}
-
-impl Default for Profiles {
-    fn default() -> Self {
-        Self {
-            // Published facts of the Xiaoyi shared bikes.
-            bike: Profile {
-                tank_g: 50.0,
-                range_km: 60.0,
-                speed_cap_kmh: 23.0,
-                nominal_pressure_bar: Some(30.0),
-            },
-            // Not published: assumed defaults for a 12 m fuel-cell coach, to be configured.
-            bus: Profile {
-                tank_g: 25_000.0,
-                range_km: 350.0,
-                speed_cap_kmh: 80.0,
-                nominal_pressure_bar: Some(350.0),
-            },
-        }
-    }
-}
-
-impl Profiles {
-    pub fn get(&self, kind: VehicleKind) -> &Profile {
-        match kind {
-            VehicleKind::Bike => &self.bike,
-            VehicleKind::Bus => &self.bus,
-        }
-    }
-
-    /// Nominal working pressure of a kind's tank, bar: the profile's, else the kind's default.
-    /// A bus carries 35 MPa (350 bar) type III/IV cylinders. A bike's metal-hydride canister
-    /// is charged at low pressure: such stores work between about 1 and 25 bar and are charged
-    /// at up to 30 bar, so 30 bar is its nominal pressure (a band up to 37.5 bar).
-    pub fn nominal_pressure_bar(&self, kind: VehicleKind) -> f32 {
-        self.get(kind).nominal_pressure_bar.unwrap_or(match kind {
-            VehicleKind::Bike => 30.0,
-            VehicleKind::Bus => 350.0,
-        })
     }
 }
 
@@ -814,7 +750,7 @@ mod example_file {
     /// The documented example is a valid configuration, and its values are the defaults.
     #[test]
     fn example_configuration_loads_and_matches_the_defaults() {
-        let text = include_str!("../hyfleet.example.toml");
+        let text = include_str!("../../hyfleet.example.toml");
         let c = Config::from_toml_and_env(text, "hyfleet.example.toml", Vec::new()).unwrap();
         let d = Config::default();
         assert_eq!(c.database.url, d.database.url);
