@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Transaction};
 use uuid::Uuid;
 
@@ -113,15 +114,14 @@ pub async fn acknowledge(
         return Err(ActionError::AlreadyAcknowledged(alert_id));
     }
     let at = Utc::now().max(alert.opened_at);
-    let sql = format!(
-        "WITH a AS (UPDATE alerts SET state = 'acknowledged', acknowledged_at = $2 WHERE id = $1 RETURNING *) \
-         SELECT {COLUMNS} FROM a JOIN vehicles v ON v.id = a.vehicle_id"
-    );
-    let row = tx
-        .query_one(&sql, &[&alert_id, &at])
-        .await
-        .context("acknowledging an alert")?;
-    let alert = from_row(&row)?;
+    let alert = written(
+        tx,
+        "UPDATE alerts SET state = 'acknowledged', acknowledged_at = $2 WHERE id = $1",
+        &[&alert_id, &at],
+    )
+    .await
+    .context("acknowledging an alert")?
+    .context("the locked alert is gone")?;
     Ok(record(tx, alert, AlertEventType::Acknowledged, at, actor, note).await?)
 }
 
@@ -255,16 +255,12 @@ async fn open(
     c: &AlertChange,
     sev: Severity,
 ) -> anyhow::Result<Option<Alert>> {
-    let sql = format!(
-        "WITH a AS (INSERT INTO alerts (vehicle_id, rule, zone, state, severity, opened_at, lat, lon, details) \
+    written(
+        tx,
+        "INSERT INTO alerts (vehicle_id, rule, zone, state, severity, opened_at, lat, lon, details) \
          VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8) \
-         ON CONFLICT (vehicle_id, rule, (COALESCE(zone, ''))) WHERE state <> 'resolved' DO NOTHING \
-         RETURNING *) SELECT {COLUMNS} FROM a JOIN vehicles v ON v.id = a.vehicle_id"
-    );
-    let row = tx
-        .query_opt(
-            &sql,
-            &[
+         ON CONFLICT (vehicle_id, rule, (COALESCE(zone, ''))) WHERE state <> 'resolved' DO NOTHING",
+        &[
                 &vehicle_id,
                 &c.rule,
                 &c.zone,
@@ -272,12 +268,11 @@ async fn open(
                 &c.at,
                 &c.lat,
                 &c.lon,
-                &c.details,
-            ],
-        )
-        .await
-        .context("opening an alert")?;
-    row.as_ref().map(from_row).transpose()
+            &c.details,
+        ],
+    )
+    .await
+    .context("opening an alert")
 }
 
 /// The alert of `(vehicle, rule, zone)` in progress, locked.
@@ -336,34 +331,44 @@ async fn change_severity(
     if !moves {
         return Ok(None);
     }
-    let sql = format!(
-        "WITH a AS (UPDATE alerts SET severity = $2, details = $3, lat = COALESCE($4, lat), \
-         lon = COALESCE($5, lon) WHERE id = $1 RETURNING *) \
-         SELECT {COLUMNS} FROM a JOIN vehicles v ON v.id = a.vehicle_id"
-    );
-    let row = tx
-        .query_one(
-            &sql,
-            &[&alert.id, &sev.as_str(), &c.details, &c.lat, &c.lon],
-        )
-        .await
-        .context("changing an alert's severity")?;
-    let alert = from_row(&row)?;
+    let alert = written(
+        tx,
+        "UPDATE alerts SET severity = $2, details = $3, lat = COALESCE($4, lat), \
+         lon = COALESCE($5, lon) WHERE id = $1",
+        &[&alert.id, &sev.as_str(), &c.details, &c.lat, &c.lon],
+    )
+    .await
+    .context("changing an alert's severity")?
+    .context("the locked alert is gone")?;
     Ok(Some(
         record(tx, alert, event, c.at, RULES_ACTOR, None).await?,
     ))
 }
 
 async fn set_resolved(tx: &Transaction<'_>, id: i64, at: DateTime<Utc>) -> anyhow::Result<Alert> {
+    written(
+        tx,
+        "UPDATE alerts SET state = 'resolved', resolved_at = $2 WHERE id = $1",
+        &[&id, &at],
+    )
+    .await
+    .context("resolving an alert")?
+    .context("the locked alert is gone")
+}
+
+/// Run `statement`, an INSERT or UPDATE of `alerts` (without RETURNING), and read back the
+/// alert it wrote, if it wrote one.
+async fn written(
+    tx: &Transaction<'_>,
+    statement: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> anyhow::Result<Option<Alert>> {
     let sql = format!(
-        "WITH a AS (UPDATE alerts SET state = 'resolved', resolved_at = $2 WHERE id = $1 RETURNING *) \
+        "WITH a AS ({statement} RETURNING *) \
          SELECT {COLUMNS} FROM a JOIN vehicles v ON v.id = a.vehicle_id"
     );
-    let row = tx
-        .query_one(&sql, &[&id, &at])
-        .await
-        .context("resolving an alert")?;
-    from_row(&row)
+    let row = tx.query_opt(&sql, params).await?;
+    row.as_ref().map(from_row).transpose()
 }
 
 /// Store the transition `alert` just went through; it is what webhooks are sent.

@@ -122,17 +122,12 @@ pub async fn insert_new(
     zones: &[Zone],
 ) -> anyhow::Result<Result<(), String>> {
     for z in zones {
+        let (props, geometry) = columns(z);
         let n = tx
             .execute(
                 "INSERT INTO zones (id, name, kind, properties, geometry)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
-                &[
-                    &z.id,
-                    &z.name,
-                    &z.kind.as_str(),
-                    &Value::Object(z.properties.clone()),
-                    &z.geometry_geojson(),
-                ],
+                &[&z.id, &z.name, &z.kind.as_str(), &props, &geometry],
             )
             .await
             .context("storing a zone")?;
@@ -145,24 +140,24 @@ pub async fn insert_new(
 
 /// Insert or replace one zone; true when it is new.
 pub async fn put(client: &Client, z: &Zone) -> anyhow::Result<bool> {
+    let (props, geometry) = columns(z);
     let created = client
         .query_one(
             "INSERT INTO zones (id, name, kind, properties, geometry) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind,
                  properties = EXCLUDED.properties, geometry = EXCLUDED.geometry, updated_at = now()
              RETURNING (xmax = 0)",
-            &[
-                &z.id,
-                &z.name,
-                &z.kind.as_str(),
-                &Value::Object(z.properties.clone()),
-                &z.geometry_geojson(),
-            ],
+            &[&z.id, &z.name, &z.kind.as_str(), &props, &geometry],
         )
         .await
         .context("storing a zone")?
         .get(0);
     Ok(created)
+}
+
+/// A zone's `properties` and `geometry` columns.
+fn columns(z: &Zone) -> (Value, Value) {
+    (Value::Object(z.properties.clone()), z.geometry_geojson())
 }
 
 /// Remove one zone; false when there was none.
