@@ -45,8 +45,9 @@ allow_anonymous true
 # Lines of the project's configuration that the harness replaces with its own.
 _OWN = ("listener", "port", "persistence_location", "log_dest", "pid_file", "include_dir", "bind_address",
         # The workload's publishers have no device credentials: the harness measures delivery,
-        # not authentication (the limits and persistence of the shipped file are kept).
-        "password_file", "acl_file", "allow_anonymous")
+        # not authentication (the limits and persistence of the shipped file are kept). Client
+        # ids pinned to user names refuse every client that has none ("not authorised").
+        "password_file", "acl_file", "allow_anonymous", "use_username_as_clientid")
 
 
 def free_port():

@@ -602,7 +602,7 @@ def burst_files(dirpath, publishers, per, end_unix):
                 "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".000Z", "seq": k + 1,
                 "lat": round(clat + 0.0003 * math.sin(a), 6), "lon": round(clon + 0.00038 * math.cos(a), 6),
                 "hdop": 0.9, "speed_kmh": 8.1, "heading_deg": round(math.degrees(a + math.pi / 2) % 360, 1),
-                "h2_g": round(45 - 0.002 * k, 3), "tank_temp_c": 21.5, "batt_v": 39.1,
+                "h2_g": round(45 - 0.002 * k, 3), "batt_v": 39.1,
                 "odo_km": round(1000 + i + 0.00225 * k, 3), "locked": False,
             }
             lines.append(json.dumps(body, separators=(",", ":")))
