@@ -378,7 +378,7 @@ name = "bench"
 url = "{hook_url}"
 secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 events = ["alert.opened"]
-rate_per_minute = 100000
+rate_per_minute = 10000
 """ + extra
     path = Path(tempfile.mkdtemp(prefix="hyfleet-bench-")) / "hyfleet.toml"
     path.write_text(text)
