@@ -229,10 +229,12 @@ class PgCluster:
         [{query, calls, total_ms, rows}]."""
         with psycopg.connect(self.admin, autocommit=True) as c:
             rows = c.execute(
-                "SELECT query, calls, total_exec_time, rows FROM pg_stat_statements s "
+                # One line per text: the same statement prepared on several connections may
+                # have several entries.
+                "SELECT query, sum(calls), sum(total_exec_time), sum(rows) FROM pg_stat_statements s "
                 "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s "
-                "ORDER BY total_exec_time DESC LIMIT %s", (dbname, limit)).fetchall()
-        return [{"query": " ".join(q.split())[:400], "calls": n, "total_ms": round(t, 2), "rows": r}
+                "GROUP BY query ORDER BY 3 DESC LIMIT %s", (dbname, limit)).fetchall()
+        return [{"query": " ".join(q.split())[:400], "calls": int(n), "total_ms": round(t, 2), "rows": int(r)}
                 for q, n, t, r in rows]
 
     def stop(self):
