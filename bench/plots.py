@@ -28,7 +28,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 # Text stays text in the SVG (small files that diff), in the reader's sans-serif.
 matplotlib.rcParams["svg.fonttype"] = "none"
-THOUSANDS = FuncFormatter(lambda x, _: f"{x:,.0f}")
+THOUSANDS = FuncFormatter(lambda x, _: f"{x:,.0f}" if abs(x) >= 100 else f"{x:g}")
 
 COLORS = {"hyfleet": "#1f6feb", "python": "#d29922", "nodered": "#8b3d3d", "naive": "#6e7781"}
 NAMES = {"hyfleet": "hyfleet", "python": "Python peer", "nodered": "Node-RED peer", "naive": "naive pipeline"}

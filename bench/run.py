@@ -692,9 +692,10 @@ def run_burst(system, args, cluster, shape, files, hook):
         bcpu1, _ = lib.proc_usage(broker.proc.pid)
         pg1, poll1 = cluster.cpu_secs(), lib.proc_usage(poller_pid)[0]
         b_batches1 = hyfleet_batches(metrics_url) if metrics_url else (None, None)
-        statements = [s for s in cluster.statements(db.name, 25)
+        # The top 10 of the run (texts cut at 300 characters) keep the result file small.
+        statements = [dict(s, query=s["query"][:300]) for s in cluster.statements(db.name, 20)
                       if s["query"] != count_sql and "pg_stat_statements" not in s["query"]
-                      and "pg_backend_pid" not in s["query"]][:15]
+                      and "pg_backend_pid" not in s["query"]][:10]
         for s in statements:
             s["calls_per_1000"] = round(s["calls"] / n * 1000, 3) if n else None
             s["ms_per_1000"] = round(s["total_ms"] / n * 1000, 3) if n else None
