@@ -31,11 +31,23 @@ max_queued_messages 2000000
 max_queued_bytes 0
 allow_anonymous true
 """
+# A broker "without limits" for the burst workload: nothing queued is ever dropped, a large
+# window of messages in flight to each subscriber (hyfleet's batches and the naive peer's
+# 5,000-row COPY both fit four times over), persistence as shipped.
+UNLIMITED_BROKER_CONF = """\
+persistence true
+max_inflight_messages 20000
+max_inflight_bytes 0
+max_queued_messages 0
+max_queued_bytes 0
+allow_anonymous true
+"""
 # Lines of the project's configuration that the harness replaces with its own.
 _OWN = ("listener", "port", "persistence_location", "log_dest", "pid_file", "include_dir", "bind_address",
         # The workload's publishers have no device credentials: the harness measures delivery,
-        # not authentication (the limits and persistence of the shipped file are kept).
-        "password_file", "acl_file", "allow_anonymous")
+        # not authentication (the limits and persistence of the shipped file are kept). Client
+        # ids pinned to user names refuse every client that has none ("not authorised").
+        "password_file", "acl_file", "allow_anonymous", "use_username_as_clientid")
 
 
 def free_port():
@@ -50,15 +62,17 @@ def now_ms():
 
 class Broker:
     """A private Mosquitto on a free port with the project's configuration (or the essentials
-    until `deploy/mosquitto/mosquitto.conf` exists)."""
+    until `deploy/mosquitto/mosquitto.conf` exists), or with `conf` (text) when given."""
 
-    def __init__(self):
+    def __init__(self, conf=None, source=None):
         self.dir = tempfile.mkdtemp(prefix="hyfleet-bench-mosq-")
         # Started as root, mosquitto drops to its own user and must still write its sessions.
         os.chmod(self.dir, 0o777)
         self.port = free_port()
         project = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
-        if project.exists():
+        if conf is not None:
+            base, self.source = conf, source or "given by the harness"
+        elif project.exists():
             base = "".join(
                 line for line in project.read_text().splitlines(keepends=True)
                 if not line.strip().startswith(_OWN)
@@ -108,11 +122,17 @@ def wait_port(port, secs):
 
 
 class Database:
-    """A fresh database with hyfleet's migrations, dropped by `drop()`."""
+    """A fresh database with hyfleet's migrations (an empty one with `migrate=False`) on the
+    server of `admin`, dropped by `drop()`."""
 
-    def __init__(self, hyfleet_bin):
+    def __init__(self, hyfleet_bin, admin=None, migrate=True):
+        self.admin = admin or PG_ADMIN
         self.name = f"hyfleet_bench_{uuid.uuid4().hex[:10]}"
-        self.url = PG_ADMIN.rsplit("/", 1)[0] + "/" + self.name
+        self.url = self.admin.rsplit("/", 1)[0] + "/" + self.name
+        if not migrate:
+            with psycopg.connect(self.admin, autocommit=True) as c:
+                c.execute(f"CREATE DATABASE {self.name}")
+            return
         subprocess.run(
             [hyfleet_bin, "migrate"], check=True, stdout=subprocess.DEVNULL,
             env={**os.environ, "DATABASE_URL": self.url, "RUST_LOG": "warn"},
@@ -132,8 +152,108 @@ class Database:
         return psycopg.connect(self.url, autocommit=True)
 
     def drop(self):
-        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+        with psycopg.connect(self.admin, autocommit=True) as c:
             c.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+
+def _pg_bin(name):
+    """A PostgreSQL server program: on the PATH, else the newest /usr/lib/postgresql/*/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda d: int(d.parent.name))
+    if not dirs:
+        raise RuntimeError(f"{name} not found: install PostgreSQL's server package")
+    return str(dirs[-1] / name)
+
+
+class PgCluster:
+    """A throwaway PostgreSQL cluster of the harness's own (initdb + pg_ctl) on a free port, so
+    that every server process's CPU belongs to the measurement, with `pg_stat_statements`
+    loaded. Settings are those of the system server the other phases use (Debian's defaults
+    plus `autovacuum off`, as on the benchmark machine). As root, it runs as `postgres`."""
+
+    SETTINGS = {
+        "shared_buffers": "128MB", "max_wal_size": "1GB", "min_wal_size": "80MB", "max_connections": "100",
+        "autovacuum": "off", "fsync": "on", "synchronous_commit": "on", "timezone": "'Etc/UTC'",
+        "shared_preload_libraries": "'pg_stat_statements'", "pg_stat_statements.track": "top",
+        "pg_stat_statements.max": "5000",
+    }
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="hyfleet-bench-pg-"))
+        self.port = free_port()
+        data = self.dir / "data"
+        as_user = []
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+            as_user = ["runuser", "-u", "postgres", "--"]
+        self._as = as_user
+        subprocess.run(as_user + [_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                                  "-E", "UTF8", "--no-sync"], check=True, stdout=subprocess.DEVNULL)
+        conf = {**self.SETTINGS, "port": str(self.port), "listen_addresses": "'127.0.0.1'",
+                "unix_socket_directories": f"'{self.dir}'"}
+        with open(data / "postgresql.conf", "a") as f:
+            f.write("".join(f"{k} = {v}\n" for k, v in conf.items()))
+        subprocess.run(as_user + [_pg_bin("pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w", "start"],
+                       check=True, stdout=subprocess.DEVNULL)
+        self.data = data
+        self.pid = int((data / "postmaster.pid").read_text().split()[0])
+        self.admin = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(self.admin, autocommit=True) as c:
+            c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            self.version = c.execute("SHOW server_version").fetchone()[0]
+        self.settings = conf
+
+    def cpu_secs(self):
+        """CPU seconds of every server process so far: the postmaster with the children it has
+        reaped, plus its live children."""
+        total = proc_usage(self.pid)[0]
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.pid:
+                total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def reset_statements(self):
+        with psycopg.connect(self.admin, autocommit=True) as c:
+            c.execute("SELECT pg_stat_statements_reset()")
+
+    def statements(self, dbname, limit=15):
+        """The statements run in `dbname` since the last reset, by total execution time:
+        [{query, calls, total_ms, rows}]."""
+        with psycopg.connect(self.admin, autocommit=True) as c:
+            rows = c.execute(
+                # One line per text: the same statement prepared on several connections may
+                # have several entries.
+                "SELECT query, sum(calls), sum(total_exec_time), sum(rows) FROM pg_stat_statements s "
+                "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s "
+                "GROUP BY query ORDER BY 3 DESC LIMIT %s", (dbname, limit)).fetchall()
+        return [{"query": " ".join(q.split())[:400], "calls": int(n), "total_ms": round(t, 2), "rows": int(r)}
+                for q, n, t, r in rows]
+
+    def stop(self):
+        subprocess.run(self._as + [_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_load_below(limit, max_secs, log=print):
+    """Waits (at most `max_secs`) until the 1-minute load average is below `limit`; returns
+    the load average then."""
+    deadline = time.time() + max_secs
+    first = True
+    while os.getloadavg()[0] >= limit and time.time() < deadline:
+        if first:
+            log(f"  waiting for the load average ({os.getloadavg()[0]:.2f}) to fall below {limit}")
+            first = False
+        time.sleep(5)
+    return os.getloadavg()[0]
 
 
 def stored_count(db):
@@ -162,13 +282,15 @@ def wait_stored(db, expected, stall_secs=20, max_secs=300):
     return last, None
 
 
-def loss_check(db, last_seq):
-    """Zero loss: every simulated vehicle's seqs stored exactly once and contiguous 1..last."""
+LOSS_QUERY = ("SELECT v.code, count(*), count(DISTINCT t.seq), min(t.seq), max(t.seq) "
+              "FROM telemetry t JOIN vehicles v ON v.id = t.vehicle GROUP BY v.code")
+
+
+def loss_check(db, last_seq, query=LOSS_QUERY):
+    """Zero loss: every simulated vehicle's seqs stored exactly once and contiguous 1..last.
+    `query` gives (vehicle code, rows, distinct seqs, min seq, max seq) per vehicle."""
     with db.connect() as c:
-        rows = c.execute(
-            "SELECT v.code, count(*), count(DISTINCT t.seq), min(t.seq), max(t.seq) "
-            "FROM telemetry t JOIN vehicles v ON v.id = t.vehicle GROUP BY v.code"
-        ).fetchall()
+        rows = c.execute(query).fetchall()
     got = {code: (n, d, lo, hi) for code, n, d, lo, hi in rows}
     missing, duplicated, bad = 0, 0, []
     for code, last in last_seq.items():

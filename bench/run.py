@@ -378,7 +378,7 @@ name = "bench"
 url = "{hook_url}"
 secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 events = ["alert.opened"]
-rate_per_minute = 100000
+rate_per_minute = 10000
 """ + extra
     path = Path(tempfile.mkdtemp(prefix="hyfleet-bench-")) / "hyfleet.toml"
     path.write_text(text)
@@ -441,7 +441,7 @@ def pg_cpu(db, since=None):
     """CPU seconds of the PostgreSQL backends connected to `db`: a {pid: secs} snapshot, or, with
     `since`, the seconds spent since that snapshot (by backends alive at both ends, plus those
     started since)."""
-    with psycopg.connect(lib.PG_ADMIN, autocommit=True) as c:
+    with psycopg.connect(db.admin, autocommit=True) as c:
         pids = [r[0] for r in c.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s", (db.name,)).fetchall()]
     now = {}
@@ -576,6 +576,314 @@ def summarise(results):
     return out
 
 
+# --- burst: a neutral burst of JSON lines, hyfleet against the naive pipeline ----------------
+
+# Shapes of the burst: publishers (one vehicle each) × readings each.
+BURST_SHAPES = ((50, 2000), (500, 200))
+NAIVE_TABLE = "naive_telemetry"
+
+
+def burst_files(dirpath, publishers, per, end_unix):
+    """One file of JSON lines per vehicle (`BURST-0001`…, bikes): `per` valid hyfleet readings
+    of ~180 bytes each, seq 1..per, one a second ending at `end_unix`, riding small circles
+    at 8 km/h inside the Xiaoyi service area, hydrogen well above the low mark. Returns
+    [(code, path)] and the mean bytes of a reading."""
+    import math
+    out, total = [], 0
+    for i in range(publishers):
+        code = f"BURST-{i + 1:04d}"
+        clat, clon = 37.135 + (i % 25) * 0.001, 111.765 + (i // 25) * 0.0012
+        path = Path(dirpath) / f"{code}.jsonl"
+        lines = []
+        for k in range(per):
+            a = 2 * math.pi * k / 100 + i
+            t = end_unix - per + k + 1
+            body = {
+                "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".000Z", "seq": k + 1,
+                "lat": round(clat + 0.0003 * math.sin(a), 6), "lon": round(clon + 0.00038 * math.cos(a), 6),
+                "hdop": 0.9, "speed_kmh": 8.1, "heading_deg": round(math.degrees(a + math.pi / 2) % 360, 1),
+                "h2_g": round(45 - 0.002 * k, 3), "batt_v": 39.1,
+                "odo_km": round(1000 + i + 0.00225 * k, 3), "locked": False,
+            }
+            lines.append(json.dumps(body, separators=(",", ":")))
+        text = "\n".join(lines) + "\n"
+        total += len(text) - per
+        path.write_text(text)
+        out.append((code, path))
+    return out, total / (publishers * per)
+
+
+def build_naive(args):
+    """Builds the naive peer (bench/peers/naive, a Cargo project of its own) unless told not to."""
+    if not args.build_peers:
+        return
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                    str(ROOT / "bench/peers/naive/Cargo.toml")],
+                   check=True, env={**os.environ, "CARGO_TARGET_DIR": str(args.naive_bin.parent.parent)})
+
+
+def hyfleet_batches(url):
+    """(batches committed, readings in them) from hyfleet's /metrics."""
+    m = lib.scrape(url) or {}
+    return m.get("hyfleet_batch_rows_count"), m.get("hyfleet_batch_rows_sum")
+
+
+def run_burst(system, args, cluster, shape, files, hook):
+    """One measurement: a fresh broker without limits, a fresh database on the harness's own
+    PostgreSQL, `system` subscribed, then every file published at once by its own
+    `mosquitto_pub -l` (QoS 1); timed from the first publisher's start to the row count
+    reaching what was published."""
+    publishers, per = shape
+    broker = lib.Broker(lib.UNLIMITED_BROKER_CONF, "UNLIMITED_BROKER_CONF of bench/lib.py")
+    db = lib.Database(args.hyfleet_bin, admin=cluster.admin, migrate=system == "hyfleet")
+    root = f"bench/{uuid.uuid4().hex[:8]}"
+    proc, pubs, poller, metrics_url = None, [], None, None
+    log = open(Path(tempfile.gettempdir()) / f"hyfleet-bench-burst-{system}.log", "w")
+    try:
+        load = lib.wait_load_below(args.load_below, args.load_wait_each)
+        if system == "hyfleet":
+            cfg, http_port = hyfleet_config(args, broker, db, root, hook.url)
+            proc = start_hyfleet(args, cfg, http_port, log)
+            metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+            count_sql, loss_sql = "SELECT count(*) FROM telemetry", lib.LOSS_QUERY
+        else:
+            proc = subprocess.Popen(
+                [str(args.naive_bin), "--mqtt", f"127.0.0.1:{broker.port}", "--topic", f"{root}/+/+/telemetry",
+                 "--client-id", f"naive-{uuid.uuid4().hex[:6]}", "--dsn", db.url, "--table", NAIVE_TABLE,
+                 "--batch", "5000", "--idle-ms", "50"],
+                stdout=subprocess.PIPE, stderr=log, text=True)
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("the naive peer did not subscribe (see its log)")
+            count_sql = f"SELECT count(*) FROM {NAIVE_TABLE}"
+            loss_sql = (f"SELECT vehicle, count(*), count(DISTINCT seq), min(seq), max(seq) "
+                        f"FROM {NAIVE_TABLE} GROUP BY vehicle")
+        time.sleep(1)
+        poller = psycopg.connect(db.url, autocommit=True)
+        poller_pid = poller.execute("SELECT pg_backend_pid()").fetchone()[0]
+        cluster.reset_statements()
+        b_batches0 = hyfleet_batches(metrics_url) if metrics_url else (None, None)
+        cpu0, _ = lib.proc_usage(proc.pid)
+        bcpu0, _ = lib.proc_usage(broker.proc.pid)
+        pg0, poll0 = cluster.cpu_secs(), lib.proc_usage(poller_pid)[0]
+        expected = publishers * per
+        t0 = time.time()
+        for code, path in files:
+            with open(path, "rb") as f:
+                pubs.append(subprocess.Popen(
+                    ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+                     "-t", f"{root}/bike/{code}/telemetry", "-l"],
+                    stdin=f, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        spawned = time.time() - t0
+        n, last, last_change, t_done, t_pub = 0, -1, time.time(), None, None
+        while True:
+            n = poller.execute(count_sql).fetchone()[0]
+            t = time.time()
+            if t_pub is None and all(p.poll() is not None for p in pubs):
+                t_pub = t
+            if n >= expected:
+                t_done = t
+                break
+            if n != last:
+                last, last_change = n, t
+            elif t - last_change > args.burst_stall:
+                break
+            time.sleep(0.05)
+        cpu1, rss = lib.proc_usage(proc.pid)
+        bcpu1, _ = lib.proc_usage(broker.proc.pid)
+        pg1, poll1 = cluster.cpu_secs(), lib.proc_usage(poller_pid)[0]
+        b_batches1 = hyfleet_batches(metrics_url) if metrics_url else (None, None)
+        # The top 10 of the run (texts cut at 300 characters) keep the result file small.
+        statements = [dict(s, query=s["query"][:300]) for s in cluster.statements(db.name, 20)
+                      if s["query"] != count_sql and "pg_stat_statements" not in s["query"]
+                      and "pg_backend_pid" not in s["query"]][:10]
+        for s in statements:
+            s["calls_per_1000"] = round(s["calls"] / n * 1000, 3) if n else None
+            s["ms_per_1000"] = round(s["total_ms"] / n * 1000, 3) if n else None
+        loss = lib.loss_check(db, {code: per for code, _ in files}, loss_sql)
+        secs = t_done - t0 if t_done else None
+        res = {
+            "system": system, "publishers": publishers, "readings_each": per, "published": expected,
+            "stored": n, **loss, "secs": secs, "readings_per_sec": n / secs if secs else None,
+            "publishers_spawned_secs": spawned, "published_secs": (t_pub - t0) if t_pub else None,
+            "cpu_secs_per_1000": (cpu1 - cpu0) / n * 1000 if n else None,
+            # Every server process of the harness's PostgreSQL, less the row-count poller's backend.
+            "postgres_cpu_secs_per_1000": ((pg1 - pg0) - (poll1 - poll0)) / n * 1000 if n else None,
+            "poller_cpu_secs": poll1 - poll0,
+            "broker_cpu_secs_per_1000": (bcpu1 - bcpu0) / n * 1000 if n else None,
+            "peak_rss_mib": rss, "load_avg_before": load, "load_avg_after": os.getloadavg()[0],
+            "statements": statements,
+        }
+        if metrics_url and b_batches1[0] is not None:
+            batches = b_batches1[0] - (b_batches0[0] or 0)
+            res["batches"] = batches
+            res["rows_per_batch"] = (b_batches1[1] - (b_batches0[1] or 0)) / batches if batches else None
+            res["write_phase_secs"] = write_phases(metrics_url)
+        return res
+    finally:
+        for p in pubs:
+            lib.stop(p, signal.SIGKILL, 5)
+        if poller:
+            poller.close()
+        lib.stop(proc)
+        log.close()
+        db.drop()
+        broker.stop()
+
+
+def summarise_burst(runs):
+    """Per shape: medians per system, the ratios hyfleet ÷ naive, and how far each goal of
+    issue 14 is (throughput ≥ 1.25×, consumer CPU per 1,000 readings ≤ 0.66×)."""
+    out = {}
+    keys = ("readings_per_sec", "secs", "cpu_secs_per_1000", "postgres_cpu_secs_per_1000",
+            "broker_cpu_secs_per_1000", "published_secs", "peak_rss_mib", "rows_per_batch")
+    for publishers, per in BURST_SHAPES:
+        shape = f"{publishers}x{per}"
+        at = [r for r in runs if r["publishers"] == publishers and r["readings_each"] == per]
+        if not at:
+            continue
+        s = {}
+        for system in ("hyfleet", "naive"):
+            rs = [r for r in at if r["system"] == system]
+            if rs:
+                s[system] = {"runs": len(rs), "all_zero_loss": all(r["zero_loss"] for r in rs),
+                             **{k: median(rs, k) for k in keys}}
+        h, nv = s.get("hyfleet"), s.get("naive")
+        if h and nv and h["readings_per_sec"] and nv["readings_per_sec"]:
+            thr = h["readings_per_sec"] / nv["readings_per_sec"]
+            cpu = h["cpu_secs_per_1000"] / nv["cpu_secs_per_1000"]
+            s["ratios"] = {
+                "throughput": thr, "cpu_per_1000": cpu,
+                "postgres_cpu_per_1000": h["postgres_cpu_secs_per_1000"] / nv["postgres_cpu_secs_per_1000"],
+                "throughput_goal": 1.25, "throughput_met": thr >= 1.25,
+                "throughput_factor_to_goal": 1.25 / thr,
+                "cpu_goal": 0.66, "cpu_met": cpu <= 0.66, "cpu_factor_to_goal": cpu / 0.66,
+            }
+        # hyfleet's statements by total time per 1,000 readings, median over the repeats.
+        by = {}
+        for r in at:
+            if r["system"] == "hyfleet":
+                for st in r["statements"]:
+                    by.setdefault(st["query"], []).append(st)
+        top = [{"query": q, "runs": len(v),
+                "calls_per_1000": statistics.median(x["calls_per_1000"] for x in v),
+                "ms_per_1000": statistics.median(x["ms_per_1000"] for x in v)} for q, v in by.items()]
+        s["hyfleet_statements"] = sorted(top, key=lambda x: -x["ms_per_1000"])[:12]
+        out[shape] = s
+    return out
+
+
+def phase_burst(args, hook, log=print):
+    """Both shapes × `--repeats`, hyfleet and the naive peer in turn (their order alternating
+    between repeats), each on a fresh broker and a fresh database of one PostgreSQL cluster
+    of the harness's own."""
+    build_naive(args)
+    cluster = lib.PgCluster()
+    work = Path(tempfile.mkdtemp(prefix="hyfleet-bench-burst-"))
+    res = {"postgres": {"version": cluster.version, "settings": cluster.settings},
+           "broker_config": lib.UNLIMITED_BROKER_CONF, "shapes": {}, "runs": []}
+    try:
+        res["load_avg_at_start"] = lib.wait_load_below(args.load_below, args.load_wait)
+        for publishers, per in BURST_SHAPES:
+            d = work / f"{publishers}x{per}"
+            d.mkdir()
+            files, mean_bytes = burst_files(d, publishers, per, int(time.time()) - 60)
+            res["shapes"][f"{publishers}x{per}"] = {"publishers": publishers, "readings_each": per,
+                                                    "mean_reading_bytes": mean_bytes}
+            for rep in range(args.repeats):
+                order = ("hyfleet", "naive") if rep % 2 == 0 else ("naive", "hyfleet")
+                for system in order:
+                    r = run_burst(system, args, cluster, (publishers, per), files, hook)
+                    r["repeat"] = rep
+                    log(f"[{rep}] burst {publishers}x{per} {system}: {fmt(r['readings_per_sec'])}/s, "
+                        f"zero loss {r['zero_loss']}, CPU {fmt(r['cpu_secs_per_1000'], 4)} s/1k, PostgreSQL "
+                        f"{fmt(r['postgres_cpu_secs_per_1000'], 4)} s/1k, load {r['load_avg_before']:.2f}")
+                    res["runs"].append(r)
+                    res["summary"] = summarise_burst(res["runs"])
+                    yield res
+    finally:
+        cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_burst(b):
+    print("\nburst (publish start → all committed; medians)")
+    print("shape | system | readings/s | CPU ms/1k consumer | CPU ms/1k PostgreSQL | runs | zero loss")
+    for shape, s in b.get("summary", {}).items():
+        for system in ("hyfleet", "naive"):
+            r = s.get(system)
+            if r:
+                print(f"{shape} | {system} | {fmt(r['readings_per_sec'])} | {fmt(r['cpu_secs_per_1000'] * 1000, 1)} | "
+                      f"{fmt(r['postgres_cpu_secs_per_1000'] * 1000, 1)} | {r['runs']} | {r['all_zero_loss']}")
+        q = s.get("ratios")
+        if q:
+            print(f"{shape}: hyfleet ÷ naive throughput {q['throughput']:.2f} (goal ≥ 1.25), CPU/1k "
+                  f"{q['cpu_per_1000']:.2f} (goal ≤ 0.66), PostgreSQL CPU/1k {q['postgres_cpu_per_1000']:.2f}")
+
+
+# --- overload and catch-up ---------------------------------------------------------------------
+
+def phase_overload(args, sustained, fresh_broker, hook):
+    """hyfleet asked for twice its highest sustained simulator rate: the stored rate ÷ that rate
+    (issue 14: ≥ 0.9, degrade, never collapse)."""
+    r, db = run_consumer("hyfleet", args, fresh_broker(), 2 * sustained, hook)
+    db.drop()
+    r["highest_sustained"] = sustained
+    r["stored_over_sustained"] = r["stored_per_sec"] / sustained if r["stored_per_sec"] else None
+    return r
+
+
+def phase_catchup(args, hook):
+    """Readings queued on a private broker with the shipped configuration while hyfleet is
+    down (its persistent session created by a first start), then hyfleet started: the time
+    from its start to all of them stored."""
+    broker = lib.Broker()
+    db = lib.Database(args.hyfleet_bin)
+    root = f"bench/{uuid.uuid4().hex[:8]}"
+    log = open(Path(tempfile.gettempdir()) / "hyfleet-bench-catchup.log", "w")
+    proc = None
+    try:
+        cfg, http_port = hyfleet_config(args, broker, db, root, hook.url)
+        proc = start_hyfleet(args, cfg, http_port, log)  # subscribes: the session exists from now on
+        lib.stop(proc)
+        rate = args.catchup_rate
+        rep = sim_vehicles(args, broker, root, rate, args.catchup_readings / rate, 505)
+        queued = rep["counts"]["readings"]
+        broker_rss = lib.rss_mib(broker.proc.pid)
+        pg0 = pg_cpu(db)
+        bcpu0, _ = lib.proc_usage(broker.proc.pid)
+        t0 = time.time()
+        proc = start_hyfleet(args, cfg, http_port, log, ready_secs=120)
+        ready = time.time() - t0
+        stored, done_ms = lib.wait_stored(db, queued, stall_secs=60, max_secs=3600)
+        cpu1, rss = lib.proc_usage(proc.pid)
+        bcpu1, _ = lib.proc_usage(broker.proc.pid)
+        secs = done_ms / 1000 - t0 if done_ms else None
+        loss = lib.loss_check(db, rep["last_seq"])
+        return {"queued": queued, "publish_rate": rep["readings_per_sec"], "broker_rss_mib_queued": broker_rss,
+                "stored": stored, **loss, "drain_secs": secs, "ready_secs": ready,
+                "readings_per_sec": stored / secs if secs else None,
+                "cpu_secs_per_1000": cpu1 / stored * 1000 if stored else None, "peak_rss_mib": rss,
+                "postgres_cpu_secs_per_1000": pg_cpu(db, pg0) / stored * 1000 if stored else None,
+                "broker_cpu_secs_per_1000": (bcpu1 - bcpu0) / stored * 1000 if stored else None,
+                "load_avg": os.getloadavg()[0], "broker_config_source": broker.source}
+    finally:
+        lib.stop(proc)
+        log.close()
+        db.drop()
+        broker.stop()
+
+
+def sim_vehicles(args, broker, root, rate, duration, vehicles):
+    """The simulator at `rate` for `duration` s over `vehicles` vehicles; its JSON report."""
+    out = subprocess.run(
+        [str(args.bench_bin), "sim", "--mqtt-url", broker.url, "--topic-root", root,
+         "--rate-per-sec", str(rate), "--vehicles", str(vehicles), "--duration-secs",
+         str(duration), "--seed", str(args.seed), "--qos", "1", "--connections", str(args.connections)],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def ratio(a, b):
     return f"{a / b:.2f}" if a and b else "n/a"
 
@@ -613,7 +921,7 @@ def print_table(s):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--phases", default="broker,copy,hyfleet,python,nodered")
+    ap.add_argument("--phases", default="broker,copy,hyfleet,python,nodered,burst,overload,catchup")
     ap.add_argument("--rates", default="5000,10000,20000,30000,40000",
                     help="rising readings/s; a system stops rising after its first unsustained rate")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of publishing per run")
@@ -635,6 +943,23 @@ def main():
     ap.add_argument("--api-requests", type=int, default=200, help="timed requests of each API query")
     ap.add_argument("--hyfleet-bin", type=Path, default=TARGET / "release/hyfleet")
     ap.add_argument("--bench-bin", type=Path, default=TARGET / "release/hyfleet-bench")
+    ap.add_argument("--sustained", type=float,
+                    help="overload phase: hyfleet's highest sustained rate (default: the hyfleet phase's, same run)")
+    ap.add_argument("--catchup-readings", type=int, default=300000,
+                    help="catchup phase: readings queued while hyfleet is down (an hour of the full fleet: 1818000)")
+    ap.add_argument("--catchup-rate", type=float, default=20000, help="catchup phase: readings/s asked while queueing")
+    ap.add_argument("--load-below", type=float, default=1.2,
+                    help="burst phase: wait for the 1-minute load average to fall below this before measuring")
+    ap.add_argument("--load-wait", type=float, default=600, help="burst phase: at most this long at its start (s)")
+    ap.add_argument("--load-wait-each", type=float, default=60,
+                    help="burst phase: at most this long before each measurement (s)")
+    ap.add_argument("--burst-stall", type=float, default=30,
+                    help="burst phase: give up when the row count has not moved for this long (s)")
+    ap.add_argument("--naive-bin", type=Path, default=TARGET / "bench-peers/release/hyfleet-naive-peer")
+    ap.add_argument("--no-build-peers", dest="build_peers", action="store_false",
+                    help="do not build bench/peers/naive (use --naive-bin as it is)")
+    ap.add_argument("--plots", type=Path, default=ROOT / "docs/bench",
+                    help="directory for the SVG plots made from the results ('' for none)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     phases = args.phases.split(",")
@@ -654,6 +979,19 @@ def main():
 
     def save():
         results["summary"] = summarise(results)
+        if results.get("overload"):
+            o = results["overload"]
+            results["summary"]["overload"] = {
+                "highest_sustained": o[0]["highest_sustained"], "asked": o[0]["rate"], "runs": len(o),
+                "stored_per_sec": median(o, "stored_per_sec"),
+                "stored_over_sustained": median(o, "stored_over_sustained"), "goal": 0.9}
+        if results.get("catchup"):
+            c = results["catchup"]
+            results["summary"]["catchup"] = {
+                "runs": len(c), "queued": median(c, "queued"), "drain_secs": median(c, "drain_secs"),
+                "readings_per_sec": median(c, "readings_per_sec"),
+                "broker_rss_mib_queued": median(c, "broker_rss_mib_queued"),
+                "all_zero_loss": all(r["zero_loss"] for r in c)}
         out.write_text(json.dumps(results, indent=2))
 
     def fresh_broker():
@@ -690,6 +1028,30 @@ def main():
                     if not r["sustained"]:
                         break
                 save()
+        if "burst" in phases:
+            for b in phase_burst(args, hook, log=lambda m: print(m, flush=True)):
+                results["burst"] = b
+                save()
+        if "overload" in phases:
+            sustained = args.sustained or (summarise(results).get("hyfleet") or {}).get("sustained_rate")
+            if not sustained:
+                print("overload: no sustained rate: run the hyfleet phase first or give --sustained", flush=True)
+            else:
+                results["overload"] = []
+                for rep in range(args.repeats):
+                    r = phase_overload(args, sustained, fresh_broker, hook)
+                    print(f"[{rep}] overload @ {r['rate']:.0f}/s: stored {fmt(r['stored_per_sec'])}/s = "
+                          f"{r['stored_over_sustained'] or 0:.2f} of {sustained:.0f}/s", flush=True)
+                    results["overload"].append(r)
+                    save()
+        if "catchup" in phases:
+            results["catchup"] = []
+            for rep in range(args.repeats):
+                r = phase_catchup(args, hook)
+                print(f"[{rep}] catch-up: {r['queued']:,} queued, stored in {fmt(r['drain_secs'], 1)} s "
+                      f"({fmt(r['readings_per_sec'])}/s), zero loss {r['zero_loss']}", flush=True)
+                results["catchup"].append(r)
+                save()
         if "api" in phases:
             results["api"] = phase_api(args, broker, hook)
             save()
@@ -702,7 +1064,19 @@ def main():
             print_table(results["summary"])
         if results.get("api"):
             print_api(results["api"])
+        if results.get("burst"):
+            print_burst(results["burst"])
+        for k in ("overload", "catchup"):
+            if results["summary"].get(k):
+                print(f"\n{k}: {json.dumps(results['summary'][k])}")
         print(f"\nwritten to {out}")
+        if str(args.plots) not in ("", "."):
+            try:
+                import plots
+                for p in plots.make([results], args.plots):
+                    print(f"plot: {p}")
+            except ImportError as e:
+                print(f"no plots ({e}): pip install -r bench/requirements.txt")
 
 
 if __name__ == "__main__":
