@@ -248,9 +248,10 @@ impl IngestEvent<'_> {
 pub enum WritePhase {
     /// Vehicle ids resolved (registered on first sight) and the batch's vehicles locked.
     Lock,
-    /// Readings sent by binary COPY into the staging table.
+    /// Readings staged by binary COPY: only a batch holding a reading stored before.
     Copy,
-    /// Staged readings moved into `telemetry`, duplicates skipped.
+    /// Readings into `telemetry`: by binary COPY when all are new, else from the staging
+    /// table with duplicates skipped.
     Insert,
     /// Minute and day rollups, events, statuses and rejects.
     Records,

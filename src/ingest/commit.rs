@@ -238,9 +238,15 @@ async fn store_readings<'a>(
         return Ok(Vec::new());
     }
     let id_of = |r: &Reading| refs[&r.vehicle].id;
-    telemetry::copy(tx, readings, id_of).await?;
-    clock.lap(WritePhase::Copy);
-    let mut new = telemetry::move_in(tx, partitions::unpacked_from(now)).await?;
+    let unpacked_from = partitions::unpacked_from(now);
+    let mut new = match telemetry::copy_new(tx, readings, id_of, unpacked_from).await? {
+        Some(all) => all,
+        None => {
+            telemetry::copy(tx, readings, id_of).await?;
+            clock.lap(WritePhase::Copy);
+            telemetry::move_in(tx, unpacked_from).await?
+        }
+    };
     clock.lap(WritePhase::Insert);
     outcome.stored = new.len();
     outcome.duplicates = readings.len() - new.len();

@@ -1,11 +1,14 @@
-//! The telemetry repository: readings go through binary COPY into a per-connection staging
-//! table, then into `telemetry` with duplicates skipped, so that a redelivered or resent
-//! reading is stored once and only the new ones go on to the rules.
+//! The telemetry repository: each reading is stored once, and only the new ones go on to the
+//! rules. Most batches hold only new readings: they go by binary COPY straight into
+//! `telemetry` ([`copy_new`]). A batch with a reading stored before (a redelivery, a resent
+//! backlog, the same reading twice) goes the careful way: binary COPY into a per-connection
+//! staging table ([`copy`]), then into `telemetry` with duplicates skipped ([`move_in`]).
 
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use futures_util::SinkExt as _;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Transaction};
 
 use super::copy::CopyBuf;
@@ -17,6 +20,11 @@ const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS telemetry_in
 
 const COPY_IN: &str =
     "COPY telemetry_in (ts, seq, lat, lon, odo_km, vehicle, speed_kmh, h2_g, hdop,
+    heading_deg, h2_pressure_bar, tank_temp_c, fc_power_w, fc_temp_c, batt_v, locked, faults, extra)
+    FROM STDIN BINARY";
+
+const COPY_DIRECT: &str =
+    "COPY telemetry (ts, seq, lat, lon, odo_km, vehicle, speed_kmh, h2_g, hdop,
     heading_deg, h2_pressure_bar, tank_temp_c, fc_power_w, fc_temp_c, batt_v, locked, faults, extra)
     FROM STDIN BINARY";
 const COLUMNS: i16 = 18;
@@ -40,13 +48,49 @@ pub async fn prepare(client: &Client) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(STAGING).await
 }
 
+/// Store `readings` straight into `telemetry` when every one is new, and return their keys.
+/// `None` when one was stored before (the unique constraint refused the copy, which a
+/// savepoint undoes) or when one is old enough to be in a pack, where the constraint cannot
+/// see it: then the batch must go through [`copy`] and [`move_in`].
+pub async fn copy_new(
+    tx: &Transaction<'_>,
+    readings: &[Reading],
+    id_of: impl Fn(&Reading) -> i32,
+    unpacked_from: DateTime<Utc>,
+) -> Result<Option<HashSet<Key>>, tokio_postgres::Error> {
+    if readings.iter().any(|r| r.ts < unpacked_from) {
+        return Ok(None);
+    }
+    tx.batch_execute("SAVEPOINT readings").await?;
+    match copy_into(tx, COPY_DIRECT, readings, &id_of).await {
+        Ok(()) => {
+            tx.batch_execute("RELEASE SAVEPOINT readings").await?;
+            Ok(Some(readings.iter().map(|r| key(r, id_of(r))).collect()))
+        }
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT readings").await?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Stage `readings` for [`move_in`] (binary COPY, one round trip).
 pub async fn copy(
     tx: &Transaction<'_>,
     readings: &[Reading],
     id_of: impl Fn(&Reading) -> i32,
 ) -> Result<(), tokio_postgres::Error> {
-    let sink = tx.copy_in::<_, bytes::Bytes>(COPY_IN).await?;
+    copy_into(tx, COPY_IN, readings, &id_of).await
+}
+
+async fn copy_into(
+    tx: &Transaction<'_>,
+    statement: &str,
+    readings: &[Reading],
+    id_of: &impl Fn(&Reading) -> i32,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in::<_, bytes::Bytes>(statement).await?;
     futures_util::pin_mut!(sink);
     sink.send(encode(readings, id_of)).await?;
     sink.finish().await?;
@@ -71,7 +115,7 @@ pub fn key(r: &Reading, id: i32) -> Key {
     (id, r.ts, r.seq.map(i64::from))
 }
 
-fn encode(readings: &[Reading], id_of: impl Fn(&Reading) -> i32) -> bytes::Bytes {
+fn encode(readings: &[Reading], id_of: &impl Fn(&Reading) -> i32) -> bytes::Bytes {
     let mut buf = CopyBuf::with_capacity(readings.len() * 140);
     for r in readings {
         buf.row(COLUMNS);

@@ -12,7 +12,7 @@ use hyfleet::domain::{
 };
 use hyfleet::geo::{Crs, ZoneIndex};
 use hyfleet::ingest::Services;
-use hyfleet::ingest::commit::Committer;
+use hyfleet::ingest::commit::{Committer, Outcome};
 use hyfleet::live::{Hub, LiveEvent};
 use hyfleet::rules::{Engine, SharedEngine, VehicleRuleState};
 use hyfleet::store::alerts::{self, ActionError};
@@ -118,13 +118,18 @@ impl Lab {
     /// Commit `readings` as one batch arriving at `now`; returns the alert transitions it
     /// published.
     async fn batch(&mut self, readings: Vec<Reading>, now: DateTime<Utc>) -> Vec<AlertEvent> {
+        self.commit(readings, now).await;
+        self.published()
+    }
+
+    async fn commit(&mut self, readings: Vec<Reading>, now: DateTime<Utc>) -> Outcome {
         let mut batch = Decoded {
             readings,
             ..Decoded::default()
         };
-        self.committer.commit(&mut batch, now).await.unwrap();
+        let outcome = self.committer.commit(&mut batch, now).await.unwrap();
         assert!(batch.rejects.is_empty(), "{:?}", batch.rejects);
-        self.published()
+        outcome
     }
 
     /// What the live feed was told since the last look.
@@ -502,4 +507,44 @@ async fn learning_never_overwrites_the_operator_set_consumption() {
     );
     let learned: f32 = row.get::<_, Option<f32>>(1).expect("learned");
     assert!((learned - 6.0 / 7.2).abs() < 1e-3, "{learned}");
+}
+
+#[tokio::test]
+async fn readings_stored_before_are_skipped_and_the_new_ones_stored_once() {
+    let mut lab = Lab::new().await;
+    let v = lab.vehicle("XY-B0011").await;
+    let first: Vec<Reading> = (0..5).map(|i| lab.rd(&v, i * 10, 30.0)).collect();
+    let fresh = lab.commit(first.clone(), lab.t(50)).await;
+    assert_eq!((fresh.stored, fresh.duplicates), (5, 0));
+    // A redelivery of the five, two new readings, and one of them sent twice.
+    let mut again = first;
+    again.extend([
+        lab.rd(&v, 60, 29.9),
+        lab.rd(&v, 70, 29.8),
+        lab.rd(&v, 70, 29.8),
+    ]);
+    let mixed = lab.commit(again, lab.t(80)).await;
+    assert_eq!((mixed.stored, mixed.duplicates), (2, 6));
+    assert_eq!(mixed.newest_ts, Some(lab.t(70)));
+    let (rows, distinct): (i64, i64) = {
+        let r = lab
+            .client
+            .query_one(
+                "SELECT count(*), count(DISTINCT (vehicle, ts, seq)) FROM telemetry",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((rows, distinct), (7, 7));
+    // The rules saw each new reading once: the last one acted on is the newest.
+    let state: serde_json::Value = lab
+        .client
+        .query_one("SELECT rule_state FROM vehicles WHERE id = $1", &[&v.id])
+        .await
+        .unwrap()
+        .get(0);
+    let state: VehicleRuleState = serde_json::from_value(state).unwrap();
+    assert_eq!(state.last_ts, Some(lab.t(70)));
 }
