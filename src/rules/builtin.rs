@@ -55,6 +55,15 @@ pub(crate) struct GpsCheck {
     pub verdict: Verdict,
 }
 
+impl GpsCheck {
+    /// A reading without a usable fix: no judgement of plausibility either way.
+    pub const NO_FIX: GpsCheck = GpsCheck {
+        plausible: false,
+        step_m: 0.0,
+        verdict: Verdict::Unknown,
+    };
+}
+
 /// Whether going from `a` to `b` is possible, allowing each fix its tolerance.
 fn possible(a: &Fix, b: &Fix, tol_m: f64, max_kmh: f32) -> (bool, f64, f64) {
     let d = distance_m(a.lat, a.lon, b.lat, b.lon);

@@ -183,16 +183,10 @@ impl Engine {
                 self.fix_pos(state)
             },
         };
-
         let tol = self.tolerance_m(r.hdop);
-        let gps = if has_fix {
-            builtin::gps_check(state, r, tol, t)
-        } else {
-            builtin::GpsCheck {
-                plausible: false,
-                step_m: 0.0,
-                verdict: Verdict::Unknown,
-            }
+        let gps = match has_fix {
+            true => builtin::gps_check(state, r, tol, t),
+            false => builtin::GpsCheck::NO_FIX,
         };
         self.judge(
             state,
@@ -221,20 +215,7 @@ impl Engine {
                 ride::advance(ride, gps.step_m, r.odo_km);
             }
         }
-        match (r.locked, state.ride.is_some()) {
-            (Some(false), false) => {
-                let pos = self.fix_pos(state);
-                ride::start(state, r.ts, pos, r.odo_km);
-            }
-            (Some(true), true) => {
-                let end = geo.or_else(|| self.last_geo_fix(state));
-                self.finish_ride(state, &mut out, r.ts, end, r.odo_km, info);
-            }
-            _ => {}
-        }
-        if r.locked.is_some() {
-            state.locked = r.locked;
-        }
+        self.on_lock(state, &mut out, r, geo, info);
 
         let level = builtin::low_h2(
             r.h2_g,
@@ -279,6 +260,32 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// An unlock starts a ride, a lock ends the one in progress (where it ended: the reading's
+    /// plausible fix, else the last good one).
+    fn on_lock(
+        &self,
+        state: &mut VehicleRuleState,
+        out: &mut Vec<Output>,
+        r: &Reading,
+        geo: Option<GeoFix>,
+        info: &VehicleInfo,
+    ) {
+        match (r.locked, state.ride.is_some()) {
+            (Some(false), false) => {
+                let pos = self.fix_pos(state);
+                ride::start(state, r.ts, pos, r.odo_km);
+            }
+            (Some(true), true) => {
+                let end = geo.or_else(|| self.last_geo_fix(state));
+                self.finish_ride(state, out, r.ts, end, r.odo_km, info);
+            }
+            _ => {}
+        }
+        if r.locked.is_some() {
+            state.locked = r.locked;
+        }
     }
 
     /// `r` where the vehicle is: at the last good fix when `r`'s own is of no value. The leak
