@@ -151,237 +151,313 @@ impl Leaving {
 }
 
 /// Poll the session until the stop is complete: see the module's comment for the two ways.
-pub async fn poll(
-    session: Session,
-    pipeline: Pipeline,
-    mut shutdown: Shutdown,
-    start: Start,
-) -> Ended {
-    let Session {
-        client,
-        mut eventloop,
-        filter,
-        metrics,
-        health,
-        retire_on_shutdown,
-    } = session;
-    let Pipeline {
-        tx,
-        mut acked,
-        mut drained,
-    } = pipeline;
-    let mut tx = Some(tx);
-    let mut phase = match start {
-        Start::Subscribe => Phase::Running,
-        Start::Leave => Phase::Leaving(Leaving::new()),
+pub async fn poll(session: Session, pipeline: Pipeline, shutdown: Shutdown, start: Start) -> Ended {
+    let mut p = Poller {
+        phase: match start {
+            Start::Subscribe => Phase::Running,
+            Start::Leave => Phase::Leaving(Leaving::new()),
+        },
+        s: session,
+        tx: Some(pipeline.tx),
+        acked: pipeline.acked,
+        drained: pipeline.drained,
+        shutdown,
+        ended: Ended::default(),
+        connected: false,
+        acker_gone: false,
+        late: false,
+        backoff: Duration::from_millis(200),
     };
-    let mut ended = Ended::default();
-    let mut connected = false;
-    let mut acker_gone = false;
-    let mut late = false;
-    let mut backoff = Duration::from_millis(200);
-    'poll: loop {
-        if let Phase::Leaving(l) = &mut phase
-            && connected
+    loop {
+        if p.leave_step() == Flow::Break {
+            break;
+        }
+        let event = match p.next_event().await {
+            Next::Event(e) => e,
+            Next::Again => continue,
+            Next::Stop => break,
+        };
+        let flow = match event {
+            Ok(Event::Incoming(Packet::Publish(publish))) => p.on_publish(publish).await,
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => p.on_connack(ack.session_present),
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                IngestEvent::Subscribed.record(&p.s.metrics, &p.s.health);
+                Flow::Continue
+            }
+            Ok(Event::Incoming(Packet::UnsubAck(_))) => p.on_unsuback(),
+            Ok(_) => Flow::Continue,
+            Err(e) => p.on_error(e).await,
+        };
+        if flow == Flow::Break {
+            break;
+        }
+    }
+    p.finish(start).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Break,
+}
+
+enum Next {
+    Event(Result<Event, rumqttc::ConnectionError>),
+    /// Something other than the broker woke the poller; look again.
+    Again,
+    Stop,
+}
+
+/// The poller's state between events.
+struct Poller {
+    s: Session,
+    phase: Phase,
+    /// Where messages go; dropped when the poller takes no more.
+    tx: Option<mpsc::Sender<Incoming>>,
+    acked: watch::Receiver<u64>,
+    drained: oneshot::Receiver<()>,
+    shutdown: Shutdown,
+    ended: Ended,
+    connected: bool,
+    acker_gone: bool,
+    /// A message arrived after the session was proven empty.
+    late: bool,
+    backoff: Duration,
+}
+
+impl Poller {
+    /// While leaving: unsubscribe, and once everything taken is acknowledged, send the second
+    /// UNSUBSCRIBE whose UNSUBACK proves the queue empty.
+    fn leave_step(&mut self) -> Flow {
+        if let Phase::Leaving(l) = &mut self.phase
+            && self.connected
             && !l.empty
             && l.barrier.is_none()
         {
-            let all_acked = *acked.borrow() == ended.taken;
+            let all_acked = *self.acked.borrow() == self.ended.taken;
             if !l.unsubscribed || all_acked {
-                if let Err(e) = client.try_unsubscribe(filter.clone()) {
+                if let Err(e) = self.s.client.try_unsubscribe(self.s.filter.clone()) {
                     tracing::error!(error = %e, "cannot queue the unsubscription");
-                    break 'poll;
+                    return Flow::Break;
                 }
-                l.barrier = Some((ended.taken, all_acked));
+                l.barrier = Some((self.ended.taken, all_acked));
                 l.unsubscribed = true;
             }
         }
-        let stop_at = match &phase {
+        Flow::Continue
+    }
+
+    /// Stop taking messages, to come back (keep the session) or to retire (leave it).
+    fn begin_stop(&mut self) {
+        let retire = self.s.retire_on_shutdown || self.shutdown.is_retiring();
+        self.phase = begin_stop(retire, &self.s.filter);
+        if matches!(self.phase, Phase::Stopping(_)) {
+            // Keep polling so that the acknowledgements of what was taken go out.
+            self.tx = None;
+        }
+    }
+
+    fn stall_at(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Leaving(l) => Some(l.stall_at),
+            _ => None,
+        }
+    }
+
+    /// Whether leaving still moves; logs when it has stalled for good.
+    fn leaving_progressed(&mut self) -> bool {
+        let acked = *self.acked.borrow();
+        if let Phase::Leaving(l) = &mut self.phase
+            && l.progressed(self.ended.taken, acked)
+        {
+            return true;
+        }
+        tracing::error!(stall = ?LEAVE_STALL, "leaving made no progress; the session is kept");
+        false
+    }
+
+    async fn next_event(&mut self) -> Next {
+        let stop_at = match &self.phase {
             Phase::Stopping(at) => Some(*at),
             _ => None,
         };
-        let stall_at = match &phase {
-            Phase::Leaving(l) => Some(l.stall_at),
-            _ => None,
-        };
-        let leaving = matches!(phase, Phase::Leaving(_));
-        let event = tokio::select! {
+        let stall_at = self.stall_at();
+        let running = matches!(self.phase, Phase::Running);
+        let leaving = matches!(self.phase, Phase::Leaving(_));
+        tokio::select! {
             biased;
-            _ = shutdown.wait(), if matches!(phase, Phase::Running) => {
-                phase = begin_stop(retire_on_shutdown || shutdown.is_retiring(), &filter);
-                if matches!(phase, Phase::Stopping(_)) {
-                    tx = None; // keep polling so that the acknowledgements of what was taken go out
-                }
-                continue;
+            _ = self.shutdown.wait(), if running => {
+                self.begin_stop();
+                Next::Again
             }
-            _ = &mut drained, if tx.is_none() => {
-                ended.drained = true;
-                break;
+            _ = &mut self.drained, if self.tx.is_none() => {
+                self.ended.drained = true;
+                Next::Stop
             }
             _ = sleep_until_opt(stop_at) => {
                 tracing::warn!("gave up waiting for in-flight batches; the broker will redeliver them");
-                break;
+                Next::Stop
             }
             _ = sleep_until_opt(stall_at) => {
-                if let Phase::Leaving(l) = &mut phase && l.progressed(ended.taken, *acked.borrow()) {
-                    continue;
-                }
-                tracing::error!(stall = ?LEAVE_STALL, "leaving made no progress; the session is kept");
-                break;
+                if self.leaving_progressed() { Next::Again } else { Next::Stop }
             }
-            r = acked.changed(), if leaving && !acker_gone => {
-                acker_gone = r.is_err();
-                continue;
+            r = self.acked.changed(), if leaving && !self.acker_gone => {
+                self.acker_gone = r.is_err();
+                Next::Again
             }
-            ev = eventloop.poll() => ev,
+            ev = self.s.eventloop.poll() => Next::Event(ev),
+        }
+    }
+
+    /// Hand a message to the pipeline, waiting while it is full (backpressure). A stop for a
+    /// restart drops the message unacknowledged; leaving never drops one.
+    async fn on_publish(&mut self, p: rumqttc::Publish) -> Flow {
+        let Some(sender) = self.tx.clone() else {
+            if matches!(&self.phase, Phase::Leaving(l) if l.empty) {
+                // Against the proof of an empty queue: keep the session rather than delete
+                // what it holds.
+                tracing::error!(topic = %p.topic, "a message arrived after the session was drained; the session is kept");
+                self.late = true;
+            }
+            return Flow::Continue; // stopping: not acknowledged, so the broker keeps it
         };
-        match event {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let Some(sender) = tx.clone() else {
-                    if matches!(&phase, Phase::Leaving(l) if l.empty) {
-                        // Against the proof of an empty queue: keep the session rather than
-                        // delete what it holds.
-                        tracing::error!(topic = %p.topic, "a message arrived after the session was drained; the session is kept");
-                        late = true;
+        let mut ack = rumqttc::Publish::new("", p.qos, Vec::new());
+        ack.pkid = p.pkid;
+        let mut msg = Some(Incoming {
+            topic: p.topic,
+            payload: p.payload,
+            ack,
+            received: chrono::Utc::now(),
+            retain: p.retain,
+        });
+        while let Some(m) = msg.take() {
+            let stall_at = self.stall_at();
+            let running = matches!(self.phase, Phase::Running);
+            tokio::select! {
+                biased;
+                permit = sender.reserve() => match permit {
+                    Ok(permit) => {
+                        permit.send(m);
+                        self.ended.taken += 1;
+                        self.s.metrics.messages_received.inc();
+                        self.s.metrics.unacked.inc();
                     }
-                    continue; // stopping: not acknowledged, so the broker keeps it
-                };
-                let mut ack = rumqttc::Publish::new("", p.qos, Vec::new());
-                ack.pkid = p.pkid;
-                let mut msg = Some(Incoming {
-                    topic: p.topic,
-                    payload: p.payload,
-                    ack,
-                    received: chrono::Utc::now(),
-                    retain: p.retain,
-                });
-                // Wait while the pipeline is full (backpressure). A stop for a restart drops
-                // the message unacknowledged; leaving never drops one.
-                while let Some(m) = msg.take() {
-                    let stall_at = match &phase {
-                        Phase::Leaving(l) => Some(l.stall_at),
-                        _ => None,
-                    };
-                    tokio::select! {
-                        biased;
-                        permit = sender.reserve() => match permit {
-                            Ok(permit) => {
-                                permit.send(m);
-                                ended.taken += 1;
-                                metrics.messages_received.inc();
-                                metrics.unacked.inc();
-                            }
-                            Err(_) => break 'poll, // the pipeline stopped
-                        },
-                        _ = shutdown.wait(), if matches!(phase, Phase::Running) => {
-                            phase = begin_stop(retire_on_shutdown || shutdown.is_retiring(), &filter);
-                            if matches!(phase, Phase::Stopping(_)) {
-                                tx = None;
-                            } else {
-                                msg = Some(m);
-                            }
-                        }
-                        _ = sleep_until_opt(stall_at) => {
-                            if let Phase::Leaving(l) = &mut phase && l.progressed(ended.taken, *acked.borrow()) {
-                                msg = Some(m);
-                                continue;
-                            }
-                            tracing::error!(stall = ?LEAVE_STALL, "leaving made no progress; the session is kept");
-                            break 'poll;
-                        }
+                    Err(_) => return Flow::Break, // the pipeline stopped
+                },
+                _ = self.shutdown.wait(), if running => {
+                    self.begin_stop();
+                    if !matches!(self.phase, Phase::Stopping(_)) {
+                        msg = Some(m);
                     }
                 }
-            }
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(200);
-                connected = true;
-                ended.session_present = ack.session_present;
-                if let Phase::Leaving(l) = &mut phase {
-                    tracing::info!(session_present = ack.session_present, %filter, "connected to drain and end this session");
-                    l.stall_at = Instant::now() + LEAVE_STALL;
-                } else {
-                    tracing::info!(session_present = ack.session_present, %filter, "connected to the MQTT broker");
-                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                        tracing::error!(error = %e, "cannot queue the subscription");
+                _ = sleep_until_opt(stall_at) => {
+                    if !self.leaving_progressed() {
+                        return Flow::Break;
                     }
+                    msg = Some(m);
                 }
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                IngestEvent::Subscribed.record(&metrics, &health);
-            }
-            Ok(Event::Incoming(Packet::UnsubAck(_))) => {
-                if let Phase::Leaving(l) = &mut phase
-                    && let Some((taken, all_acked)) = l.barrier.take()
-                    && all_acked
-                    && taken == ended.taken
-                {
-                    tracing::info!(
-                        taken = ended.taken,
-                        "the broker holds nothing more for this session"
-                    );
-                    l.empty = true;
-                    tx = None; // the pipeline finishes: every acknowledgement is already out
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                connected = false;
-                match phase {
-                    Phase::Stopping(_) => {
-                        // The broker is gone: nothing more to send.
-                        IngestEvent::Disconnected.record(&metrics, &health);
-                        break;
-                    }
-                    Phase::Leaving(_) => {
-                        IngestEvent::Disconnected.record(&metrics, &health);
-                        // What was taken on this connection and not acknowledged is delivered
-                        // again to the session, which only a new leave can take.
-                        tracing::error!(error = %e, "lost the broker while leaving; the session is kept");
-                        break;
-                    }
-                    Phase::Running => {}
-                }
-                IngestEvent::ConnectionLost {
-                    error: &e,
-                    retry_in: backoff,
-                }
-                .record(&metrics, &health);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait() => {
-                        phase = begin_stop(retire_on_shutdown || shutdown.is_retiring(), &filter);
-                        if matches!(phase, Phase::Stopping(_)) {
-                            tx = None;
-                        }
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+        Flow::Continue
     }
-    ended.leaving = matches!(phase, Phase::Leaving(_)) || start == Start::Leave;
-    let emptied = matches!(&phase, Phase::Leaving(l) if l.empty) && ended.drained && !late;
-    IngestEvent::Disconnected.record(&metrics, &health);
-    let _ = client.try_disconnect();
-    // Let the disconnect (and any acknowledgement queued before it) go out.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while let Ok(ev) = eventloop.poll().await {
-            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
-                break;
+
+    fn on_connack(&mut self, session_present: bool) -> Flow {
+        self.backoff = Duration::from_millis(200);
+        self.connected = true;
+        self.ended.session_present = session_present;
+        let filter = &self.s.filter;
+        if let Phase::Leaving(l) = &mut self.phase {
+            tracing::info!(session_present, %filter, "connected to drain and end this session");
+            l.stall_at = Instant::now() + LEAVE_STALL;
+        } else {
+            tracing::info!(session_present, %filter, "connected to the MQTT broker");
+            if let Err(e) = self
+                .s
+                .client
+                .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+            {
+                tracing::error!(error = %e, "cannot queue the subscription");
             }
         }
-    })
-    .await;
-    if emptied {
-        match end_session(&eventloop.mqtt_options).await {
-            Ok(()) => ended.left = true,
-            Err(e) => tracing::error!(
-                error = format!("{e:#}"),
-                "the session is drained but could not be deleted; it holds nothing"
-            ),
-        }
+        Flow::Continue
     }
-    ended
+
+    /// The UNSUBACK of the UNSUBSCRIBE sent behind the last acknowledgement proves the queue
+    /// empty: the pipeline finishes, every acknowledgement already out.
+    fn on_unsuback(&mut self) -> Flow {
+        if let Phase::Leaving(l) = &mut self.phase
+            && let Some((taken, all_acked)) = l.barrier.take()
+            && all_acked
+            && taken == self.ended.taken
+        {
+            tracing::info!(
+                taken = self.ended.taken,
+                "the broker holds nothing more for this session"
+            );
+            l.empty = true;
+            self.tx = None;
+        }
+        Flow::Continue
+    }
+
+    async fn on_error(&mut self, e: rumqttc::ConnectionError) -> Flow {
+        self.connected = false;
+        match self.phase {
+            Phase::Stopping(_) => {
+                // The broker is gone: nothing more to send.
+                IngestEvent::Disconnected.record(&self.s.metrics, &self.s.health);
+                return Flow::Break;
+            }
+            Phase::Leaving(_) => {
+                IngestEvent::Disconnected.record(&self.s.metrics, &self.s.health);
+                // What was taken on this connection and not acknowledged is delivered again to
+                // the session, which only a new leave can take.
+                tracing::error!(error = %e, "lost the broker while leaving; the session is kept");
+                return Flow::Break;
+            }
+            Phase::Running => {}
+        }
+        IngestEvent::ConnectionLost {
+            error: &e,
+            retry_in: self.backoff,
+        }
+        .record(&self.s.metrics, &self.s.health);
+        tokio::select! {
+            _ = tokio::time::sleep(self.backoff) => {}
+            _ = self.shutdown.wait() => self.begin_stop(),
+        }
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        Flow::Continue
+    }
+
+    /// Disconnect, letting what is queued go out; end the session if it was proven empty.
+    async fn finish(mut self, start: Start) -> Ended {
+        let mut ended = self.ended;
+        ended.leaving = matches!(self.phase, Phase::Leaving(_)) || start == Start::Leave;
+        let emptied =
+            matches!(&self.phase, Phase::Leaving(l) if l.empty) && ended.drained && !self.late;
+        IngestEvent::Disconnected.record(&self.s.metrics, &self.s.health);
+        let _ = self.s.client.try_disconnect();
+        // Let the disconnect (and any acknowledgement queued before it) go out.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Ok(ev) = self.s.eventloop.poll().await {
+                if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        if emptied {
+            match end_session(&self.s.eventloop.mqtt_options).await {
+                Ok(()) => ended.left = true,
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "the session is drained but could not be deleted; it holds nothing"
+                ),
+            }
+        }
+        ended
+    }
 }
 
 fn begin_stop(retire: bool, filter: &str) -> Phase {
