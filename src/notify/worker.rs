@@ -229,34 +229,11 @@ impl Worker {
         if due.is_empty() {
             return Ok(false); // raced with another worker between the two queries
         }
-        let budget = match hook.rate_per_minute {
-            None => usize::MAX,
-            Some(rate) => {
-                let (used, oldest) = recent_attempts(&tx, hook.id, now).await?;
-                let left = (rate as i64 - used).max(0) as usize;
-                if left == 0 {
-                    // Come back when the oldest request of the window ages out.
-                    let until = later(oldest.unwrap_or(now), chrono::Duration::seconds(60));
-                    pause(&tx, hook.id, until).await?;
-                    tx.commit().await?;
-                    return Ok(true);
-                }
-                left
-            }
+        let Some(budget) = requests_left(&tx, &hook, now).await? else {
+            tx.commit().await?;
+            return Ok(true); // paused until the rate allows
         };
-        let (covered, digest) = if hook.format.is_chat() && due.len() > budget {
-            let events: Vec<AlertEvent> = due
-                .iter()
-                .map_while(|d| d.event.as_ref().ok().cloned())
-                .collect();
-            let n = message::digest_chunks(hook.format, &events)
-                .first()
-                .copied()
-                .unwrap_or(1);
-            (&due[..n], n > 1)
-        } else {
-            (&due[..1], false)
-        };
+        let (covered, digest) = cover(&hook, &due, budget);
         let event_ids: Vec<uuid::Uuid> = covered
             .iter()
             .filter_map(|d| d.event.as_ref().ok().map(|e| e.id))
@@ -279,42 +256,22 @@ impl Worker {
                 tracing::debug!(webhook = %hook.name, ?status, error = error.as_deref(), "delivery attempt failed")
             }
         }
-        tx.execute(
-            "INSERT INTO webhook_attempts
-                 (webhook_id, at, event_ids, digest, status_code, error, duration_ms, ok)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &hook.id,
-                &now,
-                &event_ids,
-                &digest,
-                &status,
-                &error,
-                &(took.as_millis().min(i32::MAX as u128) as i32),
-                &ok,
-            ],
-        )
-        .await?;
+        let attempt = Attempted {
+            webhook_id: hook.id,
+            at: now,
+            event_ids: &event_ids,
+            digest,
+            status,
+            error: error.as_deref(),
+            took,
+            ok,
+        };
+        attempt.record(&tx).await?;
         for d in covered {
             self.settle(&tx, d, &outcome, status, error.as_deref(), now, answered)
                 .await?;
         }
-        match outcome {
-            Outcome::Gone => {
-                tx.execute(
-                    "UPDATE webhooks SET enabled = false, updated_at = now(),
-                         disabled_reason = 'receiver answered 410 Gone'
-                     WHERE id = $1",
-                    &[&hook.id],
-                )
-                .await?;
-                cancel_pending(&tx, &[hook.id], "webhook disabled: 410 Gone").await?;
-            }
-            // The receiver asked the whole endpoint to wait. A plain failure pauses nothing
-            // but its own deliveries, each on its own jittered schedule (`settle`).
-            Outcome::Later(wait) => pause(&tx, hook.id, later(answered, wait)).await?,
-            Outcome::Delivered | Outcome::Failed => {}
-        }
+        after_answer(&tx, hook.id, &outcome, answered).await?;
         tx.commit().await.context("committing a delivery attempt")?;
         in_hand.set(None);
         Ok(true)
@@ -675,4 +632,99 @@ pub fn spawn_worker_with_wake(
             let _ = h.await;
         }
     }))
+}
+/// How many more requests `hook`'s rate allows now (`usize::MAX` without a rate); `None` when
+/// none: the webhook is then paused until the oldest request of the window ages out.
+async fn requests_left(
+    tx: &Transaction<'_>,
+    hook: &Hook,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<usize>> {
+    let Some(rate) = hook.rate_per_minute else {
+        return Ok(Some(usize::MAX));
+    };
+    let (used, oldest) = recent_attempts(tx, hook.id, now).await?;
+    let left = (rate as i64 - used).max(0) as usize;
+    if left == 0 {
+        let until = later(oldest.unwrap_or(now), chrono::Duration::seconds(60));
+        pause(tx, hook.id, until).await?;
+        return Ok(None);
+    }
+    Ok(Some(left))
+}
+
+/// The deliveries one request carries: one, or for a chat robot with more due than its rate
+/// allows, a digest of as many as one message holds. Whether it is a digest.
+fn cover<'d>(hook: &Hook, due: &'d [Due], budget: usize) -> (&'d [Due], bool) {
+    if !(hook.format.is_chat() && due.len() > budget) {
+        return (&due[..1], false);
+    }
+    let events: Vec<AlertEvent> = due
+        .iter()
+        .map_while(|d| d.event.as_ref().ok().cloned())
+        .collect();
+    let n = message::digest_chunks(hook.format, &events)
+        .first()
+        .copied()
+        .unwrap_or(1);
+    (&due[..n], n > 1)
+}
+
+/// One request to a webhook, as `webhook_attempts` keeps it.
+struct Attempted<'a> {
+    webhook_id: i64,
+    at: DateTime<Utc>,
+    event_ids: &'a [uuid::Uuid],
+    digest: bool,
+    status: Option<i32>,
+    error: Option<&'a str>,
+    took: std::time::Duration,
+    ok: bool,
+}
+
+impl Attempted<'_> {
+    async fn record(&self, tx: &Transaction<'_>) -> anyhow::Result<()> {
+        tx.execute(
+            "INSERT INTO webhook_attempts
+                 (webhook_id, at, event_ids, digest, status_code, error, duration_ms, ok)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &self.webhook_id,
+                &self.at,
+                &self.event_ids,
+                &self.digest,
+                &self.status,
+                &self.error,
+                &(self.took.as_millis().min(i32::MAX as u128) as i32),
+                &self.ok,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// What an answer does to the whole webhook: 410 disables it, a requested wait pauses it. A
+/// plain failure pauses nothing but its own deliveries, each on its own jittered schedule.
+async fn after_answer(
+    tx: &Transaction<'_>,
+    webhook_id: i64,
+    outcome: &Outcome,
+    answered: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    match outcome {
+        Outcome::Gone => {
+            tx.execute(
+                "UPDATE webhooks SET enabled = false, updated_at = now(),
+                     disabled_reason = 'receiver answered 410 Gone'
+                 WHERE id = $1",
+                &[&webhook_id],
+            )
+            .await?;
+            cancel_pending(tx, &[webhook_id], "webhook disabled: 410 Gone").await?;
+        }
+        Outcome::Later(wait) => pause(tx, webhook_id, later(answered, *wait)).await?,
+        Outcome::Delivered | Outcome::Failed => {}
+    }
+    Ok(())
 }
