@@ -63,6 +63,18 @@ impl std::fmt::Debug for Engine {
 }
 
 /// Where and when a decision is taken.
+/// What one reading tells the rules that judge it, besides the reading itself.
+#[derive(Clone, Copy)]
+struct Seen {
+    /// Its fix, when plausible.
+    geo: Option<GeoFix>,
+    /// The GPS tolerance of its fix, metres.
+    tol: f64,
+    has_fix: bool,
+    refuelled: bool,
+    here: Moment,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Moment {
     pub at: DateTime<Utc>,
@@ -201,22 +213,63 @@ impl Engine {
             lon: r.lon,
             tol_m: tol,
         });
-        let learning = self.learning(info);
-        consumption::observe(state, r, gps.plausible.then_some(gps.step_m), learning);
+        let refuelled = self.track_hydrogen(state, r, gps.plausible.then_some(gps.step_m), info);
+        self.on_lock(state, &mut out, r, geo, info);
+        let seen = Seen {
+            geo,
+            tol,
+            has_fix,
+            refuelled,
+            here,
+        };
+        self.judge_builtin(state, &mut out, r, info, &seen);
+        self.judge_custom(state, &mut out, r, info, &seen);
+        out
+    }
 
+    /// Hydrogen and distance (`step_m` from the last plausible fix, when this one is
+    /// plausible): the consumption learned, a refuel noticed (returned), the ride in progress
+    /// advanced.
+    fn track_hydrogen(
+        &self,
+        state: &mut VehicleRuleState,
+        r: &Reading,
+        step_m: Option<f64>,
+        info: &VehicleInfo,
+    ) -> bool {
+        let learning = self.learning(info);
+        consumption::observe(state, r, step_m, learning);
         let prev_h2 = state.h2_g.replace(r.h2_g);
-        let refuel_min_g = learning.refuel_min_g;
-        let refuelled = prev_h2.is_some_and(|p| r.h2_g > p + refuel_min_g);
+        let refuelled = prev_h2.is_some_and(|p| r.h2_g > p + learning.refuel_min_g);
         if let Some(ride) = &mut state.ride {
             if refuelled {
                 ride.refuelled_g += r.h2_g - prev_h2.unwrap_or(r.h2_g);
             }
-            if gps.plausible {
-                ride::advance(ride, gps.step_m, r.odo_km);
+            if let Some(step) = step_m {
+                ride::advance(ride, step, r.odo_km);
             }
         }
-        self.on_lock(state, &mut out, r, geo, info);
+        refuelled
+    }
 
+    /// The built-in rules' verdicts on one reading. Each concerns its own rule's slot only:
+    /// all are judged, then stepped in turn.
+    fn judge_builtin(
+        &self,
+        state: &mut VehicleRuleState,
+        out: &mut Vec<Output>,
+        r: &Reading,
+        info: &VehicleInfo,
+        seen: &Seen,
+    ) {
+        let t = self.rules.thresholds(info.kind);
+        let Seen {
+            geo,
+            tol,
+            has_fix,
+            refuelled,
+            here,
+        } = *seen;
         let level = builtin::low_h2(
             r.h2_g,
             self.km_per_g(state, info),
@@ -231,7 +284,6 @@ impl Engine {
         let top = t.pressure_top_bar(self.profiles.nominal_pressure_bar(info.kind));
         let tank = builtin::tank_fault(r, t, top);
         let leak = builtin::leak(state, &Self::placed(r, has_fix, state), refuelled, tol, t);
-        // Each verdict concerns its own rule's slot only: all are judged, then stepped in turn.
         let verdicts = [
             (builtin::LOW_HYDROGEN, level, t.low_h2_hold_secs),
             (builtin::OVERSPEED, speed, t.overspeed_hold_secs),
@@ -244,22 +296,33 @@ impl Engine {
             (builtin::H2_LEAK_SUSPECTED, leak, t.leak_hold_secs),
         ];
         for (rule, verdict, hold) in verdicts {
-            self.judge(state, &mut out, rule, verdict, hold, here);
+            self.judge(state, out, rule, verdict, hold, here);
         }
+    }
 
-        if !self.custom.is_empty() {
-            let vehicle =
-                custom::vehicle_value(state, info, self.km_per_g(state, info), &self.profiles);
-            let zones = geo
-                .map(|g| self.zones.near(g.lat, g.lon, 0.0))
-                .unwrap_or_default();
-            for rule in self.custom.iter().filter(|c| c.applies_to(info.kind)) {
-                let verdict = rule.evaluate(&self.cel_env, r, &vehicle, &zones);
-                let hold = rule.config().hold_secs;
-                self.judge(state, &mut out, &rule.config().name, verdict, hold, here);
-            }
+    /// The operator's CEL rules that apply to the vehicle's kind.
+    fn judge_custom(
+        &self,
+        state: &mut VehicleRuleState,
+        out: &mut Vec<Output>,
+        r: &Reading,
+        info: &VehicleInfo,
+        seen: &Seen,
+    ) {
+        if self.custom.is_empty() {
+            return;
         }
-        out
+        let vehicle =
+            custom::vehicle_value(state, info, self.km_per_g(state, info), &self.profiles);
+        let zones = seen
+            .geo
+            .map(|g| self.zones.near(g.lat, g.lon, 0.0))
+            .unwrap_or_default();
+        for rule in self.custom.iter().filter(|c| c.applies_to(info.kind)) {
+            let verdict = rule.evaluate(&self.cel_env, r, &vehicle, &zones);
+            let hold = rule.config().hold_secs;
+            self.judge(state, out, &rule.config().name, verdict, hold, seen.here);
+        }
     }
 
     /// An unlock starts a ride, a lock ends the one in progress (where it ended: the reading's
