@@ -18,7 +18,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
 use crate::support::broker::{
-    BACKEND, Credentials, ShippedBroker, commands_user, device_user, ingest_user,
+    BACKEND, Credentials, ShippedBroker, commands_user, device_user, ingest_user, shipped_setting,
 };
 use crate::support::*;
 
@@ -504,7 +504,8 @@ async fn a_retirement_during_a_database_outage_keeps_the_session_for_the_operato
 /// the queue is empty.
 #[tokio::test]
 async fn the_shipped_broker_delivers_a_queue_after_an_unsubscription_and_nothing_new() {
-    const QUEUED: u64 = 6000; // max_inflight_messages is 5000
+    // Beyond the shipped in-flight window, so that some is sent only after the unsubscription.
+    let queued = shipped_setting("max_inflight_messages") + 1000;
     let creds = Credentials::make(BIKES, 0);
     let broker = ShippedBroker::start(&creds).await;
     let id = unique("probe");
@@ -536,7 +537,7 @@ async fn the_shipped_broker_delivers_a_queue_after_an_unsubscription_and_nothing
     drop(eventloop);
 
     let mut fleet = Fleet::connect(&broker, &creds).await;
-    let per_bike = (QUEUED / u64::from(BIKES)) as u32;
+    let per_bike = (queued / u64::from(BIKES)) as u32;
     fleet.publish(0..per_bike).await;
 
     // Back: unsubscribe before acknowledging anything, then take and acknowledge everything.
@@ -544,7 +545,7 @@ async fn the_shipped_broker_delivers_a_queue_after_an_unsubscription_and_nothing
     let mut held = Vec::new();
     let mut got = 0u64;
     let mut at_unsuback = None;
-    while got < QUEUED {
+    while got < queued {
         match next(&mut eventloop).await {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 assert!(ack.session_present);
@@ -569,7 +570,7 @@ async fn the_shipped_broker_delivers_a_queue_after_an_unsubscription_and_nothing
     }
     let at_unsuback = at_unsuback.expect("UNSUBACK before the queue ran out");
     assert!(
-        at_unsuback < QUEUED,
+        at_unsuback < queued,
         "part of the queue is delivered after the unsubscription ({at_unsuback} before)"
     );
 

@@ -124,14 +124,29 @@ pub fn shipped_limits() -> String {
         "autosave_interval",
         "persistent_client_expiration",
     ];
-    let conf = std::fs::read_to_string(repo("deploy/mosquitto/mosquitto.conf"))
-        .expect("deploy/mosquitto/mosquitto.conf");
+    let conf = shipped_conf();
     let lines: Vec<&str> = conf
         .lines()
         .filter(|l| KEYS.contains(&l.split_whitespace().next().unwrap_or("")))
         .collect();
     assert_eq!(lines.len(), KEYS.len(), "the shipped limits: {lines:?}");
     lines.join("\n") + "\n"
+}
+
+/// One numeric setting of the shipped broker configuration, as the file says it.
+pub fn shipped_setting(key: &str) -> u64 {
+    shipped_conf()
+        .lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(key)).then(|| words.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("`{key}` in deploy/mosquitto/mosquitto.conf"))
+}
+
+fn shipped_conf() -> String {
+    std::fs::read_to_string(repo("deploy/mosquitto/mosquitto.conf"))
+        .expect("deploy/mosquitto/mosquitto.conf")
 }
 
 /// Instance 1's ingest user; instance `n` has `hyfleet.backend-{n}` (see `ingest_user`).
