@@ -323,14 +323,6 @@ impl Metrics {
             .inc();
     }
 
-    pub fn rejects(&self, reason: RejectReason) -> u64 {
-        self.rejects
-            .get_or_create(&ReasonLabel {
-                reason: reason.as_str(),
-            })
-            .get()
-    }
-
     pub fn add_phases(&self, t: &PhaseTimes) {
         for p in WritePhase::ALL {
             self.write_phase

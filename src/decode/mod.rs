@@ -5,7 +5,6 @@ mod limits;
 mod topic;
 mod wire;
 
-pub use crate::geo::fix::{NoFix, no_value_fix};
 pub use limits::{MAX_EVENT_BYTES, MAX_EVENT_EXTRA_BYTES};
 
 pub use topic::{Channel, Topic};

@@ -77,17 +77,20 @@ impl Budget {
         self.prune(now);
         let (rate_m, rate_b) = (self.messages, self.bytes);
         let (cap_m, cap_b) = (rate_m * self.burst, rate_b * self.burst);
-        let b = self
-            .devices
-            .entry(device(topic).to_owned())
-            .or_insert_with(|| Bucket {
+        let id = device(topic);
+        // Looked up by `&str` first: a known device costs no allocation per message.
+        if !self.devices.contains_key(id) {
+            let full = Bucket {
                 messages: cap_m,
                 bytes: cap_b,
                 at: now,
                 recorded: None,
                 dropped: 0,
                 dropped_bytes: 0,
-            });
+            };
+            self.devices.insert(id.to_owned(), full);
+        }
+        let b = self.devices.get_mut(id).expect("inserted above");
         refill(b, (rate_m, rate_b), (cap_m, cap_b), now);
         // A message larger than the whole byte budget could never pass: it costs the whole of
         // it (and the decoder refuses it as `too_large` anyway).

@@ -239,22 +239,22 @@ async fn store_readings<'a>(
     }
     let id_of = |r: &Reading| refs[&r.vehicle].id;
     let unpacked_from = partitions::unpacked_from(now);
-    let mut new = match telemetry::copy_new(tx, readings, id_of, unpacked_from).await? {
-        Some(all) => all,
-        None => {
+    let mut fresh: Vec<&Reading> =
+        if telemetry::copy_new(tx, readings, id_of, unpacked_from).await? {
+            readings.iter().collect()
+        } else {
             telemetry::copy(tx, readings, id_of).await?;
             clock.lap(WritePhase::Copy);
-            telemetry::move_in(tx, unpacked_from).await?
-        }
-    };
+            let mut new = telemetry::move_in(tx, unpacked_from).await?;
+            // Taking each key out as it is found lists a reading sent twice in one batch once.
+            readings
+                .iter()
+                .filter(|r| new.remove(&telemetry::key(r, id_of(r))))
+                .collect()
+        };
     clock.lap(WritePhase::Insert);
-    outcome.stored = new.len();
-    outcome.duplicates = readings.len() - new.len();
-    // Taking each key out as it is found lists a reading sent twice in one batch once.
-    let mut fresh: Vec<&Reading> = readings
-        .iter()
-        .filter(|r| new.remove(&telemetry::key(r, id_of(r))))
-        .collect();
+    outcome.stored = fresh.len();
+    outcome.duplicates = readings.len() - fresh.len();
     fresh.sort_by(|a, b| a.vehicle.cmp(&b.vehicle).then(a.ts.cmp(&b.ts)));
     outcome.newest_ts = fresh.iter().map(|r| r.ts).max();
     Ok(fresh)

@@ -23,10 +23,6 @@ pub struct AlertPublisher {
 pub struct Enqueued(Vec<AlertEvent>);
 
 impl Enqueued {
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::geom::{LatLon, Polygon};
 use crate::domain::Profiles;
 
-pub use crate::sample::{BUS_ROUTE_GEOJSON, PROFILES_TOML, ZONES_GEOJSON};
+use crate::sample::{BUS_ROUTE_GEOJSON, PROFILES_TOML, ZONES_GEOJSON};
 
 #[derive(Debug, Clone)]
 pub struct Area {

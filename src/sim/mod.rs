@@ -223,9 +223,9 @@ impl SimArgs {
             }
         };
         MapData::parse(
-            &read(&self.zones, data::ZONES_GEOJSON)?,
-            &read(&self.bus_route, data::BUS_ROUTE_GEOJSON)?,
-            &read(&self.profiles, data::PROFILES_TOML)?,
+            &read(&self.zones, crate::sample::ZONES_GEOJSON)?,
+            &read(&self.bus_route, crate::sample::BUS_ROUTE_GEOJSON)?,
+            &read(&self.profiles, crate::sample::PROFILES_TOML)?,
         )
     }
 }

@@ -48,8 +48,8 @@ pub async fn prepare(client: &Client) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(STAGING).await
 }
 
-/// Store `readings` straight into `telemetry` when every one is new, and return their keys.
-/// `None` when one was stored before (the unique constraint refused the copy, which a
+/// Store `readings` straight into `telemetry` when every one is new: true when they are all
+/// stored. False when one was stored before (the unique constraint refused the copy, which a
 /// savepoint undoes) or when one is old enough to be in a pack, where the constraint cannot
 /// see it: then the batch must go through [`copy`] and [`move_in`].
 pub async fn copy_new(
@@ -57,19 +57,19 @@ pub async fn copy_new(
     readings: &[Reading],
     id_of: impl Fn(&Reading) -> i32,
     unpacked_from: DateTime<Utc>,
-) -> Result<Option<HashSet<Key>>, tokio_postgres::Error> {
+) -> Result<bool, tokio_postgres::Error> {
     if readings.iter().any(|r| r.ts < unpacked_from) {
-        return Ok(None);
+        return Ok(false);
     }
     tx.batch_execute("SAVEPOINT readings").await?;
     match copy_into(tx, COPY_DIRECT, readings, &id_of).await {
         Ok(()) => {
             tx.batch_execute("RELEASE SAVEPOINT readings").await?;
-            Ok(Some(readings.iter().map(|r| key(r, id_of(r))).collect()))
+            Ok(true)
         }
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             tx.batch_execute("ROLLBACK TO SAVEPOINT readings").await?;
-            Ok(None)
+            Ok(false)
         }
         Err(e) => Err(e),
     }
