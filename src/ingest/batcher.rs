@@ -1,7 +1,8 @@
 //! Decode messages as they arrive and cut them into batches, one open batch per writer: each
 //! vehicle's messages always go to the same writer, so writers never wait on each other's
 //! vehicle locks and commit side by side. A batch closes at its size limit, or once it is old
-//! enough and its writer is free to take it.
+//! enough, its writer is free to take it, and it is not outgrown by what is already queued
+//! behind it (a backlog fills batches instead of splitting into small ones).
 
 use std::sync::Arc;
 
@@ -51,10 +52,18 @@ pub async fn run(
     loop {
         // A batch past its age goes as soon as its writer can take it, and keeps growing until
         // then: an idle writer gets each batch at once (latency), a busy one gets bigger
-        // batches, and so fewer statements per reading (throughput).
+        // batches, and so fewer statements per reading (throughput). Under a backlog (a burst,
+        // a catch-up) a batch also waits while more is queued for its writer than it holds:
+        // those messages have waited already, and taking them into this batch costs them
+        // nothing while it halves the batches, whose statements grow with their vehicles.
         let now = Instant::now();
+        let queued = rx.len() / open.len();
         let due: Vec<usize> = (0..open.len())
-            .filter(|&i| open[i].as_ref().is_some_and(|(_, at)| *at + max_age <= now))
+            .filter(|&i| {
+                open[i]
+                    .as_ref()
+                    .is_some_and(|(job, at)| *at + max_age <= now && queued < job.acks.len())
+            })
             .collect();
         let next_due = open
             .iter()
@@ -165,7 +174,83 @@ pub(super) async fn sleep_until_opt(deadline: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
-    use super::shard;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::{Incoming, Job, run, shard};
+    use crate::config::Config;
+    use crate::decode::Decoder;
+    use crate::metrics::Metrics;
+
+    fn message(n: u32) -> Incoming {
+        let topic = format!("hyfleet/v1/bike/XY-B{:04}/telemetry", n % 50);
+        let payload = bytes::Bytes::from_static(b"{}");
+        Incoming {
+            ack: rumqttc::Publish::new(&topic, rumqttc::QoS::AtLeastOnce, payload.clone()),
+            topic,
+            payload,
+            received: chrono::Utc::now(),
+            retain: false,
+        }
+    }
+
+    /// The batcher with one writer whose every batch is due at once (age 0), so that only the
+    /// backlog rule can hold one back; returns the batches as the writer receives them.
+    fn batcher(
+        rx: mpsc::Receiver<Incoming>,
+    ) -> (
+        mpsc::Receiver<Job>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let mut config = Config::default();
+        config.ingest.batch_max_age_ms = 0;
+        config.ingest.writers = 1;
+        let (jobs, taken) = mpsc::channel(1);
+        let task = tokio::spawn(run(
+            Decoder::new(&config),
+            config.ingest.clone(),
+            Arc::new(Metrics::default()),
+            rx,
+            vec![jobs],
+        ));
+        (taken, task)
+    }
+
+    #[tokio::test]
+    async fn a_backlog_fills_one_batch_instead_of_many_small_ones() {
+        let (tx, rx) = mpsc::channel(5000);
+        for n in 0..4000 {
+            tx.send(message(n)).await.unwrap();
+        }
+        let (mut taken, task) = batcher(rx);
+        let first = taken.recv().await.unwrap();
+        // It goes once it holds more than is still queued behind it: over half of 4,000.
+        assert!(first.acks.len() > 2000, "first batch {}", first.acks.len());
+        drop(tx);
+        let mut total = first.acks.len();
+        while let Some(job) = taken.recv().await {
+            total += job.acks.len();
+        }
+        assert_eq!(total, 4000);
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_a_backlog_a_due_batch_goes_at_once() {
+        let (tx, rx) = mpsc::channel(5000);
+        let (mut taken, task) = batcher(rx);
+        tx.send(message(1)).await.unwrap();
+        // The sender stays open: the batch goes because it is due, not because input ended.
+        let job = tokio::time::timeout(Duration::from_secs(30), taken.recv())
+            .await
+            .expect("a lone due message was held back")
+            .unwrap();
+        assert_eq!(job.acks.len(), 1);
+        drop(tx);
+        task.await.unwrap().unwrap();
+    }
 
     #[test]
     fn a_vehicle_keeps_its_writer_and_a_fleet_spreads_over_them() {
