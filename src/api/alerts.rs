@@ -13,6 +13,7 @@ use super::{AppState, Problem};
 use crate::domain::{Alert, AlertState, Severity};
 use crate::rules::forget;
 use crate::store::alerts::{self as repo, ActionError};
+use crate::store::jsonb::JsonText;
 
 /// Which alerts to list, besides the page.
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -132,8 +133,8 @@ async fn act(
         Action::Acknowledge => repo::acknowledge(&tx, id, &caller.name, note).await,
         Action::Resolve => {
             repo::resolve(&tx, id, &caller.name, note, |a, stored| {
-                let rule_state = forget(&a.vehicle_id, stored, &a.rule, a.zone.as_deref())?;
-                Ok(rule_state)
+                let rule_state = forget(&a.vehicle_id, &stored.0, &a.rule, a.zone.as_deref())?;
+                Ok(JsonText(rule_state))
             })
             .await
         }

@@ -30,6 +30,7 @@ use crate::live::{Hub, LiveEvent, Position};
 use crate::metrics::{PhaseTimes, WritePhase};
 use crate::notify::AlertPublisher;
 use crate::rules::{Engine, Output, SharedEngine, VehicleInfo, VehicleRuleState, completeness};
+use crate::store::jsonb::JsonText;
 use crate::store::registry::VehicleRef;
 use crate::store::rollup::{self, Prior};
 use crate::store::{Registry, alerts, partitions, records, rides, telemetry, vehicles};
@@ -214,7 +215,7 @@ async fn lock(
         .map(|v| {
             let vehicle = Vehicle {
                 prior: v.prior,
-                state: crate::rules::parse_rule_state(v.id, v.rule_state),
+                state: crate::rules::parse_rule_state(v.id, &v.rule_state.0),
                 info: engine.vehicle_info(kinds[&v.id], v.tank_g, v.km_per_g),
                 ruled: false,
             };
@@ -389,7 +390,7 @@ async fn save_vehicles(
     for (id, v) in fleet.into_iter().filter(|(_, v)| v.ruled) {
         updates.entry(id).or_default().memory = Some(vehicles::Memory {
             learned_km_per_g: v.state.learned_km_per_g(),
-            state: serde_json::to_value(&v.state).context("serializing rule state")?,
+            state: JsonText(serde_json::to_string(&v.state).context("serializing rule state")?),
         });
     }
     vehicles::save(tx, ids, now, &updates).await?;

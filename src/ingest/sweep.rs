@@ -12,6 +12,7 @@ use crate::domain::{AlertEvent, VehicleKind};
 use crate::notify::AlertPublisher;
 use crate::rules::{Engine, SharedEngine, VehicleRuleState};
 use crate::shutdown::Shutdown;
+use crate::store::jsonb::JsonText;
 use crate::store::vehicles;
 
 /// Every 5 s until `shutdown`: one sweep in its own transaction.
@@ -72,7 +73,7 @@ pub async fn sweep(
             v.id,
             vehicles::Memory {
                 learned_km_per_g: state.learned_km_per_g(),
-                state: serde_json::to_value(&state)?,
+                state: JsonText(serde_json::to_string(&state)?),
             },
         ));
     }

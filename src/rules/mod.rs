@@ -47,11 +47,8 @@ impl SharedEngine {
 
 /// A rule state as stored; one this version cannot read starts afresh rather than stop
 /// ingest: the cost is at most one hold time of delay on open alerts.
-pub fn parse_rule_state(
-    vehicle: impl std::fmt::Display,
-    raw: serde_json::Value,
-) -> VehicleRuleState {
-    serde_json::from_value(raw).unwrap_or_else(|e| {
+pub fn parse_rule_state(vehicle: impl std::fmt::Display, raw: &str) -> VehicleRuleState {
+    serde_json::from_str(raw).unwrap_or_else(|e| {
         tracing::warn!(%vehicle, error = %e, "unreadable rule state, starting afresh");
         VehicleRuleState::default()
     })
@@ -64,11 +61,11 @@ mod tests;
 /// asks: a condition that still holds (or comes back) is a new incident after its hold time.
 pub fn forget(
     vehicle: &str,
-    stored: serde_json::Value,
+    stored: &str,
     rule: &str,
     zone: Option<&str>,
-) -> serde_json::Result<serde_json::Value> {
+) -> serde_json::Result<String> {
     let mut state = parse_rule_state(vehicle, stored);
     state.forget(rule, zone);
-    serde_json::to_value(&state)
+    serde_json::to_string(&state)
 }

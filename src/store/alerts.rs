@@ -14,6 +14,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Transaction};
 use uuid::Uuid;
 
+use super::jsonb::JsonText;
 use crate::domain::{
     Alert, AlertAction, AlertChange, AlertEvent, AlertEventType, AlertState, Severity, VehicleKind,
 };
@@ -133,7 +134,7 @@ pub async fn resolve(
     alert_id: i64,
     actor: &str,
     note: Option<&str>,
-    forget: impl FnOnce(&Alert, Value) -> anyhow::Result<Value>,
+    forget: impl FnOnce(&Alert, JsonText) -> anyhow::Result<JsonText>,
 ) -> Result<AlertEvent, ActionError> {
     // The vehicle's row first, then the alert's: the order ingest takes them in.
     let vehicle_id: i32 = tx

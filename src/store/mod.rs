@@ -7,6 +7,7 @@
 pub mod alerts;
 pub mod completeness;
 mod copy;
+pub mod jsonb;
 pub mod local_server;
 pub mod migrate;
 pub mod partitions;

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio_postgres::Transaction;
 
+use super::jsonb::JsonText;
 use super::rollup::Prior;
 use crate::domain::{Reading, Status, VehicleId, VehicleKind};
 
@@ -23,7 +24,7 @@ pub struct Locked {
     /// Its newest reading so far, where rollups continue from; none before its first.
     pub prior: Option<Prior>,
     /// What the rules remember, as stored.
-    pub rule_state: Value,
+    pub rule_state: JsonText,
     /// Its own tank size and operator-set consumption, where they differ from its profile's.
     pub tank_g: Option<f32>,
     pub km_per_g: Option<f32>,
@@ -62,7 +63,7 @@ pub async fn lock(tx: &Transaction<'_>, ids: &[i32]) -> Result<Vec<Locked>, toki
 /// What the rules remember of a vehicle after a batch.
 #[derive(Debug, Clone)]
 pub struct Memory {
-    pub state: Value,
+    pub state: JsonText,
     /// The consumption learned so far, once there is enough to learn from.
     pub learned_km_per_g: Option<f32>,
 }
@@ -148,7 +149,7 @@ struct Columns<'a> {
     h2: Vec<Option<f32>>,
     locked: Vec<Option<bool>>,
     odo: Vec<Option<f64>>,
-    state: Vec<Option<&'a Value>>,
+    state: Vec<Option<&'a JsonText>>,
     kpg: Vec<Option<f32>>,
 }
 
@@ -245,7 +246,7 @@ pub async fn save_memories(tx: &Transaction<'_>, saved: &[(i32, Memory)]) -> any
         return Ok(());
     }
     let ids: Vec<i32> = saved.iter().map(|s| s.0).collect();
-    let states: Vec<&Value> = saved.iter().map(|s| &s.1.state).collect();
+    let states: Vec<&JsonText> = saved.iter().map(|s| &s.1.state).collect();
     let kpg: Vec<Option<f32>> = saved.iter().map(|s| s.1.learned_km_per_g).collect();
     tx.execute(
         "UPDATE vehicles v SET rule_state = u.s, learned_km_per_g = COALESCE(u.k, v.learned_km_per_g) \
@@ -258,7 +259,7 @@ pub async fn save_memories(tx: &Transaction<'_>, saved: &[(i32, Memory)]) -> any
 }
 
 /// Lock one vehicle's row and read its rule state.
-pub async fn lock_rule_state(tx: &Transaction<'_>, id: i32) -> anyhow::Result<Value> {
+pub async fn lock_rule_state(tx: &Transaction<'_>, id: i32) -> anyhow::Result<JsonText> {
     Ok(tx
         .query_one(
             "SELECT rule_state FROM vehicles WHERE id = $1 FOR UPDATE",
@@ -269,7 +270,7 @@ pub async fn lock_rule_state(tx: &Transaction<'_>, id: i32) -> anyhow::Result<Va
         .get(0))
 }
 
-pub async fn set_rule_state(tx: &Transaction<'_>, id: i32, state: &Value) -> anyhow::Result<()> {
+pub async fn set_rule_state(tx: &Transaction<'_>, id: i32, state: &JsonText) -> anyhow::Result<()> {
     tx.execute(
         "UPDATE vehicles SET rule_state = $2 WHERE id = $1",
         &[&id, state],

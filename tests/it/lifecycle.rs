@@ -173,12 +173,12 @@ async fn resolve(
     note: Option<&str>,
 ) -> Result<AlertEvent, ActionError> {
     alerts::resolve(tx, id, actor, note, |a, stored| {
-        Ok(hyfleet::rules::forget(
+        Ok(hyfleet::store::jsonb::JsonText(hyfleet::rules::forget(
             &a.vehicle_id,
-            stored,
+            &stored.0,
             &a.rule,
             a.zone.as_deref(),
-        )?)
+        )?))
     })
     .await
 }
