@@ -30,8 +30,8 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 matplotlib.rcParams["svg.fonttype"] = "none"
 THOUSANDS = FuncFormatter(lambda x, _: f"{x:,.0f}" if abs(x) >= 100 else f"{x:g}")
 
-COLORS = {"hyfleet": "#1f6feb", "python": "#d29922", "nodered": "#8b3d3d", "naive": "#6e7781"}
-NAMES = {"hyfleet": "hyfleet", "python": "Python peer", "nodered": "Node-RED peer", "naive": "naive pipeline"}
+COLORS = {"hyfleet": "#1f6feb", "ceiling": "#c9d1d9", "python": "#d29922", "nodered": "#8b3d3d", "naive": "#6e7781"}
+NAMES = {"hyfleet": "hyfleet", "ceiling": "ceiling (counting consumer)", "python": "Python peer", "nodered": "Node-RED peer", "naive": "naive pipeline"}
 
 
 def _median_by_rate(runs, system, key):
@@ -127,14 +127,15 @@ def burst(results, path):
               ("cpu_secs_per_1000", "consumer CPU ms / 1,000 readings", 1000, 0.66, "goal ≤ 0.66 × naive"),
               ("postgres_cpu_secs_per_1000", "PostgreSQL CPU ms / 1,000 readings", 1000, None, None))
     fig, axes = plt.subplots(1, 3, figsize=(11, 4.2))
-    w = 0.38
+    systems = [s for s in ("ceiling", "hyfleet", "naive") if any(s in summ[shape] for shape in shapes)]
+    w = 0.8 / len(systems)
     for ax, (key, title, scale, goal, goal_label) in zip(axes, panels):
-        for j, system in enumerate(("hyfleet", "naive")):
+        for j, system in enumerate(systems):
             xs, ys = [], []
             for i, shape in enumerate(shapes):
                 r = summ[shape].get(system)
                 if r and r.get(key) is not None:
-                    xs.append(i + (j - 0.5) * w)
+                    xs.append(i + (j - (len(systems) - 1) / 2) * w)
                     ys.append(r[key] * scale)
             bars = ax.bar(xs, ys, w, color=COLORS[system], label=NAMES[system])
             ax.bar_label(bars, fmt="{:,.1f}" if scale != 1 else "{:,.0f}", fontsize=7)
@@ -143,7 +144,7 @@ def burst(results, path):
                 nv = summ[shape].get("naive")
                 if nv and nv.get(key):
                     y = nv[key] * scale * goal
-                    ax.plot([i - w, i], [y, y], color="black", lw=1.5, ls="--",
+                    ax.plot([i - 0.4, i + 0.4], [y, y], color="black", lw=1.5, ls="--",
                             label=goal_label if i == 0 else None)
         ax.set_xticks(range(len(shapes)), [s.replace("x", " × ") for s in shapes])
         ax.yaxis.set_major_formatter(THOUSANDS)

@@ -580,6 +580,9 @@ def summarise(results):
 
 # Shapes of the burst: publishers (one vehicle each) × readings each.
 BURST_SHAPES = ((50, 2000), (500, 200))
+# The ceiling is a consumer that acknowledges and counts: what the broker and the publishers
+# leave of the machine to any consumer at all.
+BURST_SYSTEMS = ("ceiling", "naive", "hyfleet")
 NAIVE_TABLE = "naive_telemetry"
 
 
@@ -647,16 +650,22 @@ def run_burst(system, args, cluster, shape, files, hook):
             metrics_url = f"http://127.0.0.1:{http_port}/metrics"
             count_sql, loss_sql = "SELECT count(*) FROM telemetry", lib.LOSS_QUERY
         else:
+            mode = (["--count-only", str(publishers * per)] if system == "ceiling" else
+                    ["--dsn", db.url, "--table", NAIVE_TABLE, "--batch", "5000", "--idle-ms", "50"])
             proc = subprocess.Popen(
                 [str(args.naive_bin), "--mqtt", f"127.0.0.1:{broker.port}", "--topic", f"{root}/+/+/telemetry",
-                 "--client-id", f"naive-{uuid.uuid4().hex[:6]}", "--dsn", db.url, "--table", NAIVE_TABLE,
-                 "--batch", "5000", "--idle-ms", "50"],
+                 "--client-id", f"{system}-{uuid.uuid4().hex[:6]}", *mode],
                 stdout=subprocess.PIPE, stderr=log, text=True)
             if proc.stdout.readline().strip() != "ready":
-                raise RuntimeError("the naive peer did not subscribe (see its log)")
+                raise RuntimeError(f"the {system} peer did not subscribe (see its log)")
             count_sql = f"SELECT count(*) FROM {NAIVE_TABLE}"
             loss_sql = (f"SELECT vehicle, count(*), count(DISTINCT seq), min(seq), max(seq) "
                         f"FROM {NAIVE_TABLE} GROUP BY vehicle")
+        if system == "ceiling":
+            # The counting consumer stores nothing: it says `done` when it has had every message.
+            counted = threading.Event()
+            threading.Thread(target=lambda: proc.stdout.readline().strip() == "done" and counted.set(),
+                             daemon=True).start()
         time.sleep(1)
         poller = psycopg.connect(db.url, autocommit=True)
         poller_pid = poller.execute("SELECT pg_backend_pid()").fetchone()[0]
@@ -665,6 +674,8 @@ def run_burst(system, args, cluster, shape, files, hook):
         cpu0, _ = lib.proc_usage(proc.pid)
         bcpu0, _ = lib.proc_usage(broker.proc.pid)
         pg0, poll0 = cluster.cpu_secs(), lib.proc_usage(poller_pid)[0]
+        # The publishers are the harness's only children that end (and are reaped) during a run.
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         expected = publishers * per
         t0 = time.time()
         for code, path in files:
@@ -676,7 +687,10 @@ def run_burst(system, args, cluster, shape, files, hook):
         spawned = time.time() - t0
         n, last, last_change, t_done, t_pub = 0, -1, time.time(), None, None
         while True:
-            n = poller.execute(count_sql).fetchone()[0]
+            if system == "ceiling":
+                n = expected if counted.is_set() else 0
+            else:
+                n = poller.execute(count_sql).fetchone()[0]
             t = time.time()
             if t_pub is None and all(p.poll() is not None for p in pubs):
                 t_pub = t
@@ -691,6 +705,13 @@ def run_burst(system, args, cluster, shape, files, hook):
         cpu1, rss = lib.proc_usage(proc.pid)
         bcpu1, _ = lib.proc_usage(broker.proc.pid)
         pg1, poll1 = cluster.cpu_secs(), lib.proc_usage(poller_pid)[0]
+        for p in pubs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        pub_cpu = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
         b_batches1 = hyfleet_batches(metrics_url) if metrics_url else (None, None)
         # The top 10 of the run (texts cut at 300 characters) keep the result file small.
         statements = [dict(s, query=s["query"][:300]) for s in cluster.statements(db.name, 20)
@@ -699,7 +720,8 @@ def run_burst(system, args, cluster, shape, files, hook):
         for s in statements:
             s["calls_per_1000"] = round(s["calls"] / n * 1000, 3) if n else None
             s["ms_per_1000"] = round(s["total_ms"] / n * 1000, 3) if n else None
-        loss = lib.loss_check(db, {code: per for code, _ in files}, loss_sql)
+        loss = ({"zero_loss": n == expected} if system == "ceiling" else
+                lib.loss_check(db, {code: per for code, _ in files}, loss_sql))
         secs = t_done - t0 if t_done else None
         res = {
             "system": system, "publishers": publishers, "readings_each": per, "published": expected,
@@ -710,6 +732,7 @@ def run_burst(system, args, cluster, shape, files, hook):
             "postgres_cpu_secs_per_1000": ((pg1 - pg0) - (poll1 - poll0)) / n * 1000 if n else None,
             "poller_cpu_secs": poll1 - poll0,
             "broker_cpu_secs_per_1000": (bcpu1 - bcpu0) / n * 1000 if n else None,
+            "publishers_cpu_secs_per_1000": pub_cpu / n * 1000 if n else None,
             "peak_rss_mib": rss, "load_avg_before": load, "load_avg_after": os.getloadavg()[0],
             "statements": statements,
         }
@@ -735,14 +758,15 @@ def summarise_burst(runs):
     issue 14 is (throughput ≥ 1.25×, consumer CPU per 1,000 readings ≤ 0.66×)."""
     out = {}
     keys = ("readings_per_sec", "secs", "cpu_secs_per_1000", "postgres_cpu_secs_per_1000",
-            "broker_cpu_secs_per_1000", "published_secs", "peak_rss_mib", "rows_per_batch")
+            "broker_cpu_secs_per_1000", "publishers_cpu_secs_per_1000", "published_secs", "peak_rss_mib",
+            "rows_per_batch")
     for publishers, per in BURST_SHAPES:
         shape = f"{publishers}x{per}"
         at = [r for r in runs if r["publishers"] == publishers and r["readings_each"] == per]
         if not at:
             continue
         s = {}
-        for system in ("hyfleet", "naive"):
+        for system in BURST_SYSTEMS:
             rs = [r for r in at if r["system"] == system]
             if rs:
                 s[system] = {"runs": len(rs), "all_zero_loss": all(r["zero_loss"] for r in rs),
@@ -758,6 +782,14 @@ def summarise_burst(runs):
                 "throughput_factor_to_goal": 1.25 / thr,
                 "cpu_goal": 0.66, "cpu_met": cpu <= 0.66, "cpu_factor_to_goal": cpu / 0.66,
             }
+            c = s.get("ceiling")
+            if c and c["readings_per_sec"]:
+                # 1.25 × the naive rate beyond the ceiling is beyond any consumer on this machine.
+                s["ratios"].update({
+                    "hyfleet_of_ceiling": h["readings_per_sec"] / c["readings_per_sec"],
+                    "naive_of_ceiling": nv["readings_per_sec"] / c["readings_per_sec"],
+                    "throughput_goal_of_ceiling": 1.25 * nv["readings_per_sec"] / c["readings_per_sec"],
+                })
         # hyfleet's statements by total time per 1,000 readings, median over the repeats.
         by = {}
         for r in at:
@@ -784,13 +816,16 @@ def phase_burst(args, hook, log=print):
     try:
         res["load_avg_at_start"] = lib.wait_load_below(args.load_below, args.load_wait)
         for publishers, per in BURST_SHAPES:
+            if f"{publishers}x{per}" not in args.burst_shapes.split(","):
+                continue
             d = work / f"{publishers}x{per}"
             d.mkdir()
             files, mean_bytes = burst_files(d, publishers, per, int(time.time()) - 60)
             res["shapes"][f"{publishers}x{per}"] = {"publishers": publishers, "readings_each": per,
                                                     "mean_reading_bytes": mean_bytes}
             for rep in range(args.repeats):
-                order = ("hyfleet", "naive") if rep % 2 == 0 else ("naive", "hyfleet")
+                systems = [x for x in BURST_SYSTEMS if x in args.burst_systems.split(",")]
+                order = systems if rep % 2 == 0 else systems[::-1]
                 for system in order:
                     r = run_burst(system, args, cluster, (publishers, per), files, hook)
                     r["repeat"] = rep
@@ -809,7 +844,7 @@ def print_burst(b):
     print("\nburst (publish start → all committed; medians)")
     print("shape | system | readings/s | CPU ms/1k consumer | CPU ms/1k PostgreSQL | runs | zero loss")
     for shape, s in b.get("summary", {}).items():
-        for system in ("hyfleet", "naive"):
+        for system in BURST_SYSTEMS:
             r = s.get(system)
             if r:
                 print(f"{shape} | {system} | {fmt(r['readings_per_sec'])} | {fmt(r['cpu_secs_per_1000'] * 1000, 1)} | "
@@ -818,6 +853,9 @@ def print_burst(b):
         if q:
             print(f"{shape}: hyfleet ÷ naive throughput {q['throughput']:.2f} (goal ≥ 1.25), CPU/1k "
                   f"{q['cpu_per_1000']:.2f} (goal ≤ 0.66), PostgreSQL CPU/1k {q['postgres_cpu_per_1000']:.2f}")
+            if "naive_of_ceiling" in q:
+                print(f"{shape}: of the ceiling, naive {q['naive_of_ceiling']:.2f}, hyfleet {q['hyfleet_of_ceiling']:.2f}; "
+                      f"1.25 × naive would be {q['throughput_goal_of_ceiling']:.2f} of it")
 
 
 # --- overload and catch-up ---------------------------------------------------------------------
@@ -953,6 +991,10 @@ def main():
     ap.add_argument("--load-wait", type=float, default=600, help="burst phase: at most this long at its start (s)")
     ap.add_argument("--load-wait-each", type=float, default=60,
                     help="burst phase: at most this long before each measurement (s)")
+    ap.add_argument("--burst-systems", default=",".join(BURST_SYSTEMS),
+                    help="burst phase: which of ceiling, naive, hyfleet to measure")
+    ap.add_argument("--burst-shapes", default=",".join(f"{p}x{n}" for p, n in BURST_SHAPES),
+                    help="burst phase: which shapes (publishers x readings each)")
     ap.add_argument("--burst-stall", type=float, default=30,
                     help="burst phase: give up when the row count has not moved for this long (s)")
     ap.add_argument("--naive-bin", type=Path, default=TARGET / "bench-peers/release/hyfleet-naive-peer")

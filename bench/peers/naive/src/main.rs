@@ -7,11 +7,16 @@
 //! validation, no rules, no state. A batch that is not full is written once no message has
 //! arrived for `--idle-ms`, so that the tail of a burst is committed.
 //!
+//! With `--count-only N` it is the burst's ceiling instead: a consumer that does no work at
+//! all, acknowledging each message as it arrives and printing `done` once it has N. What it
+//! reaches is what the broker and the publishers leave of the machine to any consumer.
+//!
 //! Prints `ready` on stdout once subscribed. Usage:
 //!
 //! ```text
 //! hyfleet-naive-peer --mqtt 127.0.0.1:1883 --topic 'root/+/+/telemetry' --client-id naive-1 \
 //!     --dsn 'host=127.0.0.1 user=postgres dbname=x' [--table naive_telemetry] [--batch 5000] [--idle-ms 50]
+//! hyfleet-naive-peer --mqtt 127.0.0.1:1883 --topic 'root/+/+/telemetry' --client-id count-1 --count-only 100000
 //! ```
 
 use std::pin::pin;
@@ -76,6 +81,7 @@ struct Args {
     table: String,
     batch: usize,
     idle: Duration,
+    count_only: Option<usize>,
 }
 
 fn args() -> Args {
@@ -87,6 +93,7 @@ fn args() -> Args {
         table: "naive_telemetry".into(),
         batch: 5000,
         idle: Duration::from_millis(50),
+        count_only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -99,6 +106,7 @@ fn args() -> Args {
             "--table" => a.table = v,
             "--batch" => a.batch = v.parse().expect("--batch"),
             "--idle-ms" => a.idle = Duration::from_millis(v.parse().expect("--idle-ms")),
+            "--count-only" => a.count_only = Some(v.parse().expect("--count-only")),
             _ => panic!("unknown option {k}"),
         }
     }
@@ -108,6 +116,9 @@ fn args() -> Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = args();
+    if let Some(n) = a.count_only {
+        return count_only(&a, n).await;
+    }
     let (db, conn) = tokio_postgres::connect(&a.dsn, NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -226,4 +237,34 @@ async fn write(db: &mut tokio_postgres::Client, copy: &str, rows: &[(String, Rea
     }
     w.as_mut().finish().await?;
     tx.commit().await
+}
+
+/// The ceiling: acknowledge every message as it arrives, print `done` at the `n`th.
+async fn count_only(a: &Args, n: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let (host, port) = a.mqtt.rsplit_once(':').expect("--mqtt host:port");
+    let mut opts = MqttOptions::new(&a.client_id, host, port.parse()?);
+    opts.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_request_channel_capacity(20_000);
+    let (client, mut eventloop) = AsyncClient::new(opts, 20_000);
+    client.subscribe(&a.topic, QoS::AtLeastOnce).await?;
+    let mut seen = 0usize;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                client.ack(&p).await?;
+                seen += 1;
+                if seen == n {
+                    println!("done");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => println!("ready"),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("mqtt: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
