@@ -20,14 +20,21 @@ pub async fn run(
 ) {
     let mut next = 1u64;
     let mut waiting: BTreeMap<u64, rumqttc::Publish> = BTreeMap::new();
+    let mut client_gone = false;
     while let Some(acks) = done.recv().await {
         waiting.extend(acks);
         let mut sent = 0i64;
         while let Some(p) = waiting.remove(&next) {
-            // The request channel holds the whole window, so this never waits on the event
-            // loop; an error means the client is gone and the broker will redeliver.
-            if let Err(e) = client.try_ack(&p) {
-                tracing::warn!(error = %e, "cannot queue an acknowledgement");
+            // A full request channel is waited out, never skipped: an acknowledgement dropped
+            // here leaves its message in flight at the broker, which sends it again after the
+            // next reconnect. Only a client that is gone (the session ended) fails, and then
+            // the broker redelivers anyway.
+            if !client_gone && client.try_ack(&p).is_err() && client.ack(&p).await.is_err() {
+                client_gone = true;
+                tracing::warn!(
+                    "the MQTT client is gone: the acknowledgements still to send are left to the \
+                     broker, which delivers their messages again"
+                );
             }
             sent += 1;
             next += 1;

@@ -103,7 +103,7 @@ impl Fleet {
     }
 }
 
-/// Three instances on `$share/hyfleet/hyfleet/v1/#`, one database.
+/// Instances on `$share/hyfleet/hyfleet/v1/#`, one database.
 struct Group {
     broker: ShippedBroker,
     creds: Credentials,
@@ -114,9 +114,10 @@ struct Group {
 }
 
 impl Group {
-    /// `retiring[n]` sets `mqtt.retire_on_shutdown` on instance `n`.
-    async fn start(retiring: [bool; 3]) -> Group {
-        let creds = Credentials::for_instances(BIKES, 0, 3);
+    /// One instance per element of `retiring`; `retiring[n]` sets `mqtt.retire_on_shutdown`
+    /// on instance `n`.
+    async fn start(retiring: &[bool]) -> Group {
+        let creds = Credentials::for_instances(BIKES, 0, retiring.len() as u32);
         let broker = ShippedBroker::start(&creds).await;
         let db = TestDb::new().await;
         let mut group = Group {
@@ -127,7 +128,7 @@ impl Group {
             ids: Vec::new(),
             instances: Vec::new(),
         };
-        for (n, retire) in retiring.into_iter().enumerate() {
+        for (n, &retire) in retiring.iter().enumerate() {
             group.dirs.push(temp_dir());
             // Its client id is its user's name, which the broker would impose anyway.
             group.ids.push(ingest_user(n as u32 + 1));
@@ -245,7 +246,7 @@ impl Drop for Group {
 async fn instances_retired_mid_stream_strand_nothing() {
     // The second instance retires on any stop (`mqtt.retire_on_shutdown`); the third is told
     // to by SIGUSR1.
-    let mut group = Group::start([false, true, false]).await;
+    let mut group = Group::start(&[false, true, false]).await;
     let mut fleet = Fleet::connect(&group.broker, &group.creds).await;
     fleet.publish(0..PER_BIKE / 3).await;
     group.wait_storing().await;
@@ -276,7 +277,7 @@ async fn instances_retired_mid_stream_strand_nothing() {
 
 #[tokio::test]
 async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
-    let mut group = Group::start([false; 3]).await;
+    let mut group = Group::start(&[false; 3]).await;
     let mut fleet = Fleet::connect(&group.broker, &group.creds).await;
     fleet.publish(0..PER_BIKE / 3).await;
     group.wait_storing().await;
@@ -285,35 +286,7 @@ async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
 
     // The instance never comes back: the operator drains its session, logged in as its user
     // (its own configuration) and naming that user, whose session it is on this broker.
-    let config = group.dirs[1].join("hyfleet.toml");
-    let id = group.ids[1].clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_hyfleet"))
-            .args(["--config", config.to_str().unwrap()])
-            .args(["mqtt", "drain-session", "--client-id", &id])
-            .env("RUST_LOG", "warn")
-            .env_remove("DATABASE_URL")
-            .env_remove("MQTT_URL")
-            .env_remove("HYFLEET_TOPIC_ROOT")
-            .output()
-            .expect("run hyfleet mqtt drain-session")
-    });
-    let out = tokio::time::timeout(Duration::from_secs(180), out)
-        .await
-        .expect("drain-session ends within 180 s")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "drain-session failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let drained: u64 = stdout
-        .split_whitespace()
-        .skip_while(|w| *w != "drained")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count in {stdout:?}"));
+    let drained = group.drain_session(1).await;
     group.assert_all_stored_once().await;
     // Its share of the rest of the stream, at least: a third of 8,000 readings.
     assert!(drained > 1000, "drained only {drained}");
@@ -323,9 +296,45 @@ async fn a_killed_instance_s_session_is_drained_by_the_operator_command() {
     );
 }
 
+impl Group {
+    /// `hyfleet mqtt drain-session` for instance `n`'s session, with its configuration; the
+    /// number of messages it took.
+    async fn drain_session(&self, n: usize) -> u64 {
+        let config = self.dirs[n].join("hyfleet.toml");
+        let id = self.ids[n].clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_hyfleet"))
+                .args(["--config", config.to_str().unwrap()])
+                .args(["mqtt", "drain-session", "--client-id", &id])
+                .env("RUST_LOG", "warn")
+                .env_remove("DATABASE_URL")
+                .env_remove("MQTT_URL")
+                .env_remove("HYFLEET_TOPIC_ROOT")
+                .output()
+                .expect("run hyfleet mqtt drain-session")
+        });
+        let out = tokio::time::timeout(Duration::from_secs(180), out)
+            .await
+            .expect("drain-session ends within 180 s")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "drain-session failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "drained")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count in {stdout:?}"))
+    }
+}
+
 #[tokio::test]
 async fn a_restarting_instance_keeps_its_session() {
-    let mut group = Group::start([false; 3]).await;
+    let mut group = Group::start(&[false; 3]).await;
     let mut fleet = Fleet::connect(&group.broker, &group.creds).await;
     fleet.publish(0..PER_BIKE / 3).await;
     group.wait_storing().await;
@@ -351,6 +360,37 @@ async fn a_restarting_instance_keeps_its_session() {
         .expect("hyfleet_mqtt_messages_total");
     assert!(taken > 1000, "the restarted instance took only {taken}");
     group.instances[1] = Some(svc);
+}
+
+/// A catch-up after an outage: the broker hands over the whole queue at once, faster than
+/// acknowledgements go out one write each. Every message the instance takes is acknowledged
+/// once committed, none dropped on a full request channel: after it, the broker holds nothing
+/// in flight for the session, so nothing comes again.
+#[tokio::test]
+async fn a_catch_up_acknowledges_every_message_it_takes() {
+    let mut group = Group::start(&[false]).await;
+    let mut fleet = Fleet::connect(&group.broker, &group.creds).await;
+    let status = group.stop(0, "-TERM").await;
+    assert!(status.success(), "the stopping instance failed: {status}");
+    fleet.publish(0..PER_BIKE).await;
+
+    // Back with small batches, so that its acknowledgement channel (sized from them) is far
+    // smaller than the queue the broker floods it with.
+    let toml = group
+        .toml(0, false)
+        .replace("batch_max_rows = 500", "batch_max_rows = 100");
+    assert_ne!(toml, group.toml(0, false));
+    group.instances[0] = Some(ChildService::start(&toml, &group.dirs[0]).await);
+    group.assert_all_stored_once().await;
+    let status = group.stop(0, "-TERM").await;
+    assert!(status.success(), "the stopping instance failed: {status}");
+    assert!(group.has_session(0).await, "a stop keeps the session");
+
+    let left = group.drain_session(0).await;
+    assert_eq!(
+        left, 0,
+        "messages stored but never acknowledged came again from the broker"
+    );
 }
 
 /// One instance of a group, in this process, with PostgreSQL behind a proxy the test can cut.
