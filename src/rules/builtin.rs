@@ -8,7 +8,7 @@ use super::engine::{GeoFix, VehicleInfo};
 use super::state::{Fix, Rest, VehicleRuleState};
 use crate::domain::{Profile, Profiles};
 use crate::domain::{Reading, Severity, VehicleKind};
-use crate::geo::{Zone, ZoneIndex, ZoneKind, at_margin_m, distance_m};
+use crate::geo::{Zone, ZoneHit, ZoneIndex, ZoneKind, at_margin_m, distance_m};
 
 pub const LOW_HYDROGEN: &str = "low_hydrogen";
 pub const PARKING_VIOLATION: &str = "parking_violation";
@@ -203,11 +203,15 @@ pub(crate) fn low_h2(
     }
 }
 
-/// The slow zone for this kind of vehicle with the lowest cap that the fix is surely inside.
-pub(crate) fn slow_zone(zones: &ZoneIndex, g: GeoFix, kind: VehicleKind) -> Option<&Zone> {
-    zones
-        .near(g.lat, g.lon, 0.0)
-        .into_iter()
+/// The slow zone for this kind of vehicle with the lowest cap that the fix is surely inside,
+/// of the zones `around` it.
+pub(crate) fn slow_zone<'z>(
+    around: &[ZoneHit<'z>],
+    g: GeoFix,
+    kind: VehicleKind,
+) -> Option<&'z Zone> {
+    around
+        .iter()
         .filter(|h| h.zone.kind == ZoneKind::Slow && h.zone.applies_to(kind))
         .filter(|h| h.signed_m <= -g.tol_m)
         .map(|h| h.zone)
@@ -245,14 +249,18 @@ pub(crate) fn overspeed(
 
 /// `out_of_service_area`: beyond the tolerance outside every service area of the vehicle's
 /// kind opens; inside one clears. Without such service areas, or without a trustworthy fix,
-/// it says nothing.
-pub(crate) fn service_area(zones: &ZoneIndex, g: Option<GeoFix>, kind: VehicleKind) -> Verdict {
+/// it says nothing. `around`: the zones within the tolerance of the fix.
+pub(crate) fn service_area(
+    zones: &ZoneIndex,
+    g: Option<GeoFix>,
+    around: &[ZoneHit<'_>],
+    kind: VehicleKind,
+) -> Verdict {
     let Some(g) = g.filter(|_| zones.has_service_area_for(kind)) else {
         return Verdict::Unknown;
     };
-    let best = zones
-        .near(g.lat, g.lon, g.tol_m)
-        .into_iter()
+    let best = around
+        .iter()
         .filter(|h| h.zone.kind == ZoneKind::ServiceArea && h.zone.applies_to(kind))
         .map(|h| h.signed_m)
         .reduce(f64::min);

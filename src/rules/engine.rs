@@ -18,7 +18,7 @@ use super::state::{Slot, VehicleRuleState, slot_key, split_key};
 use crate::domain::Profiles;
 pub use crate::domain::{AlertAction, AlertChange, Ride};
 use crate::domain::{Event, EventType, Reading, Severity, VehicleKind, tidy_numbers};
-use crate::geo::{Crs, ZoneIndex};
+use crate::geo::{Crs, ZoneHit, ZoneIndex};
 
 /// What the engine needs to know about a vehicle beyond its state.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -65,9 +65,12 @@ impl std::fmt::Debug for Engine {
 /// Where and when a decision is taken.
 /// What one reading tells the rules that judge it, besides the reading itself.
 #[derive(Clone, Copy)]
-struct Seen {
+struct Seen<'z> {
     /// Its fix, when plausible.
     geo: Option<GeoFix>,
+    /// The zones within the fix's tolerance of it, nearest first, looked up once for every
+    /// rule that asks (none without a plausible fix).
+    around: &'z [ZoneHit<'z>],
     /// The GPS tolerance of its fix, metres.
     tol: f64,
     has_fix: bool,
@@ -215,8 +218,12 @@ impl Engine {
         });
         let refuelled = self.track_hydrogen(state, r, gps.plausible.then_some(gps.step_m), info);
         self.on_lock(state, &mut out, r, geo, info);
+        let around = geo
+            .map(|g| self.zones.near(g.lat, g.lon, g.tol_m))
+            .unwrap_or_default();
         let seen = Seen {
             geo,
+            around: &around,
             tol,
             has_fix,
             refuelled,
@@ -265,6 +272,7 @@ impl Engine {
         let t = self.rules.thresholds(info.kind);
         let Seen {
             geo,
+            around,
             tol,
             has_fix,
             refuelled,
@@ -278,9 +286,9 @@ impl Engine {
             t,
             state.open_severity(builtin::LOW_HYDROGEN),
         );
-        let slow = geo.and_then(|g| builtin::slow_zone(&self.zones, g, info.kind));
+        let slow = geo.and_then(|g| builtin::slow_zone(around, g, info.kind));
         let speed = builtin::overspeed(r.speed_kmh, self.profiles.get(info.kind), slow, t);
-        let service = builtin::service_area(&self.zones, geo, info.kind);
+        let service = builtin::service_area(&self.zones, geo, around, info.kind);
         let top = t.pressure_top_bar(self.profiles.nominal_pressure_bar(info.kind));
         let tank = builtin::tank_fault(r, t, top);
         let leak = builtin::leak(state, &Self::placed(r, has_fix, state), refuelled, tol, t);
@@ -314,10 +322,13 @@ impl Engine {
         }
         let vehicle =
             custom::vehicle_value(state, info, self.km_per_g(state, info), &self.profiles);
-        let zones = seen
-            .geo
-            .map(|g| self.zones.near(g.lat, g.lon, 0.0))
-            .unwrap_or_default();
+        // The zones the fix is in (the rules' `zones`), nearest boundary first.
+        let zones: Vec<ZoneHit<'_>> = seen
+            .around
+            .iter()
+            .filter(|h| h.signed_m <= 0.0)
+            .copied()
+            .collect();
         for rule in self.custom.iter().filter(|c| c.applies_to(info.kind)) {
             let verdict = rule.evaluate(&self.cel_env, r, &vehicle, &zones);
             let hold = rule.config().hold_secs;
