@@ -513,6 +513,11 @@ def run_consumer(system, args, broker, rate, hook):
             "queryable_p50_ms": lib.percentile([l for _, l in lat], 50),
             "queryable_p99_ms": lib.percentile([l for _, l in lat], 99),
             "queryable_p50_first_third_ms": e50, "queryable_p50_last_third_ms": l50,
+            # Where the tail is: p50 / p99 / max of each 10 s of the run, by publish time; and
+            # the p99 once the first 10 s are past (a fleet seen for the first time registers
+            # every vehicle then).
+            "queryable_by_10s": by_window(lat, 10_000),
+            "queryable_p99_after_10s_ms": lib.percentile([l for t, l in lat if lat and t - lat[0][0] >= 10_000], 99),
             "lag_growing": growing,
             "webhook_samples": len(hooks), "webhook_cycles": len(probe.low_starts),
             "webhook_p50_ms": lib.percentile(hooks, 50), "webhook_p99_ms": lib.percentile(hooks, 99),
@@ -541,6 +546,19 @@ def run_consumer(system, args, broker, rate, hook):
         raise
     finally:
         lib.stop(proc)
+
+
+def by_window(lat, window_ms):
+    """[(seconds from the first publish, p50, p99, max)] of the latencies `lat` ([(publish unix
+    ms, latency ms)]), per window of `window_ms` by publish time."""
+    if not lat:
+        return []
+    t0 = lat[0][0]
+    windows = {}
+    for t, l in lat:
+        windows.setdefault(int((t - t0) // window_ms), []).append(l)
+    return [(w * window_ms / 1000, lib.percentile(ls, 50), lib.percentile(ls, 99), max(ls))
+            for w, ls in sorted(windows.items())]
 
 
 def median(rs, key):
