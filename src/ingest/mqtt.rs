@@ -56,12 +56,14 @@ pub fn client(config: &Config, window: usize) -> anyhow::Result<(AsyncClient, Ev
     opts.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_secs.max(5)))
-        .set_max_packet_size(MAX_INCOMING_PACKET, 1024 * 1024)
-        // Every acknowledgement of the window may be queued at once: never let `ack` wait.
-        .set_request_channel_capacity(window.max(1024) * 2);
+        .set_max_packet_size(MAX_INCOMING_PACKET, 1024 * 1024);
     if let Some((user, pass)) = ep.credentials {
         opts.set_credentials(user, pass);
     }
+    // The request channel (its capacity is this argument; `set_request_channel_capacity` is
+    // not read by `AsyncClient::new`) has room for the acknowledgements of the window. A broker
+    // may hand over more than its own in-flight limit, as Mosquitto did under a flood: then
+    // the acker waits for room, it never drops one.
     Ok(AsyncClient::new(opts, window.max(1024)))
 }
 
