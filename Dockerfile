@@ -5,6 +5,8 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+# rumqttc as patched for hyfleet (Cargo.toml's [patch.crates-io]; vendor/rumqttc/PATCHED.md).
+COPY vendor/rumqttc ./vendor/rumqttc
 COPY src ./src
 COPY schemas ./schemas
 COPY data ./data

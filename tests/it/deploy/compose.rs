@@ -307,10 +307,26 @@ fn dockerfile_builds_and_runs_the_hyfleet_binary() {
     assert!(instructions.contains(&"EXPOSE 8080"));
     // Everything the build reads is sent to the daemon; build output and secrets are not.
     let ignore = std::fs::read_to_string(repo(".dockerignore")).unwrap();
-    for kept in ["src", "schemas", "data", "build.rs", "Cargo.lock"] {
+    // Crates patched in from the repository (`[patch.crates-io]`) are read by the build too.
+    let manifest: toml::Table = std::fs::read_to_string(repo("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let patched = manifest
+        .get("patch")
+        .and_then(|p| p.get("crates-io"))
+        .and_then(|t| t.as_table())
+        .into_iter()
+        .flat_map(|t| t.values())
+        .filter_map(|d| d.get("path")?.as_str());
+    let read = ["src", "schemas", "data", "build.rs", "Cargo.lock"];
+    for kept in read.into_iter().chain(patched) {
         assert!(repo(kept).exists(), "{kept} exists");
         assert!(
-            !ignore.lines().any(|l| l.trim_end_matches('/') == kept),
+            !ignore
+                .lines()
+                .map(|l| l.trim().trim_end_matches('/'))
+                .any(|l| !l.is_empty() && !l.starts_with('#') && kept.starts_with(l)),
             "{kept} is sent"
         );
         assert!(dockerfile.contains(&format!("COPY {kept}")) || dockerfile.contains(kept));
