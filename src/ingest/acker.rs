@@ -29,7 +29,7 @@ pub async fn run(
             // here leaves its message in flight at the broker, which sends it again after the
             // next reconnect. Only a client that is gone (the session ended) fails, and then
             // the broker redelivers anyway.
-            if !client_gone && client.try_ack(&p).is_err() && client.ack(&p).await.is_err() {
+            if !client_gone && client.ack(&p).await.is_err() {
                 client_gone = true;
                 tracing::warn!(
                     "the MQTT client is gone: the acknowledgements still to send are left to the \

@@ -60,7 +60,7 @@ pub async fn sweep(
     let mut emitted = Vec::new();
     let mut saved = Vec::new();
     for v in vehicles::lock_quiet(tx, cutoff).await? {
-        let Ok(mut state) = serde_json::from_value::<VehicleRuleState>(v.rule_state) else {
+        let Ok(mut state) = serde_json::from_str::<VehicleRuleState>(&v.rule_state.0) else {
             continue;
         };
         let info = engine.vehicle_info(v.kind, v.tank_g, v.km_per_g);

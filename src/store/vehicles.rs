@@ -10,7 +10,6 @@ use std::collections::HashMap;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use tokio_postgres::Transaction;
 
 use super::jsonb::JsonText;
@@ -202,7 +201,7 @@ pub async fn save_statuses(
 pub struct Quiet {
     pub id: i32,
     pub kind: VehicleKind,
-    pub rule_state: Value,
+    pub rule_state: JsonText,
     pub tank_g: Option<f32>,
     pub km_per_g: Option<f32>,
 }

@@ -52,6 +52,17 @@ struct Bike {
 }
 
 impl Lab {
+    /// What the rules remember of vehicle `id`, as stored.
+    async fn rule_state(&self, id: i32) -> VehicleRuleState {
+        let state: serde_json::Value = self
+            .client
+            .query_one("SELECT rule_state FROM vehicles WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        serde_json::from_value(state).unwrap()
+    }
+
     async fn new() -> Self {
         let db = TestDb::new().await;
         let client = db.client().await;
@@ -236,13 +247,7 @@ async fn a_drained_bike_is_opened_escalated_and_resolved_with_every_transition_s
         .unwrap();
     let stored: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(stored, types.iter().map(|e| e.id).collect::<Vec<_>>());
-    let state: serde_json::Value = lab
-        .client
-        .query_one("SELECT rule_state FROM vehicles WHERE id = $1", &[&v.id])
-        .await
-        .unwrap()
-        .get(0);
-    let state: VehicleRuleState = serde_json::from_value(state).unwrap();
+    let state = lab.rule_state(v.id).await;
     assert_eq!(state.last_ts, Some(lab.t(secs + 600)));
 
     // The dead-zone backlog from before the refuel: stored by ingest, no alert from it.
@@ -539,12 +544,6 @@ async fn readings_stored_before_are_skipped_and_the_new_ones_stored_once() {
     };
     assert_eq!((rows, distinct), (7, 7));
     // The rules saw each new reading once: the last one acted on is the newest.
-    let state: serde_json::Value = lab
-        .client
-        .query_one("SELECT rule_state FROM vehicles WHERE id = $1", &[&v.id])
-        .await
-        .unwrap()
-        .get(0);
-    let state: VehicleRuleState = serde_json::from_value(state).unwrap();
+    let state = lab.rule_state(v.id).await;
     assert_eq!(state.last_ts, Some(lab.t(70)));
 }
