@@ -11,6 +11,7 @@ use serde::Deserialize;
 pub mod api;
 pub mod dashboard;
 pub mod gbfs;
+pub mod nats;
 
 use crate::domain::VehicleKind;
 pub use crate::domain::{Profile, Profiles};
@@ -20,6 +21,7 @@ pub use crate::domain::{Profile, Profiles};
 pub struct Config {
     pub database: DatabaseConfig,
     pub mqtt: MqttConfig,
+    pub nats: nats::NatsConfig,
     pub ingest: IngestConfig,
     pub store: StoreConfig,
     pub http: HttpConfig,
@@ -372,6 +374,13 @@ impl Config {
         let within = |section: &str, r: Result<(), (String, String)>| {
             r.map_err(|(o, m)| invalid(&format!("{section}{o}"), m))
         };
+        within("nats.", self.nats.validate())?;
+        if self.nats.url.is_some() && self.mqtt.topic_root.contains(['.', '*', '>', ' ']) {
+            return Err(invalid(
+                "mqtt.topic_root",
+                "must not contain '.', '*', '>' or spaces with nats.url: it becomes a subject",
+            ));
+        }
         within("geo.", self.geo.validate())?;
         within("rules.", self.rules.validate())?;
         within("notify.", self.notify.validate())?;
@@ -577,6 +586,7 @@ fn env_override_path(key: &str) -> Option<Vec<String>> {
     let fixed = match key {
         "DATABASE_URL" => Some("database.url"),
         "MQTT_URL" => Some("mqtt.url"),
+        "NATS_URL" => Some("nats.url"),
         "HYFLEET_TOPIC_ROOT" => Some("mqtt.topic_root"),
         "HYFLEET_HTTP_ADDR" => Some("http.addr"),
         _ => None,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::Incoming;
 use super::budget::{Budget, Verdict};
+use super::{Ack, Incoming};
 use crate::config::IngestConfig;
 use crate::decode::{Decoded, Decoder};
 use crate::domain::RejectReason;
@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 /// number, so that the acker can send them in arrival order.
 pub struct Job {
     pub decoded: Decoded,
-    pub acks: Vec<(u64, rumqttc::Publish)>,
+    pub acks: Vec<(u64, Ack)>,
     pub first_received: chrono::DateTime<chrono::Utc>,
 }
 
@@ -179,7 +179,7 @@ mod tests {
 
     use tokio::sync::mpsc;
 
-    use super::{Incoming, Job, run, shard};
+    use super::{Ack, Incoming, Job, run, shard};
     use crate::config::Config;
     use crate::decode::Decoder;
     use crate::metrics::Metrics;
@@ -188,7 +188,11 @@ mod tests {
         let topic = format!("hyfleet/v1/bike/XY-B{:04}/telemetry", n % 50);
         let payload = bytes::Bytes::from_static(b"{}");
         Incoming {
-            ack: rumqttc::Publish::new(&topic, rumqttc::QoS::AtLeastOnce, payload.clone()),
+            ack: Ack::Mqtt(rumqttc::Publish::new(
+                &topic,
+                rumqttc::QoS::AtLeastOnce,
+                payload.clone(),
+            )),
             topic,
             payload,
             received: chrono::Utc::now(),

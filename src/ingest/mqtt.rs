@@ -27,8 +27,8 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS}
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::Incoming;
 use super::batcher::sleep_until_opt;
+use super::{Ack, Incoming, Pipeline};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::{IngestEvent, Metrics};
@@ -77,15 +77,6 @@ pub struct Session {
     pub health: Arc<Health>,
     /// Leave on every stop, not only on a retirement (`mqtt.retire_on_shutdown`).
     pub retire_on_shutdown: bool,
-}
-
-/// The ingest pipeline behind the poller.
-pub struct Pipeline {
-    pub tx: mpsc::Sender<Incoming>,
-    /// Acknowledgements queued so far (see `acker`).
-    pub acked: watch::Receiver<u64>,
-    /// Fires once every batch taken is committed and acknowledged, after `tx` is dropped.
-    pub drained: oneshot::Receiver<()>,
 }
 
 /// What the poller does first.
@@ -328,7 +319,7 @@ impl Poller {
         let mut msg = Some(Incoming {
             topic: p.topic,
             payload: p.payload,
-            ack,
+            ack: Ack::Mqtt(ack),
             received: chrono::Utc::now(),
             retain: p.retain,
         });

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::decode::Decoded;
 use crate::domain::{Reject, RejectReason};
 
-pub type Done = mpsc::UnboundedSender<Vec<(u64, rumqttc::Publish)>>;
+pub type Done = mpsc::UnboundedSender<Vec<(u64, super::Ack)>>;
 
 /// One task per writer, each taking the batches of its own share of the fleet; returns their
 /// handles and the senders the batcher feeds them through (one batch queued per writer).

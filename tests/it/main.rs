@@ -4,6 +4,7 @@
 mod alerts;
 mod api;
 mod buses;
+mod cluster;
 mod completeness;
 mod dashboard;
 mod deploy;

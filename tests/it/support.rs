@@ -11,6 +11,7 @@ use hyfleet::config::Config;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 pub mod broker;
+pub mod nats;
 pub mod receiver;
 
 pub use broker::{PrivateBroker, shipped_limits};

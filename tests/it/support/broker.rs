@@ -181,7 +181,7 @@ pub fn device_user(kind: &str, id: &str) -> String {
     format!("{kind}/{id}")
 }
 
-fn repo(path: &str) -> PathBuf {
+pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 

@@ -1,0 +1,260 @@
+//! A NATS cluster on loopback: `deploy/nats/nats.conf` for real, each node with its own ports
+//! and store directory, the file's other lines (JetStream limits, the MQTT listener's settings,
+//! the cluster's name) as they ship.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use super::{eventually, temp_dir};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The ports of one node.
+#[derive(Clone, Copy)]
+struct Ports {
+    client: u16,
+    mqtt: u16,
+    route: u16,
+    http: u16,
+}
+
+/// `deploy/nats/nats.conf` for node `me` of `nodes`: the ports of each block and the routes
+/// moved to loopback, the store into `dir`. Every line that is rewritten must exist, so that
+/// the test cannot drift from the file.
+fn shipped_config(nodes: &[Ports], me: usize, dir: &Path) -> String {
+    let text = std::fs::read_to_string(super::broker::repo("deploy/nats/nats.conf")).unwrap();
+    let p = nodes[me];
+    let mut block = "";
+    let mut replaced = Vec::new();
+    let out: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let t = line.trim();
+            if let Some(name) = t.strip_suffix(" {") {
+                block = match name {
+                    "jetstream" => "jetstream",
+                    "mqtt" => "mqtt",
+                    "cluster" => "cluster",
+                    _ => "other",
+                };
+            } else if t == "}" {
+                block = "";
+            }
+            let key = t.split(':').next().unwrap_or("");
+            let new = match (block, key) {
+                ("", "port") => format!("host: 127.0.0.1\nport: {}", p.client),
+                ("", "http_port") => format!("http: \"127.0.0.1:{}\"", p.http),
+                ("jetstream", "store_dir") => format!("  store_dir: \"{}\"", dir.display()),
+                ("mqtt", "port") => format!("  host: 127.0.0.1\n  port: {}", p.mqtt),
+                ("cluster", "port") => format!("  host: 127.0.0.1\n  port: {}", p.route),
+                ("cluster", "routes") => format!(
+                    "  routes: [{}]",
+                    nodes
+                        .iter()
+                        .map(|n| format!("nats-route://127.0.0.1:{}", n.route))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                _ => return line.to_owned(),
+            };
+            replaced.push(format!("{block}.{key}"));
+            new
+        })
+        .collect();
+    replaced.sort();
+    assert_eq!(
+        replaced,
+        [
+            ".http_port",
+            ".port",
+            "cluster.port",
+            "cluster.routes",
+            "jetstream.store_dir",
+            "mqtt.port"
+        ],
+        "nats.conf sets each of these once"
+    );
+    out.join("\n") + "\n"
+}
+
+/// One nats-server process.
+struct Node {
+    name: String,
+    ports: Ports,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))
+            .unwrap();
+        let child = Command::new("nats-server")
+            .args(["-c", self.dir.join("nats.conf").to_str().unwrap()])
+            .env("NATS_NAME", &self.name)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A cluster of nats-server nodes on loopback, removed when dropped.
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+}
+
+impl NatsCluster {
+    pub async fn start(size: usize) -> NatsCluster {
+        let ports: Vec<Ports> = (0..size)
+            .map(|_| Ports {
+                client: free_port(),
+                mqtt: free_port(),
+                route: free_port(),
+                http: free_port(),
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for (n, p) in ports.iter().enumerate() {
+            let dir = temp_dir();
+            std::fs::write(dir.join("nats.conf"), shipped_config(&ports, n, &dir)).unwrap();
+            nodes.push(Node {
+                name: format!("nats-{}", n + 1),
+                ports: *p,
+                dir,
+                child: None,
+            });
+        }
+        for node in &mut nodes {
+            node.spawn();
+        }
+        let cluster = NatsCluster { nodes };
+        for n in 0..size {
+            cluster.wait_jetstream(n).await;
+        }
+        cluster
+    }
+
+    /// Wait until node `n` answers JetStream requests (its cluster has a meta leader).
+    pub async fn wait_jetstream(&self, n: usize) {
+        let url = format!("nats://127.0.0.1:{}", self.nodes[n].ports.client);
+        eventually(60, &format!("JetStream on {url}"), || async {
+            let client = async_nats::connect(&url).await.ok()?;
+            let reply = tokio::time::timeout(
+                Duration::from_secs(2),
+                client.request("$JS.API.INFO", "".into()),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            let info: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+            info.get("error").is_none().then_some(())
+        })
+        .await;
+    }
+
+    /// Every node's client URL, for `nats.url`.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.ports.client))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `n`'s MQTT listener.
+    pub fn mqtt_port(&self, n: usize) -> u16 {
+        self.nodes[n].ports.mqtt
+    }
+
+    pub fn mqtt_url(&self, n: usize) -> String {
+        format!("mqtt://127.0.0.1:{}", self.mqtt_port(n))
+    }
+
+    /// SIGKILL node `n`: nothing flushed, nothing handed over.
+    pub fn kill(&mut self, n: usize) {
+        self.nodes[n].kill();
+    }
+
+    /// Start node `n` again on its ports and store, as a supervisor would after a crash.
+    pub async fn restart(&mut self, n: usize) {
+        self.nodes[n].spawn();
+        self.wait_jetstream(n).await;
+    }
+
+    /// The name of the node that leads the stream `stream` (JetStream's stream info).
+    pub async fn stream_leader(&self, stream: &str) -> Option<String> {
+        let info = self
+            .request(&format!("$JS.API.STREAM.INFO.{stream}"))
+            .await?;
+        info["cluster"]["leader"].as_str().map(str::to_owned)
+    }
+
+    /// The index of the node that leads the stream `stream`, once it has one.
+    pub async fn leader_of(&self, stream: &str) -> usize {
+        let name = eventually(30, "the stream's leader", || self.stream_leader(stream)).await;
+        self.index_of(&name)
+    }
+
+    /// The index of the node named `name`.
+    pub fn index_of(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// A JetStream API request to any live node; its JSON answer.
+    pub async fn request(&self, subject: &str) -> Option<serde_json::Value> {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let url = format!("nats://127.0.0.1:{}", node.ports.client);
+            let Ok(client) = async_nats::connect(&url).await else {
+                continue;
+            };
+            if let Ok(Ok(reply)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                client.request(subject.to_owned(), "".into()),
+            )
+            .await
+            {
+                return serde_json::from_slice(&reply.payload).ok();
+            }
+        }
+        None
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if std::thread::panicking() {
+                let log = std::fs::read_to_string(node.dir.join("log")).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().filter(|l| !l.contains("[INF]")).collect();
+                eprintln!("--- {} (warnings and errors, last 40)", node.name);
+                for l in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{l}");
+                }
+            }
+            node.kill();
+            let _ = std::fs::remove_dir_all(&node.dir);
+        }
+    }
+}
