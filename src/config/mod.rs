@@ -559,6 +559,10 @@ impl StoreConfig {
 impl Config {
     /// The command publisher's login must not be ingest's (see [`MqttConfig::commands_url`]).
     fn validate_commands_login(&self) -> Result<(), ConfigError> {
+        if self.nats.url.is_some() {
+            // Ingest takes from JetStream and holds no MQTT session a command could end.
+            return Ok(());
+        }
         let commands = self
             .mqtt
             .commands_endpoint()

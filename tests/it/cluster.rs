@@ -50,7 +50,8 @@ impl Fleet {
                 let id = format!("XY-B{:04}", n + 1);
                 let mut opts =
                     MqttOptions::new(&id, "127.0.0.1", cluster.mqtt_port(n as usize % 3));
-                opts.set_keep_alive(Duration::from_secs(5));
+                opts.set_keep_alive(Duration::from_secs(5))
+                    .set_credentials("device", &cluster.passwords.device);
                 let topic = format!("{root}/bike/{id}/telemetry");
                 tokio::spawn(ride(opts, topic, start, acked.clone(), closing.clone()))
             })
@@ -242,7 +243,8 @@ async fn run(kill: Kill) -> Outcome {
     let mut cluster = NatsCluster::start(3).await;
     let db = TestDb::new().await;
     let hooks = Receiver::start().await;
-    let root = format!("test/{}", unique("cluster"));
+    // The shipped logins allow devices this root only; the cluster is this test's own.
+    let root = "hyfleet/v1".to_owned();
     let stream = unique("HYFLEET");
     let mut instances =
         Instances::start(&cluster, &db, &root, &stream, &hooks.url("/generic")).await;

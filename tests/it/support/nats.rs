@@ -1,6 +1,7 @@
 //! A NATS cluster on loopback: `deploy/nats/nats.conf` for real, each node with its own ports
 //! and store directory, the file's other lines (JetStream limits, the MQTT listener's settings,
-//! the cluster's name) as they ship.
+//! the cluster's name, the logins and their permissions) as they ship, with passwords of its
+//! own.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -84,9 +85,17 @@ fn shipped_config(nodes: &[Ports], me: usize, dir: &Path) -> String {
     out.join("\n") + "\n"
 }
 
+/// The passwords of the shipped logins, `hyfleet` and `device`.
+#[derive(Clone)]
+pub struct Passwords {
+    pub hyfleet: String,
+    pub device: String,
+}
+
 /// One nats-server process.
 struct Node {
     name: String,
+    passwords: Passwords,
     ports: Ports,
     dir: PathBuf,
     child: Option<Child>,
@@ -102,6 +111,8 @@ impl Node {
         let child = Command::new("nats-server")
             .args(["-c", self.dir.join("nats.conf").to_str().unwrap()])
             .env("NATS_NAME", &self.name)
+            .env("HYFLEET_NATS_PASSWORD", &self.passwords.hyfleet)
+            .env("DEVICE_NATS_PASSWORD", &self.passwords.device)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -120,6 +131,7 @@ impl Node {
 /// A cluster of nats-server nodes on loopback, removed when dropped.
 pub struct NatsCluster {
     nodes: Vec<Node>,
+    pub passwords: Passwords,
 }
 
 impl NatsCluster {
@@ -132,12 +144,17 @@ impl NatsCluster {
                 http: free_port(),
             })
             .collect();
+        let passwords = Passwords {
+            hyfleet: super::unique("hyfleet"),
+            device: super::unique("device"),
+        };
         let mut nodes = Vec::new();
         for (n, p) in ports.iter().enumerate() {
             let dir = temp_dir();
             std::fs::write(dir.join("nats.conf"), shipped_config(&ports, n, &dir)).unwrap();
             nodes.push(Node {
                 name: format!("nats-{}", n + 1),
+                passwords: passwords.clone(),
                 ports: *p,
                 dir,
                 child: None,
@@ -146,7 +163,7 @@ impl NatsCluster {
         for node in &mut nodes {
             node.spawn();
         }
-        let cluster = NatsCluster { nodes };
+        let cluster = NatsCluster { nodes, passwords };
         for n in 0..size {
             cluster.wait_jetstream(n).await;
         }
@@ -157,7 +174,7 @@ impl NatsCluster {
     pub async fn wait_jetstream(&self, n: usize) {
         let url = format!("nats://127.0.0.1:{}", self.nodes[n].ports.client);
         eventually(60, &format!("JetStream on {url}"), || async {
-            let client = async_nats::connect(&url).await.ok()?;
+            let client = self.connect(&url).await.ok()?;
             let reply = tokio::time::timeout(
                 Duration::from_secs(2),
                 client.request("$JS.API.INFO", "".into()),
@@ -171,11 +188,26 @@ impl NatsCluster {
         .await;
     }
 
-    /// Every node's client URL, for `nats.url`.
+    /// A NATS client of `url`, logged in as `hyfleet`.
+    async fn connect(&self, url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+        async_nats::ConnectOptions::with_user_and_password(
+            "hyfleet".into(),
+            self.passwords.hyfleet.clone(),
+        )
+        .connect(url)
+        .await
+    }
+
+    /// Every node's client URL with the `hyfleet` login, for `nats.url`.
     pub fn url(&self) -> String {
         self.nodes
             .iter()
-            .map(|n| format!("nats://127.0.0.1:{}", n.ports.client))
+            .map(|n| {
+                format!(
+                    "nats://hyfleet:{}@127.0.0.1:{}",
+                    self.passwords.hyfleet, n.ports.client
+                )
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -185,8 +217,13 @@ impl NatsCluster {
         self.nodes[n].ports.mqtt
     }
 
+    /// Node `n`'s MQTT listener with the `hyfleet` login (commands).
     pub fn mqtt_url(&self, n: usize) -> String {
-        format!("mqtt://127.0.0.1:{}", self.mqtt_port(n))
+        format!(
+            "mqtt://hyfleet:{}@127.0.0.1:{}",
+            self.passwords.hyfleet,
+            self.mqtt_port(n)
+        )
     }
 
     /// SIGKILL node `n`: nothing flushed, nothing handed over.
@@ -226,7 +263,7 @@ impl NatsCluster {
     pub async fn request(&self, subject: &str) -> Option<serde_json::Value> {
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
             let url = format!("nats://127.0.0.1:{}", node.ports.client);
-            let Ok(client) = async_nats::connect(&url).await else {
+            let Ok(client) = self.connect(&url).await else {
                 continue;
             };
             if let Ok(Ok(reply)) = tokio::time::timeout(
