@@ -338,3 +338,112 @@ fn dockerfile_builds_and_runs_the_hyfleet_binary() {
         );
     }
 }
+
+/// `docker-compose.nats.yml`, with its `<<` merge keys applied as Compose does.
+fn compose_nats() -> Value {
+    let text = std::fs::read_to_string(repo("docker-compose.nats.yml")).unwrap();
+    let mut yaml: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).expect("docker-compose.nats.yml is YAML");
+    yaml.apply_merge().unwrap();
+    serde_json::to_value(yaml).unwrap()
+}
+
+#[test]
+fn nats_compose_variant_agrees_with_the_cluster_and_hyfleet_configuration() {
+    let c = compose_nats();
+    let services = c["services"].as_object().expect("services");
+    let conf = std::fs::read_to_string(repo("deploy/nats/nats.conf")).unwrap();
+    let routes = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("routes:"))
+        .expect("nats.conf lists the routes");
+    let secrets = HashMap::from([
+        ("POSTGRES_PASSWORD", "pg-secret"),
+        ("HYFLEET_NATS_PASSWORD", "backend-secret"),
+        ("DEVICE_NATS_PASSWORD", "device-secret"),
+    ]);
+    // The image is the nats-server the cluster tests run here.
+    let installed = std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .expect("nats-server is installed");
+    let installed = String::from_utf8_lossy(&installed.stdout);
+    let mut volumes = Vec::new();
+    for n in 1..=3 {
+        let name = format!("nats-{n}");
+        let node = &services[&name];
+        let image = node["image"].as_str().unwrap();
+        let tag = image.strip_prefix("nats:").expect("the official image");
+        assert!(
+            installed.contains(&format!("v{tag}")),
+            "{image} is the tested nats-server ({installed})"
+        );
+        let env = environment(node, &secrets);
+        assert_eq!(env["NATS_NAME"], name, "each node has its own name");
+        for var in ["HYFLEET_NATS_PASSWORD", "DEVICE_NATS_PASSWORD"] {
+            assert!(conf.contains(&format!("${var}")), "nats.conf reads {var}");
+            assert_eq!(env[var], secrets[var]);
+        }
+        assert!(
+            routes.contains(&format!("nats-route://{name}:6222")),
+            "the routes name {name}: {routes}"
+        );
+        let mounts = bind_mounts(node);
+        let dir = mount_of(&mounts, "/etc/nats");
+        let args: Vec<&str> = node["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(args[0], "--config");
+        let file = args[1].strip_prefix("/etc/nats/").expect("in the mount");
+        assert_eq!(dir.join(file), repo("deploy/nats/nats.conf"));
+        // JetStream's store on a volume of the node's own.
+        let data: Vec<&str> = node["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .filter(|v| !v.starts_with('.'))
+            .collect();
+        assert_eq!(data.len(), 1, "{name}: one data volume");
+        let (volume, at) = data[0].split_once(':').unwrap();
+        assert!(
+            conf.contains(&format!("store_dir: \"{at}\"")),
+            "store_dir is {at}"
+        );
+        volumes.push(volume.to_owned());
+    }
+    let distinct: std::collections::HashSet<_> = volumes.iter().collect();
+    assert_eq!(distinct.len(), 3, "no two nodes share a store");
+
+    // What hyfleet makes of its environment: JetStream on all three nodes with three copies,
+    // commands through a node's MQTT listener, both as the backend's login.
+    let hyfleet = &services["hyfleet"];
+    let env = environment(hyfleet, &secrets);
+    let config = hyfleet::config::Config::from_toml_and_env("", "docker-compose.nats.yml", env)
+        .expect("hyfleet accepts the compose environment");
+    let (servers, login) = config.nats.servers().unwrap();
+    assert_eq!(
+        servers,
+        [
+            "nats://nats-1:4222",
+            "nats://nats-2:4222",
+            "nats://nats-3:4222"
+        ]
+    );
+    assert_eq!(login, Some(("hyfleet".into(), "backend-secret".into())));
+    assert!(conf.contains("{ user: hyfleet, password: $HYFLEET_NATS_PASSWORD }"));
+    assert_eq!(config.nats.replicas, 3);
+    let cmd = config.mqtt.commands_endpoint().unwrap();
+    assert!(services.contains_key(&cmd.host) && cmd.port == 1883);
+    assert_eq!(config.mqtt.topic_root, "hyfleet/v1");
+    assert!(
+        conf.contains("\"hyfleet.v1.*.*.telemetry\""),
+        "devices may publish under the topic root hyfleet is given"
+    );
+    let deps = hyfleet["depends_on"].as_object().unwrap();
+    assert_eq!(deps["postgres"]["condition"], "service_healthy");
+    assert_eq!(hyfleet["deploy"]["replicas"], 3);
+}
