@@ -414,3 +414,65 @@ async fn nats_nodes_killed_mid_stream_leave_no_loss_unseen() {
     );
     outcome.assert_once_each().await;
 }
+
+/// The shipped logins: a device's reaches MQTT only, and there only its own subjects; it
+/// cannot talk NATS to the cluster (the JetStream API, other devices' commands) nor send a
+/// command to a vehicle.
+#[tokio::test]
+async fn a_device_login_publishes_readings_and_nothing_else() {
+    let cluster = NatsCluster::start(3).await;
+    let device = cluster.passwords.device.clone();
+    let client_url = cluster.url().split(',').next().unwrap().to_owned();
+    let node = client_url.rsplit('@').next().unwrap().to_owned();
+    let refused =
+        async_nats::ConnectOptions::with_user_and_password("device".into(), device.clone())
+            .connect(format!("nats://{node}"))
+            .await;
+    assert!(
+        refused.is_err(),
+        "a device login speaks NATS to the cluster"
+    );
+
+    // The backend watches everything under the root.
+    let backend = async_nats::ConnectOptions::with_user_and_password(
+        "hyfleet".into(),
+        cluster.passwords.hyfleet.clone(),
+    )
+    .connect(format!("nats://{node}"))
+    .await
+    .unwrap();
+    let mut seen = backend.subscribe("hyfleet.v1.>").await.unwrap();
+    backend.flush().await.unwrap();
+
+    let mut opts = MqttOptions::new("XY-B0001", "127.0.0.1", cluster.mqtt_port(0));
+    opts.set_credentials("device", &device);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    // A forged command to another bike, then a reading of its own.
+    client
+        .publish(
+            "hyfleet/v1/bike/XY-B0002/cmd",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"cmd":"unlock"}"#,
+        )
+        .await
+        .unwrap();
+    client
+        .publish(
+            "hyfleet/v1/bike/XY-B0001/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            "{}",
+        )
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::StreamExt::next(&mut seen),
+    )
+    .await
+    .expect("the reading arrives")
+    .unwrap();
+    assert_eq!(first.subject.as_str(), "hyfleet.v1.bike.XY-B0001.telemetry");
+}
