@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
 
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::GetStreamErrorKind;
+
 use crate::config::{Config, MqttConfig};
 
 /// Readings a persistent session must keep while its subscriber is away. Mosquitto's default
@@ -62,6 +65,11 @@ impl fmt::Display for Check {
 /// uses (`hyfleet doctor --mqtt-url`); without it, `mqtt.url` when that has no user.
 pub async fn run(config: &Config, probe_url: Option<&str>) -> Vec<Check> {
     let mut checks = quick(config).await;
+    if config.nats.url.is_some() {
+        // Ingest takes from JetStream: the MQTT listener only carries commands down.
+        checks.push(nats(config).await);
+        return checks;
+    }
     match probe_url {
         Some(url) => {
             let mut mqtt = config.mqtt.clone();
@@ -79,6 +87,87 @@ pub async fn run(config: &Config, probe_url: Option<&str>) -> Vec<Check> {
         None => checks.extend(broker(&config.mqtt).await),
     }
     checks
+}
+
+/// The JetStream source (`[nats]`): the cluster reachable, and the stream and the consumer as
+/// configured (hyfleet creates them at its first start), with what waits in them.
+pub async fn nats(config: &Config) -> Check {
+    let nats = &config.nats;
+    let name = "nats";
+    let (servers, login) = match nats.servers() {
+        Ok(s) => s,
+        Err(e) => return Check::new(name, Verdict::Fail, format!("nats.url {e}")),
+    };
+    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+    if let Some((user, password)) = login {
+        options = options.user_and_password(user, password);
+    }
+    let client = match options.connect(servers.as_slice()).await {
+        Ok(c) => c,
+        Err(e) => return Check::new(name, Verdict::Fail, format!("unreachable: {e}")),
+    };
+    let js = async_nats::jetstream::new(client);
+    let mut stream = match js.get_stream(&nats.stream).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(e.kind(), GetStreamErrorKind::JetStream(ref api)
+                if api.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Check::new(
+                name,
+                Verdict::Warn,
+                format!(
+                    "no stream `{}` yet: hyfleet creates it at its first start; devices' \
+                     readings before that are captured by no stream and lost ({e})",
+                    nats.stream
+                ),
+            );
+        }
+        Err(e) => return Check::new(name, Verdict::Fail, format!("JetStream: {e}")),
+    };
+    let info = match stream.info().await {
+        Ok(i) => i.clone(),
+        Err(e) => return Check::new(name, Verdict::Fail, format!("JetStream: {e}")),
+    };
+    let want = format!("{}.>", crate::ingest::subject_root(&config.mqtt.topic_root));
+    let mut problems = Vec::new();
+    if info.config.subjects != [want.clone()] {
+        problems.push(format!("captures {:?}, not {want}", info.config.subjects));
+    }
+    if info.config.num_replicas != nats.replicas {
+        problems.push(format!(
+            "keeps {} copies, nats.replicas asks {}",
+            info.config.num_replicas, nats.replicas
+        ));
+    }
+    let waiting = match stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&nats.consumer)
+        .await
+    {
+        Ok(mut c) => match c.info().await {
+            Ok(ci) => format!(
+                "{} waiting, {} handed out and not acknowledged",
+                ci.num_pending, ci.num_ack_pending
+            ),
+            Err(e) => format!("consumer `{}`: {e}", nats.consumer),
+        },
+        Err(_) => format!("no consumer `{}` yet", nats.consumer),
+    };
+    let detail = format!(
+        "stream `{}` on {} node(s): {} message(s), {waiting}",
+        nats.stream,
+        servers.len(),
+        info.state.messages
+    );
+    if problems.is_empty() {
+        Check::new(name, Verdict::Ok, detail)
+    } else {
+        Check::new(
+            name,
+            Verdict::Warn,
+            format!("{detail}; the stream {}", problems.join(", ")),
+        )
+    }
 }
 
 fn has_user(mqtt: &MqttConfig) -> bool {

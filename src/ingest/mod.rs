@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 pub use commit::Services;
+pub use nats::subject_root;
 
 /// What ingest shares with the rest of the service.
 #[derive(Clone)]

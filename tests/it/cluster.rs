@@ -476,3 +476,56 @@ async fn a_device_login_publishes_readings_and_nothing_else() {
     .unwrap();
     assert_eq!(first.subject.as_str(), "hyfleet.v1.bike.XY-B0001.telemetry");
 }
+
+/// `hyfleet doctor` with `[nats]`: the stream before hyfleet made it, and one made with fewer
+/// copies than configured, are warned about; the MQTT broker measurements are not made (no
+/// MQTT session to measure).
+#[tokio::test]
+async fn doctor_checks_the_stream_hyfleet_takes_from() {
+    let cluster = NatsCluster::start(3).await;
+    let db = TestDb::new().await;
+    let mut config = config(&db, &cluster.mqtt_url(0));
+    config.mqtt.topic_root = "hyfleet/v1".into();
+    config.nats.url = Some(cluster.url());
+    config.nats.stream = unique("HYFLEET");
+    config.nats.replicas = 3;
+    let nats_check = |checks: Vec<hyfleet::doctor::Check>| {
+        assert!(checks.iter().all(|c| !c.name.starts_with("broker")));
+        checks
+            .into_iter()
+            .find(|c| c.name == "nats")
+            .expect("a nats line")
+    };
+    let c = nats_check(hyfleet::doctor::run(&config, None).await);
+    assert_eq!(c.verdict, hyfleet::doctor::Verdict::Warn, "{c}");
+    assert!(c.detail.contains("no stream"), "{c}");
+
+    let node = cluster.url().split(',').next().unwrap().to_owned();
+    let client = async_nats::ConnectOptions::with_user_and_password(
+        "hyfleet".into(),
+        cluster.passwords.hyfleet.clone(),
+    )
+    .connect(node.rsplit('@').next().unwrap())
+    .await
+    .unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: config.nats.stream.clone(),
+        subjects: vec!["hyfleet.v1.>".into()],
+        num_replicas: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = nats_check(hyfleet::doctor::run(&config, None).await);
+    assert_eq!(c.verdict, hyfleet::doctor::Verdict::Warn, "{c}");
+    assert!(
+        c.detail.contains("keeps 1 copies, nats.replicas asks 3"),
+        "{c}"
+    );
+
+    config.nats.replicas = 1;
+    let c = nats_check(hyfleet::doctor::run(&config, None).await);
+    assert_eq!(c.verdict, hyfleet::doctor::Verdict::Ok, "{c}");
+    assert!(c.detail.contains("0 message(s), no consumer"), "{c}");
+}
