@@ -221,6 +221,8 @@ enum Kill {
     Instance,
     /// A node that does not lead the stream, then the one that does.
     Nodes,
+    /// Not killed: the node that leads the stream restarted in lame-duck mode.
+    PlannedRestart,
 }
 
 /// What one run left in the database.
@@ -278,6 +280,11 @@ async fn run(kill: Kill) -> Outcome {
             let leader = cluster.leader_of(&stream).await;
             cluster.kill(leader);
             tokio::time::sleep(Duration::from_secs(1)).await;
+            cluster.restart(leader).await;
+        }
+        Kill::PlannedRestart => {
+            let leader = cluster.leader_of(&stream).await;
+            cluster.lame_duck(leader).await;
             cluster.restart(leader).await;
         }
     }
@@ -343,6 +350,18 @@ async fn run(kill: Kill) -> Outcome {
 }
 
 impl Outcome {
+    /// A reading lost after a bike's last stored one shows only when the next one arrives;
+    /// every one before it is stored or counted missing.
+    fn assert_no_loss_unseen(&self) {
+        assert_eq!(
+            self.stored + self.counted_missing,
+            self.up_to_last,
+            "each reading up to a bike's last stored one is stored or counted missing; \
+             not stored: {:?}",
+            self.lost
+        );
+    }
+
     /// No reading twice, no reject, at most one alert per bike (exactly one when nothing was
     /// lost: a bike whose every reading below 10 g was lost never raised one) and one webhook
     /// per alert.
@@ -404,14 +423,7 @@ async fn an_instance_killed_mid_stream_loses_no_reading_the_cluster_acknowledged
 #[tokio::test]
 async fn nats_nodes_killed_mid_stream_leave_no_loss_unseen() {
     let outcome = run(Kill::Nodes).await;
-    // A reading lost after a bike's last stored one shows only when the next one arrives; every
-    // one before it must show.
-    assert_eq!(
-        outcome.stored + outcome.counted_missing,
-        outcome.up_to_last,
-        "each reading up to a bike's last stored one is stored or counted missing; not stored: {:?}",
-        outcome.lost
-    );
+    outcome.assert_no_loss_unseen();
     outcome.assert_once_each().await;
 }
 
@@ -528,4 +540,14 @@ async fn doctor_checks_the_stream_hyfleet_takes_from() {
     let c = nats_check(hyfleet::doctor::run(&config, None).await);
     assert_eq!(c.verdict, hyfleet::doctor::Verdict::Ok, "{c}");
     assert!(c.detail.contains("0 message(s), no consumer"), "{c}");
+}
+
+/// A planned restart (an upgrade): the node that leads the stream is stopped in lame-duck mode,
+/// which hands its leaderships over before it goes, and started again. nats-server 2.9 still
+/// drops some readings it had acknowledged (docs/nats.md); each is counted missing.
+#[tokio::test]
+async fn a_planned_restart_of_the_stream_leader_leaves_no_loss_unseen() {
+    let outcome = run(Kill::PlannedRestart).await;
+    outcome.assert_no_loss_unseen();
+    outcome.assert_once_each().await;
 }

@@ -231,6 +231,26 @@ impl NatsCluster {
         self.nodes[n].kill();
     }
 
+    /// Stop node `n` as a planned restart does: lame-duck mode (SIGUSR2), in which nats-server
+    /// hands the leadership of its streams and consumers to other nodes and closes its clients
+    /// before it exits; waits for the exit.
+    pub async fn lame_duck(&mut self, n: usize) {
+        let mut child = self.nodes[n].child.take().expect("running");
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-USR2", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        eventually(120, "the node leaves", || {
+            let done = child.try_wait().unwrap().is_some();
+            async move { done.then_some(()) }
+        })
+        .await;
+    }
+
     /// Start node `n` again on its ports and store, as a supervisor would after a crash.
     pub async fn restart(&mut self, n: usize) {
         self.nodes[n].spawn();
