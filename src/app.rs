@@ -135,6 +135,14 @@ pub async fn serve(
 /// instance gone for good) through the same pipeline as `serve`, then end that session. The
 /// alerts it opens wait in the webhook outbox for the running instances' workers.
 pub async fn drain_session(config: Config) -> anyhow::Result<u64> {
+    if config.nats.url.is_some() {
+        anyhow::bail!(
+            "ingest takes from the JetStream consumer `{}` ([nats]), which holds nothing for an \
+             instance that is gone: what it had not acknowledged goes to another after \
+             nats.ack_wait_secs; there is no MQTT session to drain",
+            config.nats.consumer
+        );
+    }
     store::prepare_database(&config.database.url)
         .await
         .context("cannot prepare the database")?;

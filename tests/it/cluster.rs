@@ -551,3 +551,19 @@ async fn a_planned_restart_of_the_stream_leader_leaves_no_loss_unseen() {
     outcome.assert_no_loss_unseen();
     outcome.assert_once_each().await;
 }
+
+/// With `[nats]` there is no MQTT session to drain: the operator command says why instead of
+/// draining a session on the cluster's MQTT listener.
+#[test]
+fn drain_session_explains_that_jetstream_holds_nothing_per_instance() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hyfleet"))
+        .args(["mqtt", "drain-session", "--client-id", "hyfleet-2"])
+        .env("NATS_URL", "nats://127.0.0.1:4222")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env_remove("HYFLEET_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("there is no MQTT session to drain"), "{err}");
+}
