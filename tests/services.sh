@@ -118,6 +118,8 @@ for tool in mosquitto mosquitto_pub mosquitto_passwd; do
     command -v "$tool" >/dev/null ||
         fail "$tool is needed by the broker tests: apt-get install mosquitto mosquitto-clients"
 done
+command -v nats-server >/dev/null ||
+    fail "nats-server is needed by the cluster tests (tests/it/cluster.rs): apt-get install nats-server"
 out=${NEXTEST_ENV:-/dev/stdout}
 {
     echo "HYFLEET_TEST_PG=$pg"
