@@ -94,17 +94,10 @@ pub async fn run(config: &Config, probe_url: Option<&str>) -> Vec<Check> {
 pub async fn nats(config: &Config) -> Check {
     let nats = &config.nats;
     let name = "nats";
-    let (servers, login) = match nats.servers() {
-        Ok(s) => s,
-        Err(e) => return Check::new(name, Verdict::Fail, format!("nats.url {e}")),
-    };
-    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
-    if let Some((user, password)) = login {
-        options = options.user_and_password(user, password);
-    }
-    let client = match options.connect(servers.as_slice()).await {
+    let nodes = nats.servers().map(|(s, _)| s.len()).unwrap_or(0);
+    let client = match crate::ingest::connect_nats(nats, "hyfleet doctor".into(), false).await {
         Ok(c) => c,
-        Err(e) => return Check::new(name, Verdict::Fail, format!("unreachable: {e}")),
+        Err(e) => return Check::new(name, Verdict::Fail, format!("unreachable: {e:#}")),
     };
     let js = async_nats::jetstream::new(client);
     let mut stream = match js.get_stream(&nats.stream).await {
@@ -155,9 +148,7 @@ pub async fn nats(config: &Config) -> Check {
     };
     let detail = format!(
         "stream `{}` on {} node(s): {} message(s), {waiting}",
-        nats.stream,
-        servers.len(),
-        info.state.messages
+        nats.stream, nodes, info.state.messages
     );
     if problems.is_empty() {
         Check::new(name, Verdict::Ok, detail)

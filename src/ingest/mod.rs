@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 pub use commit::Services;
-pub use nats::subject_root;
+pub use nats::{connect as connect_nats, subject_root};
 
 /// What ingest shares with the rest of the service.
 #[derive(Clone)]

@@ -18,6 +18,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 
 use super::{Ack, Incoming, IngestDeps, Pipeline, Stages, acker};
 use crate::config::Config;
+use crate::config::nats::NatsConfig;
 use crate::metrics::IngestEvent;
 use crate::shutdown::Shutdown;
 
@@ -40,21 +41,34 @@ fn topic_of(subject: &str) -> String {
         .join(".")
 }
 
-pub async fn run(config: &Config, deps: IngestDeps, mut shutdown: Shutdown) -> anyhow::Result<()> {
-    let nats = &config.nats;
+/// A client of the cluster `nats.url` names, logged in as it says. With `keep_trying`, it
+/// returns at once and connects in the background (ingest waits for the cluster); without,
+/// an unreachable cluster is an error (`hyfleet doctor`).
+pub async fn connect(
+    nats: &NatsConfig,
+    name: String,
+    keep_trying: bool,
+) -> anyhow::Result<async_nats::Client> {
     let (servers, login) = nats
         .servers()
         .map_err(anyhow::Error::msg)
         .context("nats.url")?;
     let mut options = async_nats::ConnectOptions::new()
-        .name(format!("hyfleet {}", config.mqtt.client_id))
-        .retry_on_initial_connect()
+        .name(name)
         .connection_timeout(Duration::from_secs(5));
+    if keep_trying {
+        options = options.retry_on_initial_connect();
+    }
     if let Some((user, password)) = login {
         options = options.user_and_password(user, password);
     }
-    let client = options
-        .connect(servers.as_slice())
+    let client = options.connect(servers.as_slice()).await?;
+    Ok(client)
+}
+
+pub async fn run(config: &Config, deps: IngestDeps, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    let name = format!("hyfleet {}", config.mqtt.client_id);
+    let client = connect(&config.nats, name, true)
         .await
         .context("connecting to NATS")?;
     let Some(consumer) = consumer_of(config, &client, &deps, &mut shutdown).await else {
