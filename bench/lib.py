@@ -92,9 +92,155 @@ class Broker:
         wait_port(self.port, 10)
         self.url = f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def pids(self):
+        """The broker's processes, whose CPU and memory the measurements sum."""
+        return [self.proc.pid]
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+NATS_SERVER = os.environ.get("NATS_SERVER", shutil.which("nats-server") or "/usr/sbin/nats-server")
+
+
+def nats_node_config(text, nodes, me, store):
+    """`deploy/nats/nats.conf` for node `me` of `nodes` ([{client, mqtt, route, http}]): the
+    ports of each block and the routes moved to loopback, the store into `store`, every other
+    line as shipped (as tests/it/support/nats.rs rewrites it), but for its `authorization`
+    block: as with Mosquitto's password and ACL files (`_OWN`), the simulated devices connect
+    anonymously, the harness measures delivery, not authentication. Each rewritten line must
+    exist."""
+    p = nodes[me]
+    block, replaced, out, skip = "", [], [], 0
+    for line in text.splitlines():
+        t = line.strip()
+        if skip or (t.startswith("authorization") and t.endswith("{")):
+            skip += line.count("{") - line.count("}")
+            continue
+        if t.endswith(" {"):
+            block = t[:-2] if t[:-2] in ("jetstream", "mqtt", "cluster") else "other"
+        elif t == "}":
+            block = ""
+        key = t.split(":")[0]
+        new = {
+            ("", "port"): f"host: 127.0.0.1\nport: {p['client']}",
+            ("", "http_port"): f'http: "127.0.0.1:{p["http"]}"',
+            ("jetstream", "store_dir"): f'  store_dir: "{store}"',
+            ("mqtt", "port"): f"  host: 127.0.0.1\n  port: {p['mqtt']}",
+            ("cluster", "port"): f"  host: 127.0.0.1\n  port: {p['route']}",
+            ("cluster", "routes"): "  routes: [" + ", ".join(
+                f"nats-route://127.0.0.1:{n['route']}" for n in nodes) + "]",
+        }.get((block, key))
+        if new is None:
+            out.append(line)
+        else:
+            replaced.append(f"{block}.{key}")
+            out.append(new)
+    assert sorted(replaced) == [".http_port", ".port", "cluster.port", "cluster.routes", "jetstream.store_dir",
+                                "mqtt.port"], f"nats.conf no longer sets each of these once: {replaced}"
+    return "\n".join(out) + "\n"
+
+
+class NatsCluster:
+    """A cluster of `size` nats-server nodes on loopback with `deploy/nats/nats.conf` (ports,
+    routes and store moved to loopback and a temporary directory, removed by `stop()`). Like
+    `Broker` for the harness: `url` and `port` are node 1's MQTT listener, `pids` every node;
+    `nats_url` lists every node's client URL, for `[nats] url`."""
+
+    def __init__(self, size=3, ready_secs=60):
+        self.dir = tempfile.mkdtemp(prefix="hyfleet-bench-nats-")
+        shipped = ROOT / "deploy" / "nats" / "nats.conf"
+        text = shipped.read_text()
+        self.nodes = [{"client": free_port(), "mqtt": free_port(), "route": free_port(), "http": free_port()}
+                      for _ in range(size)]
+        self.source = (f"{shipped.relative_to(ROOT)} (ports, routes and store_dir moved to loopback and a temp "
+                       "dir; without its authorization block)")
+        self.procs = []
+        try:
+            for n, node in enumerate(self.nodes):
+                d = Path(self.dir, f"nats-{n + 1}")
+                d.mkdir()
+                conf = nats_node_config(text, self.nodes, n, d / "store")
+                (d / "nats.conf").write_text(conf)
+                if n == 0:
+                    self.conf = conf
+                log = open(d / "log", "w")
+                self.procs.append(subprocess.Popen(
+                    [NATS_SERVER, "-c", str(d / "nats.conf")], stdout=log, stderr=log,
+                    env={**os.environ, "NATS_NAME": f"nats-{n + 1}"}))
+                log.close()
+            self._wait_ready(ready_secs)
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self.nodes[0]["mqtt"]
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.nats_url = ",".join(f"nats://127.0.0.1:{n['client']}" for n in self.nodes)
+        self.version = subprocess.run([NATS_SERVER, "--version"], capture_output=True, text=True).stdout.strip()
+
+    @property
+    def proc(self):
+        return self.procs[0]
+
+    @property
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def _wait_ready(self, secs):
+        """Every node's JetStream with a meta leader, then node 1's MQTT listener accepting a
+        session (it refuses clients until JetStream is ready)."""
+        import urllib.request
+        deadline = time.time() + secs
+        for node in self.nodes:
+            while True:
+                try:
+                    jsz = json.loads(urllib.request.urlopen(
+                        f"http://127.0.0.1:{node['http']}/jsz", timeout=2).read())
+                    if (jsz.get("meta_cluster") or {}).get("leader"):
+                        break
+                except (OSError, ValueError):
+                    pass
+                if time.time() > deadline:
+                    raise RuntimeError(f"no JetStream meta leader seen from node {node} within {secs} s")
+                time.sleep(0.2)
+        while True:
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-ready-{uuid.uuid4().hex[:6]}")
+            try:
+                if c.connect("127.0.0.1", self.nodes[0]["mqtt"]) == 0:
+                    c.loop(timeout=2)
+                    if c.is_connected():
+                        c.disconnect()
+                        return
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"the MQTT listener of nats-1 refused sessions for {secs} s")
+            time.sleep(0.5)
+
+    def stream_leaders(self):
+        """{stream: the node leading it} from nats-1's monitoring endpoint; None if it does not answer."""
+        import urllib.request
+        try:
+            jsz = json.loads(urllib.request.urlopen(
+                f"http://127.0.0.1:{self.nodes[0]['http']}/jsz?accounts=1&streams=1", timeout=5).read())
+        except (OSError, ValueError):
+            return None
+        return {st["name"]: (st.get("cluster") or {}).get("leader")
+                for acc in jsz.get("account_details") or [] for st in acc.get("stream_detail") or []}
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

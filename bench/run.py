@@ -12,6 +12,10 @@ readings at a set rate and fleet size), every phase:
   api       the operator API's queries (fleet snapshot, a vehicle's day in 1-minute buckets, open
             alerts) on a store seeded with `--api-hours` of 1 Hz data for 505 vehicles, under
             ingest load; only when asked for (`--phases api`), once
+  nats      the same workload (`--nats-rates`) on two paths: Mosquitto → hyfleet's MQTT source,
+            and a 3-node nats-server cluster (deploy/nats/nats.conf) → hyfleet's `[nats]`
+            JetStream source, at each of `--nats-replicas`; each path with its counting
+            consumer as ceiling; only when asked for (`--phases nats`)
 
 Writes bench/results/<UTC date-time>.json and prints a table of medians with the ratios to the
 ceilings and to each peer. See BENCHMARKS.md. Never run by CI: nothing here is a test.
@@ -53,15 +57,18 @@ def sim(args, broker, root, rate, duration):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def phase_broker(args, broker):
-    """Counting subscriber, then the simulator as fast as asked (`--broker-rate`)."""
+def phase_broker(args, broker, source=None, rate=None, secs=None):
+    """Counting subscriber, then the simulator as fast as asked (`--broker-rate` for
+    `--broker-secs`; or `rate` for `secs`). `source`: the counter's arguments naming what it
+    counts from (default: `--mqtt-url` of `broker`)."""
     root = f"bench/{uuid.uuid4().hex[:8]}"
     counter = subprocess.Popen(
-        [str(args.bench_bin), "count", "--mqtt-url", broker.url, "--topic-root", root, "--idle-secs", "15"],
+        [str(args.bench_bin), "count", *(source or ["--mqtt-url", broker.url]), "--topic-root", root,
+         "--idle-secs", "15"],
         stdout=subprocess.PIPE, text=True,
     )
     assert counter.stdout.readline().strip() == "ready"
-    rep = sim(args, broker, root, args.broker_rate, args.broker_secs)
+    rep = sim(args, broker, root, rate or args.broker_rate, secs or args.broker_secs)
     res = json.loads(counter.stdout.readline())
     counter.wait(30)
     span = (res["last_unix_ms"] - rep["started_unix_ms"]) / 1000
@@ -402,11 +409,12 @@ def start_hyfleet(args, cfg, http_port, log, ready_secs=30):
     return p
 
 
-def start_system(system, args, broker, db, root, hook_url):
-    """Starts one consumer; returns (process, pid to measure, its /metrics URL or None)."""
+def start_system(system, args, broker, db, root, hook_url, extra=""):
+    """Starts one consumer; returns (process, pid to measure, its /metrics URL or None).
+    `extra`: TOML appended to hyfleet's configuration."""
     log = open(Path(tempfile.gettempdir()) / f"hyfleet-bench-{system}.log", "w")
     if system == "hyfleet":
-        cfg, http_port = hyfleet_config(args, broker, db, root, hook_url)
+        cfg, http_port = hyfleet_config(args, broker, db, root, hook_url, extra)
         p = start_hyfleet(args, cfg, http_port, log)
         return p, p.pid, f"http://127.0.0.1:{http_port}/metrics"
     if system == "python":
@@ -470,20 +478,25 @@ def write_phases(url):
     return out
 
 
-def run_consumer(system, args, broker, rate, hook):
+def broker_cpu(broker):
+    """CPU seconds so far of the broker's processes (every node of a cluster), summed."""
+    return sum(lib.proc_usage(p)[0] for p in broker.pids)
+
+
+def run_consumer(system, args, broker, rate, hook, extra=""):
     """One end-to-end run of `system` at `rate`. Keeps the database for the COPY ceiling when
-    asked to; returns (result, db or None)."""
+    asked to; returns (result, db or None). `extra`: TOML appended to hyfleet's configuration."""
     db = lib.Database(args.hyfleet_bin)
     root = f"bench/{uuid.uuid4().hex[:8]}"
     proc = None
     try:
-        proc, pid, metrics_url = start_system(system, args, broker, db, root, hook.url)
+        proc, pid, metrics_url = start_system(system, args, broker, db, root, hook.url, extra)
         lib.wait_consuming(db, broker.port, root)
         hook.hits.clear()
         probe = lib.Probe(broker.port, root)
         probe.start(db)
         cpu0, _ = lib.proc_usage(pid)
-        bcpu0, _ = lib.proc_usage(broker.proc.pid)
+        bcpu0 = broker_cpu(broker)
         pg0 = pg_cpu(db)
         sim0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         rep = sim(args, broker, root, rate, args.duration)
@@ -493,7 +506,9 @@ def run_consumer(system, args, broker, rate, hook):
         stored, done_ms = lib.wait_stored(db, expected)
         time.sleep(0.5)
         cpu1, rss = lib.proc_usage(pid)
-        bcpu1, _ = lib.proc_usage(broker.proc.pid)
+        bcpu1 = broker_cpu(broker)
+        # Peak RSS of the broker's processes, summed over a cluster's nodes.
+        broker_rss = sum(lib.proc_usage(p)[1] or 0 for p in broker.pids)
         pg_secs = pg_cpu(db, pg0)
         loss = lib.loss_check(db, rep["last_seq"])
         lat = probe.latencies()
@@ -525,6 +540,7 @@ def run_consumer(system, args, broker, rate, hook):
             "peak_rss_mib": rss,
             # The broker's share: a subscriber that falls behind makes Mosquitto work harder.
             "broker_cpu_secs_per_1000": (bcpu1 - bcpu0) / stored * 1000 if stored else None,
+            "broker_peak_rss_mib": broker_rss,
             # Where the machine's two cores went: PostgreSQL's backends serving this database
             # and the simulator publishing the load.
             "postgres_cpu_secs_per_1000": pg_secs / stored * 1000 if stored else None,
@@ -929,6 +945,110 @@ def phase_catchup(args, hook):
         broker.stop()
 
 
+# --- nats: the JetStream path beside the Mosquitto path (issue 13) -----------------------------
+
+def nats_toml(cluster, stream, replicas):
+    """hyfleet's `[nats]` section for `cluster`: every node's client URL, a stream of its own."""
+    return (f'[nats]\nurl = "{cluster.nats_url}"\nstream = "{stream}"\nconsumer = "hyfleet-bench"\n'
+            f"replicas = {replicas}\n")
+
+
+def phase_nats(args, hook, rate, log=print):
+    """The simulator at `rate` on each path, each measurement on a fresh broker or cluster:
+    Mosquitto (shipped configuration) → hyfleet's MQTT source, and, for each of
+    `--nats-replicas`, a 3-node nats-server cluster (deploy/nats/nats.conf), the simulator
+    publishing to nats-1's MQTT listener, → hyfleet's `[nats]` source pulling from a stream with
+    that many replicas. Each path's ceiling: `hyfleet-bench count` on it (over MQTT, or pulling
+    from a stream of the same replicas) on the same workload (`rate` for `--duration`): what a
+    consumer that does nothing but count and acknowledge gets on that path. (Not the simulator
+    as fast as asked, as the broker phase does: it publishes rate × seconds readings, and the
+    MQTT listener of nats-server takes them far slower than Mosquitto.)"""
+    paths = [("mosquitto", None)] + [("nats", int(r)) for r in args.nats_replicas.split(",") if r]
+    out = []
+    for path, replicas in paths:
+        fresh = lib.Broker if path == "mosquitto" else lib.NatsCluster
+        e = {"path": path, "replicas": replicas, "rate": rate}
+        b = fresh()
+        try:
+            e["broker_config_source"] = b.source
+            e["server_version"] = getattr(b, "version", None)
+            source = None if path == "mosquitto" else [
+                "--nats-url", b.nats_url, "--stream", f"BENCH_COUNT_{uuid.uuid4().hex[:8]}",
+                "--replicas", str(replicas)]
+            e["ceiling"] = phase_broker(args, b, source, rate, args.duration)
+        finally:
+            b.stop()
+        log(f"  {path} r{replicas or '-'} ceiling: {json.dumps(e['ceiling'])}")
+        b = fresh()
+        try:
+            extra = "" if path == "mosquitto" else nats_toml(b, f"BENCH_{uuid.uuid4().hex[:8]}", replicas)
+            r, db = run_consumer("hyfleet", args, b, rate, hook, extra)
+            db.drop()
+            if path == "nats":
+                r["stream_leaders"] = b.stream_leaders()
+                r["publishing_to"] = "nats-1's MQTT listener"
+            e["hyfleet"] = r
+        finally:
+            b.stop()
+        c = e["ceiling"]["delivered_per_sec"]
+        e["stored_over_ceiling"] = r["stored_per_sec"] / c if r["stored_per_sec"] and c else None
+        log(f"  {path} r{replicas or '-'} hyfleet @ {rate:.0f}/s: stored {r['stored']:,} of "
+            f"{r['published']:,} published, {fmt(r['stored_per_sec'])}/s, sustained {r['sustained']}, "
+            f"p99 {fmt(r['queryable_p99_ms'])} ms, load {r['load_avg']:.2f}")
+        out.append(e)
+    return out
+
+
+def summarise_nats(runs, max_drain):
+    """Medians per (rate, path, replicas) over the repeats, with the ratios."""
+    groups = {}
+    for e in runs:
+        groups.setdefault((e["rate"], e["path"], e["replicas"]), []).append(e)
+    rows = []
+    for (rate, path, replicas), es in groups.items():
+        hs = [e["hyfleet"] for e in es]
+        cs = [e["ceiling"] for e in es]
+        rows.append({
+            "rate": rate, "path": path, "replicas": replicas, "runs": len(es),
+            "ceiling_per_sec": median(cs, "delivered_per_sec"), "ceiling_published": median(cs, "published"),
+            "ceiling_delivered": median(cs, "delivered"),
+            **{k: median(hs, k) for k in (
+                "published", "publish_rate", "stored", "stored_per_sec", "drain_secs_after_publishing",
+                "queryable_p50_ms", "queryable_p99_ms", "cpu_secs_per_1000", "broker_cpu_secs_per_1000",
+                "postgres_cpu_secs_per_1000", "peak_rss_mib", "broker_peak_rss_mib", "load_avg")},
+            "all_sustained": all(h["sustained"] for h in hs), "all_zero_loss": all(h["zero_loss"] for h in hs),
+            # Every reading stored, none twice, within `--max-drain` of the end of publishing
+            # (sustained also asks that the simulator published 95 % of the asked rate).
+            "all_stored_within_drain": all(
+                h["zero_loss"] and h["drain_secs_after_publishing"] is not None
+                and h["drain_secs_after_publishing"] <= max_drain for h in hs),
+            "stored_over_ceiling": median(es, "stored_over_ceiling"),
+        })
+    for r in rows:
+        m = next((x for x in rows if x["rate"] == r["rate"] and x["path"] == "mosquitto"), None)
+        r["stored_over_mosquitto"] = (r["stored_per_sec"] / m["stored_per_sec"]
+                                      if m and r["stored_per_sec"] and m["stored_per_sec"] else None)
+        for k in ("cpu_secs_per_1000", "broker_cpu_secs_per_1000"):
+            r[k.replace("secs_per_1000", "over_mosquitto")] = (r[k] / m[k] if m and r[k] and m[k] else None)
+    return rows
+
+
+def print_nats(rows):
+    print("\nnats: the same workload on each path (medians; ceiling = hyfleet-bench count on that path)")
+    hdr = ("rate/s", "path", "R", "ceiling/s", "published", "published/s", "stored", "stored/s",
+           "all stored ≤ drain", "sustained", "p99 ms",
+           "hyfleet CPU s/1k", "broker CPU s/1k", "broker RSS MiB", "÷ceiling", "÷mosquitto")
+    print(" | ".join(hdr))
+    for r in rows:
+        print(" | ".join([
+            fmt(r["rate"]), r["path"], str(r["replicas"] or "-"), fmt(r["ceiling_per_sec"]), fmt(r["published"]),
+            fmt(r["publish_rate"]), fmt(r["stored"]), fmt(r["stored_per_sec"]), str(r["all_stored_within_drain"]),
+            str(r["all_sustained"]), fmt(r["queryable_p99_ms"]),
+            fmt(r["cpu_secs_per_1000"], 3), fmt(r["broker_cpu_secs_per_1000"], 3), fmt(r["broker_peak_rss_mib"]),
+            fmt(r["stored_over_ceiling"], 2), fmt(r["stored_over_mosquitto"], 2),
+        ]))
+
+
 def sim_vehicles(args, broker, root, rate, duration, vehicles):
     """The simulator at `rate` for `duration` s over `vehicles` vehicles; its JSON report."""
     out = subprocess.run(
@@ -997,6 +1117,9 @@ def main():
                     help="api phase: pack the seeded days (as the upkeep does once they are old) before timing")
     ap.add_argument("--api-rate", type=float, default=5000, help="readings/s published while the API is timed")
     ap.add_argument("--api-requests", type=int, default=200, help="timed requests of each API query")
+    ap.add_argument("--nats-rates", default="5000", help="nats phase: readings/s asked on each path")
+    ap.add_argument("--nats-replicas", default="3,1",
+                    help="nats phase: the stream's replicas on the 3-node cluster, one NATS path each")
     ap.add_argument("--hyfleet-bin", type=Path, default=TARGET / "release/hyfleet")
     ap.add_argument("--bench-bin", type=Path, default=TARGET / "release/hyfleet-bench")
     ap.add_argument("--sustained", type=float,
@@ -1115,6 +1238,15 @@ def main():
         if "api" in phases:
             results["api"] = phase_api(args, broker, hook)
             save()
+        if "nats" in phases:
+            results["nats"] = []
+            for rep in range(args.repeats):
+                for rate in (float(r) for r in args.nats_rates.split(",")):
+                    print(f"[{rep}] nats @ {rate:.0f}/s", flush=True)
+                    for e in phase_nats(args, hook, rate, log=lambda m: print(m, flush=True)):
+                        results["nats"].append(e)
+                        results["nats_summary"] = summarise_nats(results["nats"], args.max_drain)
+                        save()
     finally:
         hook.stop()
         broker.stop()
@@ -1126,6 +1258,8 @@ def main():
             print_api(results["api"])
         if results.get("burst"):
             print_burst(results["burst"])
+        if results.get("nats"):
+            print_nats(results["nats_summary"])
         for k in ("overload", "catchup"):
             if results["summary"].get(k):
                 print(f"\n{k}: {json.dumps(results['summary'][k])}")

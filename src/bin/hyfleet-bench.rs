@@ -4,7 +4,9 @@
 //!   (with each vehicle's last seq, which the zero-loss check needs) and the wall-clock times
 //!   publishing started and ended;
 //! - `count`: the broker ceiling probe, a QoS 1 subscriber with manual acks that does nothing
-//!   but count (`mosquitto_sub` prints every message and caps far below the broker);
+//!   but count (`mosquitto_sub` prints every message and caps far below the broker); with
+//!   `--nats-url`, the same over NATS JetStream: a work-queue stream and a durable pull
+//!   consumer as hyfleet's `[nats]` source makes them, each message counted and acknowledged;
 //! - `rules`: the rules engine alone on one core, over the Xiaoyi zones: what each reading
 //!   costs before any database work.
 
@@ -61,6 +63,24 @@ struct CountArgs {
     /// Messages the broker may have in flight to this subscriber (rumqttc's window).
     #[arg(long, default_value_t = 20_000)]
     inflight: u16,
+    /// Count from NATS JetStream instead (`nats://host:port`, several separated by commas):
+    /// the stream `--stream` capturing `{topic root with '/' as '.'}.>` and the durable pull
+    /// consumer `--consumer`, created if missing as hyfleet's `[nats]` source creates them.
+    #[arg(long)]
+    nats_url: Option<String>,
+    #[arg(long, default_value = "BENCH_COUNT")]
+    stream: String,
+    #[arg(long, default_value = "bench-count")]
+    consumer: String,
+    /// The stream's copies of each message.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Messages asked for per pull (hyfleet pulls its batch size, clamped to 100..=1,000).
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// The consumer's cap on messages delivered and not acknowledged (hyfleet's default).
+    #[arg(long, default_value_t = 120_000)]
+    max_ack_pending: i64,
 }
 
 fn now_ms() -> i64 {
@@ -97,7 +117,141 @@ async fn run_sim(args: sim::SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Messages counted so far and the wall-clock times of the first and the last.
+#[derive(Default)]
+struct Tally {
+    count: AtomicU64,
+    first: AtomicI64,
+    last: AtomicI64,
+}
+
+impl Tally {
+    fn hit(&self) {
+        let t = now_ms();
+        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.first.store(t, Ordering::Relaxed);
+        }
+        self.last.store(t, Ordering::Relaxed);
+    }
+
+    /// Prints `ready`, waits until messages stopped arriving for `--idle-secs` (or none came
+    /// within `--first-within-secs`), then prints the count as JSON.
+    async fn report(&self, args: &CountArgs) {
+        // The harness starts publishing only after this line.
+        println!("ready");
+        let started = now_ms();
+        let idle_ms = (args.idle_secs * 1000.0) as i64;
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let n = self.count.load(Ordering::Relaxed);
+            let t = now_ms();
+            if n == 0 {
+                if (t - started) as f64 > args.first_within_secs * 1000.0 {
+                    break;
+                }
+            } else if t - self.last.load(Ordering::Relaxed) > idle_ms {
+                break;
+            }
+        }
+        let out = serde_json::json!({
+            "messages": self.count.load(Ordering::Relaxed),
+            "first_unix_ms": self.first.load(Ordering::Relaxed),
+            "last_unix_ms": self.last.load(Ordering::Relaxed),
+        });
+        println!("{out}");
+    }
+}
+
+/// The NATS counting consumer: pulls from a durable consumer of a work-queue stream, counts
+/// the telemetry messages and acknowledges every message as it arrives.
+async fn count_nats(args: CountArgs, url: &str) -> anyhow::Result<()> {
+    use async_nats::jetstream::{self, consumer, stream};
+    use futures_util::StreamExt as _;
+
+    let servers: Vec<String> = url.split(',').map(|s| s.trim().to_owned()).collect();
+    let client = async_nats::ConnectOptions::new()
+        .name("hyfleet-bench count")
+        .retry_on_initial_connect()
+        .connect(servers.as_slice())
+        .await
+        .context("connecting to NATS")?;
+    let js = jetstream::new(client.clone());
+    let root = args.topic_root.trim_end_matches('/').replace('/', ".");
+    let wanted = stream::Config {
+        name: args.stream.clone(),
+        subjects: vec![format!("{root}.>")],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: args.replicas,
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    // JetStream may still be electing its leaders: retried, as hyfleet retries.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let consumer = loop {
+        let attempt = async {
+            let stream = js.get_or_create_stream(wanted.clone()).await?;
+            let consumer: consumer::PullConsumer = stream
+                .get_or_create_consumer(
+                    &args.consumer,
+                    consumer::pull::Config {
+                        durable_name: Some(args.consumer.clone()),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: Duration::from_secs(30),
+                        max_ack_pending: args.max_ack_pending,
+                        max_deliver: -1,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            anyhow::Ok(consumer)
+        };
+        match attempt.await {
+            Ok(c) => break c,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "JetStream not ready");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e.context("the stream and its consumer")),
+        }
+    };
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(args.batch)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("pull: {e}"))?;
+    let tally = Arc::new(Tally::default());
+    let t = tally.clone();
+    let pull = tokio::spawn(async move {
+        while let Some(m) = messages.next().await {
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "JetStream pull");
+                    continue;
+                }
+            };
+            if m.message.subject.ends_with(".telemetry") {
+                t.hit();
+            }
+            if let Some(reply) = m.message.reply.clone()
+                && client.publish(reply, bytes::Bytes::new()).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    tally.report(&args).await;
+    pull.abort();
+    Ok(())
+}
+
 async fn count(args: CountArgs) -> anyhow::Result<()> {
+    if let Some(url) = args.nats_url.clone() {
+        return count_nats(args, &url).await;
+    }
     let ep = parse_mqtt_url(&args.mqtt_url).map_err(|e| anyhow::anyhow!("--mqtt-url: {e}"))?;
     let mut o = MqttOptions::new(
         format!("hyfleet-bench-count-{}", std::process::id()),
@@ -113,9 +267,7 @@ async fn count(args: CountArgs) -> anyhow::Result<()> {
     let (client, mut eventloop) = AsyncClient::new(o, 100_000);
     let filter = format!("{}/+/+/telemetry", args.topic_root.trim_end_matches('/'));
 
-    let count = Arc::new(AtomicU64::new(0));
-    let first = Arc::new(AtomicI64::new(0));
-    let last = Arc::new(AtomicI64::new(0));
+    let tally = Arc::new(Tally::default());
     let subscribed = Arc::new(AtomicBool::new(false));
     // Acks go through their own task: awaiting the client from the polling task deadlocks once
     // its request channel fills (rumqttc #1025).
@@ -128,21 +280,12 @@ async fn count(args: CountArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let (c, f, l, s) = (
-        count.clone(),
-        first.clone(),
-        last.clone(),
-        subscribed.clone(),
-    );
+    let (t, s) = (tally.clone(), subscribed.clone());
     let poll = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let t = now_ms();
-                    if c.fetch_add(1, Ordering::Relaxed) == 0 {
-                        f.store(t, Ordering::Relaxed);
-                    }
-                    l.store(t, Ordering::Relaxed);
+                    t.hit();
                     if ack_tx.send(p).is_err() {
                         break;
                     }
@@ -167,29 +310,8 @@ async fn count(args: CountArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The harness starts publishing only after this line.
-    println!("ready");
-    let started = now_ms();
-    let idle_ms = (args.idle_secs * 1000.0) as i64;
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let n = count.load(Ordering::Relaxed);
-        let t = now_ms();
-        if n == 0 {
-            if (t - started) as f64 > args.first_within_secs * 1000.0 {
-                break;
-            }
-        } else if t - last.load(Ordering::Relaxed) > idle_ms {
-            break;
-        }
-    }
+    tally.report(&args).await;
     poll.abort();
-    let out = serde_json::json!({
-        "messages": count.load(Ordering::Relaxed),
-        "first_unix_ms": first.load(Ordering::Relaxed),
-        "last_unix_ms": last.load(Ordering::Relaxed),
-    });
-    println!("{out}");
     Ok(())
 }
 
