@@ -56,6 +56,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_ports(n):
+    """`n` distinct free ports: each socket is held until all are taken, so that the system
+    cannot hand the same port out twice."""
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def now_ms():
     return time.time_ns() // 1_000_000
 
@@ -154,8 +169,9 @@ class NatsCluster:
         self.dir = tempfile.mkdtemp(prefix="hyfleet-bench-nats-")
         shipped = ROOT / "deploy" / "nats" / "nats.conf"
         text = shipped.read_text()
-        self.nodes = [{"client": free_port(), "mqtt": free_port(), "route": free_port(), "http": free_port()}
-                      for _ in range(size)]
+        ports = free_ports(4 * size)
+        self.nodes = [dict(zip(("client", "mqtt", "route", "http"), ports[4 * n:4 * n + 4]))
+                      for n in range(size)]
         self.source = (f"{shipped.relative_to(ROOT)} (ports, routes and store_dir moved to loopback and a temp "
                        "dir; without its authorization block)")
         self.procs = []

@@ -9,12 +9,15 @@ use std::time::Duration;
 
 use super::{eventually, temp_dir};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free ports: each listener is held until all are taken, so that the system
+/// cannot hand the same port out twice.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// The ports of one node.
@@ -136,12 +139,13 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     pub async fn start(size: usize) -> NatsCluster {
-        let ports: Vec<Ports> = (0..size)
-            .map(|_| Ports {
-                client: free_port(),
-                mqtt: free_port(),
-                route: free_port(),
-                http: free_port(),
+        let ports: Vec<Ports> = free_ports(4 * size)
+            .chunks(4)
+            .map(|p| Ports {
+                client: p[0],
+                mqtt: p[1],
+                route: p[2],
+                http: p[3],
             })
             .collect();
         let passwords = Passwords {
