@@ -123,6 +123,13 @@ impl Node {
         self.child = Some(child);
     }
 
+    /// Whether its process is still there.
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().is_ok_and(|exited| exited.is_none()))
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -138,7 +145,25 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
+    /// Start `size` nodes on free ports. A port found free can be taken by another process
+    /// (a connection's own port) before the node binds it: then the node exits at once, and
+    /// the whole cluster starts again on other ports.
     pub async fn start(size: usize) -> NatsCluster {
+        for _ in 0..5 {
+            let mut cluster = NatsCluster::spawn(size);
+            // A node that could not bind its ports exits within moments.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if cluster.nodes.iter_mut().all(Node::running) {
+                for n in 0..size {
+                    cluster.wait_jetstream(n).await;
+                }
+                return cluster;
+            }
+        }
+        panic!("no NATS cluster started in 5 tries on free ports");
+    }
+
+    fn spawn(size: usize) -> NatsCluster {
         let ports: Vec<Ports> = free_ports(4 * size)
             .chunks(4)
             .map(|p| Ports {
@@ -167,11 +192,7 @@ impl NatsCluster {
         for node in &mut nodes {
             node.spawn();
         }
-        let cluster = NatsCluster { nodes, passwords };
-        for n in 0..size {
-            cluster.wait_jetstream(n).await;
-        }
-        cluster
+        NatsCluster { nodes, passwords }
     }
 
     /// Wait until node `n` answers JetStream requests (its cluster has a meta leader).
