@@ -25,6 +25,27 @@ use hyfleet::shutdown::Trigger;
 use crate::support::TestDb;
 use crate::support::receiver::{GENERIC_SECRET, Receiver};
 
+/// Time that stands still until the test moves it, for schedules checked to the millisecond:
+/// on an [`OffsetClock`] a retry whose jitter drew less than the test's own running time comes
+/// due while the test is still looking.
+pub struct StillClock(std::sync::Mutex<chrono::DateTime<Utc>>);
+
+impl StillClock {
+    pub fn new() -> Self {
+        StillClock(std::sync::Mutex::new(Utc::now()))
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+impl Clock for StillClock {
+    fn now(&self) -> chrono::DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
 /// A database with every migration and some webhooks registered, and a worker on a simulated
 /// clock.
 pub struct Rig {
