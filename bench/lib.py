@@ -123,17 +123,21 @@ NATS_SERVER = os.environ.get("NATS_SERVER", shutil.which("nats-server") or "/usr
 
 def nats_node_config(text, nodes, me, store):
     """`deploy/nats/nats.conf` for node `me` of `nodes` ([{client, mqtt, route, http}]): the
-    ports of each block and the routes moved to loopback, the store into `store`, every other
-    line as shipped (as tests/it/support/nats.rs rewrites it), but for its `authorization`
-    block: as with Mosquitto's password and ACL files (`_OWN`), the simulated devices connect
-    anonymously, the harness measures delivery, not authentication. Each rewritten line must
-    exist."""
+    ports of each block moved to loopback, the store into `store`, every other line as shipped
+    (as tests/it/support/nats.rs rewrites it), but for the files make-passwords.sh writes: the
+    routes are plain loopback routes, and the logins are left out. As with Mosquitto's password
+    and ACL files (`_OWN`), the simulated devices connect anonymously: the harness measures
+    delivery, not authentication. Each rewritten line must exist."""
     p = nodes[me]
-    block, replaced, out, skip = "", [], [], 0
+    block, replaced, out = "", [], []
     for line in text.splitlines():
         t = line.strip()
-        if skip or (t.startswith("authorization") and t.endswith("{")):
-            skip += line.count("{") - line.count("}")
+        if t == 'include "logins.conf"':
+            replaced.append("logins")
+            continue
+        if block == "cluster" and t == 'include "routes.conf"':
+            replaced.append("cluster.routes")
+            out.append("  routes: [" + ", ".join(f"nats-route://127.0.0.1:{n['route']}" for n in nodes) + "]")
             continue
         if t.endswith(" {"):
             block = t[:-2] if t[:-2] in ("jetstream", "mqtt", "cluster") else "other"
@@ -146,8 +150,6 @@ def nats_node_config(text, nodes, me, store):
             ("jetstream", "store_dir"): f'  store_dir: "{store}"',
             ("mqtt", "port"): f"  host: 127.0.0.1\n  port: {p['mqtt']}",
             ("cluster", "port"): f"  host: 127.0.0.1\n  port: {p['route']}",
-            ("cluster", "routes"): "  routes: [" + ", ".join(
-                f"nats-route://127.0.0.1:{n['route']}" for n in nodes) + "]",
         }.get((block, key))
         if new is None:
             out.append(line)
@@ -155,7 +157,7 @@ def nats_node_config(text, nodes, me, store):
             replaced.append(f"{block}.{key}")
             out.append(new)
     assert sorted(replaced) == [".http_port", ".port", "cluster.port", "cluster.routes", "jetstream.store_dir",
-                                "mqtt.port"], f"nats.conf no longer sets each of these once: {replaced}"
+                                "logins", "mqtt.port"], f"nats.conf no longer sets each of these once: {replaced}"
     return "\n".join(out) + "\n"
 
 
@@ -173,7 +175,7 @@ class NatsCluster:
         self.nodes = [dict(zip(("client", "mqtt", "route", "http"), ports[4 * n:4 * n + 4]))
                       for n in range(size)]
         self.source = (f"{shipped.relative_to(ROOT)} (ports, routes and store_dir moved to loopback and a temp "
-                       "dir; without its authorization block)")
+                       "dir; without the logins make-passwords.sh writes)")
         self.procs = []
         try:
             for n, node in enumerate(self.nodes):

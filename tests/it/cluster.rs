@@ -10,6 +10,8 @@
 //!   electing its leader. hyfleet cannot get those readings back; it must not hide them: each
 //!   one is counted missing (`telemetry_completeness`), and the rest keeps every guarantee.
 //!   docs/nats.md has the measured loss.
+//! - The logins `deploy/nats/make-passwords.sh` writes, attacked by a vehicle's login and by a
+//!   server that tries to join the cluster without the route login.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -24,7 +26,8 @@ use crate::support::nats::NatsCluster;
 use crate::support::receiver::{GENERIC_SECRET, Receiver};
 use crate::support::*;
 
-const BIKES: u32 = 12;
+/// Every bike that has a login.
+const BIKES: u32 = crate::support::nats::BIKES;
 const PER_BIKE: u32 = 400;
 /// With each bike's closing reading.
 const TOTAL: i64 = (BIKES * (PER_BIKE + 1)) as i64;
@@ -50,8 +53,9 @@ impl Fleet {
                 let id = format!("XY-B{:04}", n + 1);
                 let mut opts =
                     MqttOptions::new(&id, "127.0.0.1", cluster.mqtt_port(n as usize % 3));
+                let (user, password) = cluster.passwords.bike(&id);
                 opts.set_keep_alive(Duration::from_secs(5))
-                    .set_credentials("device", &cluster.passwords.device);
+                    .set_credentials(user, password);
                 let topic = format!("{root}/bike/{id}/telemetry");
                 tokio::spawn(ride(opts, topic, start, acked.clone(), closing.clone()))
             })
@@ -449,17 +453,57 @@ async fn nats_nodes_killed_mid_stream_leave_no_loss_unseen() {
     outcome.assert_once_each().await;
 }
 
-/// The shipped logins: a device's reaches MQTT only, and there only its own subjects; it
-/// cannot talk NATS to the cluster (the JetStream API, other devices' commands) nor send a
-/// command to a vehicle.
+/// A connected MQTT client of node `node` logged in as `login`, its subscriptions to `topics`
+/// answered; what it receives comes on the channel.
+async fn mqtt_client(
+    cluster: &NatsCluster,
+    node: usize,
+    client_id: &str,
+    login: (String, String),
+    topics: &[&str],
+) -> (
+    AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+) {
+    let mut opts = MqttOptions::new(client_id, "127.0.0.1", cluster.mqtt_port(node));
+    opts.set_credentials(login.0, login.1);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (subacked, mut subacks) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(ev) = eventloop.poll().await {
+            match ev {
+                Event::Incoming(Packet::Publish(p)) => {
+                    let _ = tx.send(p);
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    let _ = subacked.send(());
+                }
+                _ => {}
+            }
+        }
+    });
+    for topic in topics {
+        client.subscribe(*topic, QoS::AtLeastOnce).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), subacks.recv())
+            .await
+            .expect("the subscription is answered");
+    }
+    (client, rx)
+}
+
+/// The shipped logins, attacked by a device: bike XY-B0002's login reaches MQTT only, and
+/// there only its own subjects. It cannot talk NATS to the cluster (the JetStream API), speak
+/// for bike XY-B0001 (its readings, its commands), nor read XY-B0001's commands, whatever it
+/// subscribes to; its own reading goes through.
 #[tokio::test]
-async fn a_device_login_publishes_readings_and_nothing_else() {
+async fn a_device_login_publishes_its_own_readings_and_nothing_else() {
     let cluster = NatsCluster::start(3).await;
-    let device = cluster.passwords.device.clone();
+    let attacker = cluster.passwords.bike("XY-B0002");
     let client_url = cluster.url().split(',').next().unwrap().to_owned();
     let node = client_url.rsplit('@').next().unwrap().to_owned();
     let refused =
-        async_nats::ConnectOptions::with_user_and_password("device".into(), device.clone())
+        async_nats::ConnectOptions::with_user_and_password(attacker.0.clone(), attacker.1.clone())
             .connect(format!("nats://{node}"))
             .await;
     assert!(
@@ -478,29 +522,38 @@ async fn a_device_login_publishes_readings_and_nothing_else() {
     let mut seen = backend.subscribe("hyfleet.v1.>").await.unwrap();
     backend.flush().await.unwrap();
 
-    let mut opts = MqttOptions::new("XY-B0001", "127.0.0.1", cluster.mqtt_port(0));
-    opts.set_credentials("device", &device);
-    let (client, mut eventloop) = AsyncClient::new(opts, 10);
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    // A forged command to another bike, then a reading of its own.
-    client
-        .publish(
-            "hyfleet/v1/bike/XY-B0002/cmd",
-            QoS::AtLeastOnce,
-            false,
-            r#"{"cmd":"unlock"}"#,
-        )
-        .await
-        .unwrap();
-    client
-        .publish(
-            "hyfleet/v1/bike/XY-B0001/telemetry",
-            QoS::AtLeastOnce,
-            false,
-            "{}",
-        )
-        .await
-        .unwrap();
+    let (_victim, mut victim_got) = mqtt_client(
+        &cluster,
+        1,
+        "XY-B0001",
+        cluster.passwords.bike("XY-B0001"),
+        &["hyfleet/v1/bike/XY-B0001/cmd"],
+    )
+    .await;
+    let (client, mut attacker_got) = mqtt_client(
+        &cluster,
+        0,
+        "XY-B0002",
+        attacker,
+        &[
+            "hyfleet/v1/bike/XY-B0001/cmd",
+            "hyfleet/v1/#",
+            "$MQTT/sub/#",
+            "#",
+        ],
+    )
+    .await;
+    // A reading and a command as the other bike, then a reading of its own.
+    for (topic, payload) in [
+        ("hyfleet/v1/bike/XY-B0001/telemetry", "{}"),
+        ("hyfleet/v1/bike/XY-B0001/cmd", r#"{"cmd":"unlock"}"#),
+        ("hyfleet/v1/bike/XY-B0002/telemetry", "{}"),
+    ] {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
     let first = tokio::time::timeout(
         Duration::from_secs(20),
         futures_util::StreamExt::next(&mut seen),
@@ -508,7 +561,109 @@ async fn a_device_login_publishes_readings_and_nothing_else() {
     .await
     .expect("the reading arrives")
     .unwrap();
-    assert_eq!(first.subject.as_str(), "hyfleet.v1.bike.XY-B0001.telemetry");
+    assert_eq!(first.subject.as_str(), "hyfleet.v1.bike.XY-B0002.telemetry");
+
+    // The backend's command to XY-B0001 reaches it, and no one else.
+    let (commands, _) = mqtt_client(
+        &cluster,
+        2,
+        "hyfleet-commands",
+        ("hyfleet".into(), cluster.passwords.hyfleet.clone()),
+        &[],
+    )
+    .await;
+    commands
+        .publish(
+            "hyfleet/v1/bike/XY-B0001/cmd",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"cmd":"lock"}"#,
+        )
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), victim_got.recv())
+        .await
+        .expect("the command reaches its bike")
+        .unwrap();
+    assert_eq!(&got.payload[..], br#"{"cmd":"lock"}"#);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if let Ok(p) = attacker_got.try_recv() {
+        panic!("another bike received {:?} on {}", p.payload, p.topic);
+    }
+    assert!(
+        victim_got.try_recv().is_err(),
+        "the bike received the forged command"
+    );
+}
+
+/// The routes, attacked by a server: one that reaches a node's route port but has not the
+/// route login that `make-passwords.sh` wrote cannot join the cluster, so it neither sees the
+/// fleet's readings nor slips readings of its own into the stream's subjects.
+#[tokio::test]
+async fn a_server_without_the_route_login_cannot_join_the_cluster() {
+    let cluster = NatsCluster::start(3).await;
+    let node = cluster.url().split(',').next().unwrap().to_owned();
+    let node = node.rsplit('@').next().unwrap().to_owned();
+    let backend = async_nats::ConnectOptions::with_user_and_password(
+        "hyfleet".into(),
+        cluster.passwords.hyfleet.clone(),
+    )
+    .connect(format!("nats://{node}"))
+    .await
+    .unwrap();
+    let mut seen = backend.subscribe("hyfleet.v1.>").await.unwrap();
+    backend.flush().await.unwrap();
+
+    let (_rogue, port) = cluster.rogue(0);
+    let rogue = eventually(10, "the rogue server", || async {
+        async_nats::connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .ok()
+    })
+    .await;
+    // The reading of a bike, below: the rogue must not hear it.
+    let mut overheard = rogue.subscribe("hyfleet.v1.bike.XY-B0002.>").await.unwrap();
+    rogue.flush().await.unwrap();
+    // Time to try the route, and to be tried back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rogue
+        .publish("hyfleet.v1.bike.XY-B0001.telemetry", "{}".into())
+        .await
+        .unwrap();
+    rogue.flush().await.unwrap();
+
+    let (bike, _) = mqtt_client(
+        &cluster,
+        0,
+        "XY-B0002",
+        cluster.passwords.bike("XY-B0002"),
+        &[],
+    )
+    .await;
+    bike.publish(
+        "hyfleet/v1/bike/XY-B0002/telemetry",
+        QoS::AtLeastOnce,
+        false,
+        "{}",
+    )
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::StreamExt::next(&mut seen),
+    )
+    .await
+    .expect("the reading arrives")
+    .unwrap();
+    assert_eq!(first.subject.as_str(), "hyfleet.v1.bike.XY-B0002.telemetry");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let heard =
+        futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut overheard));
+    assert!(
+        heard.is_none(),
+        "the rogue server heard {:?}",
+        heard.flatten().map(|m| m.subject)
+    );
 }
 
 /// `hyfleet doctor` with `[nats]`: the stream before hyfleet made it, and one made with fewer

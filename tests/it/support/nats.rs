@@ -1,10 +1,11 @@
 //! A NATS cluster on loopback: `deploy/nats/nats.conf` for real, each node with its own ports
 //! and store directory, the file's other lines (JetStream limits, the MQTT listener's settings,
-//! the cluster's name, the logins and their permissions) as they ship, with passwords of its
-//! own.
+//! the cluster's name) as they ship, and the logins and routes that the shipped
+//! `deploy/nats/make-passwords.sh` writes, for routes on loopback.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::{eventually, temp_dir};
@@ -29,8 +30,8 @@ struct Ports {
     http: u16,
 }
 
-/// `deploy/nats/nats.conf` for node `me` of `nodes`: the ports of each block and the routes
-/// moved to loopback, the store into `dir`. Every line that is rewritten must exist, so that
+/// `deploy/nats/nats.conf` for node `me` of `nodes`: the ports of each block moved to
+/// loopback, the store into `dir`. Every line that is rewritten must exist, so that
 /// the test cannot drift from the file.
 fn shipped_config(nodes: &[Ports], me: usize, dir: &Path) -> String {
     let text = std::fs::read_to_string(super::broker::repo("deploy/nats/nats.conf")).unwrap();
@@ -58,14 +59,6 @@ fn shipped_config(nodes: &[Ports], me: usize, dir: &Path) -> String {
                 ("jetstream", "store_dir") => format!("  store_dir: \"{}\"", dir.display()),
                 ("mqtt", "port") => format!("  host: 127.0.0.1\n  port: {}", p.mqtt),
                 ("cluster", "port") => format!("  host: 127.0.0.1\n  port: {}", p.route),
-                ("cluster", "routes") => format!(
-                    "  routes: [{}]",
-                    nodes
-                        .iter()
-                        .map(|n| format!("nats-route://127.0.0.1:{}", n.route))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
                 _ => return line.to_owned(),
             };
             replaced.push(format!("{block}.{key}"));
@@ -79,7 +72,6 @@ fn shipped_config(nodes: &[Ports], me: usize, dir: &Path) -> String {
             ".http_port",
             ".port",
             "cluster.port",
-            "cluster.routes",
             "jetstream.store_dir",
             "mqtt.port"
         ],
@@ -88,12 +80,60 @@ fn shipped_config(nodes: &[Ports], me: usize, dir: &Path) -> String {
     out.join("\n") + "\n"
 }
 
-/// The passwords of the shipped logins, `hyfleet` and `device`.
+/// The logins `make-passwords.sh` wrote: the backend's password (its environment) and each
+/// vehicle's (`devices.csv`).
 #[derive(Clone)]
 pub struct Passwords {
     pub hyfleet: String,
-    pub device: String,
+    devices: HashMap<String, String>,
 }
+
+impl Passwords {
+    /// `deploy/nats/make-passwords.sh` for `BIKES` bikes, its files into `dir`, its routes to
+    /// `nodes`.
+    fn make(dir: &Path, nodes: &[Ports]) -> Passwords {
+        let routes: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.route))
+            .collect();
+        let status = Command::new(super::broker::repo("deploy/nats/make-passwords.sh"))
+            .arg(BIKES.to_string())
+            .arg("0")
+            .env("OUT_DIR", dir)
+            .env("ENV_FILE", dir.join(".env"))
+            .env("NATS_ROUTES", routes.join(" "))
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "make-passwords.sh failed");
+        let env = std::fs::read_to_string(dir.join(".env")).unwrap();
+        let hyfleet = env
+            .lines()
+            .find_map(|l| l.strip_prefix("HYFLEET_NATS_PASSWORD="))
+            .expect("HYFLEET_NATS_PASSWORD in .env")
+            .to_owned();
+        let devices = std::fs::read_to_string(dir.join("devices.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[2].to_owned(), f[3].to_owned())
+            })
+            .collect();
+        Passwords { hyfleet, devices }
+    }
+
+    /// The login of bike `id` (`XY-B0001`): its user name and password.
+    pub fn bike(&self, id: &str) -> (String, String) {
+        let user = format!("bike/{id}");
+        let password = self.devices[&user].clone();
+        (user, password)
+    }
+}
+
+/// How many bikes have a login.
+pub const BIKES: u32 = 12;
 
 /// One nats-server process.
 struct Node {
@@ -115,7 +155,6 @@ impl Node {
             .args(["-c", self.dir.join("nats.conf").to_str().unwrap()])
             .env("NATS_NAME", &self.name)
             .env("HYFLEET_NATS_PASSWORD", &self.passwords.hyfleet)
-            .env("DEVICE_NATS_PASSWORD", &self.passwords.device)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -135,6 +174,16 @@ impl Node {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A process killed when dropped.
+pub struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -173,14 +222,15 @@ impl NatsCluster {
                 http: p[3],
             })
             .collect();
-        let passwords = Passwords {
-            hyfleet: super::unique("hyfleet"),
-            device: super::unique("device"),
-        };
+        let logins = temp_dir();
+        let passwords = Passwords::make(&logins, &ports);
         let mut nodes = Vec::new();
         for (n, p) in ports.iter().enumerate() {
             let dir = temp_dir();
             std::fs::write(dir.join("nats.conf"), shipped_config(&ports, n, &dir)).unwrap();
+            for file in ["logins.conf", "routes.conf"] {
+                std::fs::copy(logins.join(file), dir.join(file)).unwrap();
+            }
             nodes.push(Node {
                 name: format!("nats-{}", n + 1),
                 passwords: passwords.clone(),
@@ -189,6 +239,7 @@ impl NatsCluster {
                 child: None,
             });
         }
+        let _ = std::fs::remove_dir_all(&logins);
         for node in &mut nodes {
             node.spawn();
         }
@@ -235,6 +286,32 @@ impl NatsCluster {
             })
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// A nats-server of no one's, without the cluster's logins, that routes to node `n` as
+    /// the cluster's own nodes do (same cluster name), killed when dropped; its client port.
+    pub fn rogue(&self, n: usize) -> (ChildGuard, u16) {
+        let ports = free_ports(2);
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &ports[0].to_string(),
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", ports[1]),
+                "--cluster_name",
+                "hyfleet",
+                "--routes",
+                &format!("nats://127.0.0.1:{}", self.nodes[n].ports.route),
+                "-n",
+                "rogue",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        (ChildGuard(child), ports[0])
     }
 
     /// Node `n`'s MQTT listener.
