@@ -1,6 +1,7 @@
 //! `POST /vehicles/{id}/commands`: a checked command, published with QoS 1 on the vehicle's
 //! `cmd` topic through an MQTT connection of the API's own (not ingest's persistent session).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use axum::Json;
@@ -8,7 +9,7 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
-use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
@@ -85,26 +86,49 @@ impl Publisher {
 fn connect(mqtt: &MqttConfig) -> Result<AsyncClient, String> {
     // A login of its own (`mqtt.commands_url`): a broker that pins client ids to users gives
     // this connection that user's session, never ingest's.
-    let ep = mqtt.commands_endpoint()?;
+    let endpoints = mqtt.commands_endpoints()?;
     let id = format!(
         "{}-api-{}",
         mqtt.client_id,
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let mut opts = MqttOptions::new(id, ep.host, ep.port);
-    opts.set_keep_alive(Duration::from_secs(mqtt.keep_alive_secs.max(5)));
-    if let Some((u, p)) = ep.credentials {
-        opts.set_credentials(u, p);
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let keep_alive = Duration::from_secs(mqtt.keep_alive_secs.max(5));
+    let options = move |n: usize| {
+        let ep = &endpoints[n % endpoints.len()];
+        let mut opts = MqttOptions::new(id.clone(), ep.host.clone(), ep.port);
+        opts.set_keep_alive(keep_alive);
+        if let Some((u, p)) = &ep.credentials {
+            opts.set_credentials(u, p);
+        }
+        opts
+    };
+    let (client, mut eventloop) = AsyncClient::new(options(0), 256);
     tokio::spawn(async move {
+        let mut at = 0;
+        // What the broker had not acknowledged, or was still queued, when a connection broke.
+        // The next connection is a new session, for which rumqttc drops what it kept: it is
+        // sent again there instead (at least once; a command carries its id).
+        let mut carried = VecDeque::new();
         loop {
             match eventloop.poll().await {
-                Ok(Event::Incoming(_) | Event::Outgoing(_)) => {}
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    eventloop.pending.extend(carried.drain(..));
+                }
+                Ok(_) => {}
                 // Every handle is gone: the API stopped.
                 Err(ConnectionError::RequestsDone) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "command connection to the broker lost; retrying");
+                    carried.extend(eventloop.pending.drain(..));
+                    // The next listener of `mqtt.commands_url`, if it names several.
+                    at += 1;
+                    eventloop.mqtt_options = options(at);
+                    let (host, port) = eventloop.mqtt_options.broker_address();
+                    tracing::warn!(
+                        error = %e,
+                        commands = carried.len(),
+                        next = %format!("{host}:{port}"),
+                        "command connection to the broker lost; retrying"
+                    );
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }

@@ -104,6 +104,8 @@ pub struct MqttConfig {
     /// The broker login of the API's command publisher, `mqtt://user:password@host:port`;
     /// unset: `url`'s. It must be another user than ingest's: a broker that pins client ids
     /// to users (the shipped Mosquitto) would otherwise end ingest's session at each command.
+    /// It may name several listeners, comma-separated (a NATS cluster's nodes): the publisher
+    /// moves to the next when it loses the one it is on.
     pub commands_url: Option<String>,
 }
 
@@ -134,9 +136,12 @@ impl MqttConfig {
         parse_mqtt_url(&self.url)
     }
 
-    /// Where and as whom the API publishes commands.
-    pub fn commands_endpoint(&self) -> Result<MqttEndpoint, String> {
-        parse_mqtt_url(self.commands_url.as_deref().unwrap_or(&self.url))
+    /// Where and as whom the API publishes commands, in the order it tries them.
+    pub fn commands_endpoints(&self) -> Result<Vec<MqttEndpoint>, String> {
+        match &self.commands_url {
+            Some(list) => list.split(',').map(|u| parse_mqtt_url(u.trim())).collect(),
+            None => Ok(vec![parse_mqtt_url(&self.url)?]),
+        }
     }
 }
 
@@ -559,18 +564,18 @@ impl StoreConfig {
 impl Config {
     /// The command publisher's login must not be ingest's (see [`MqttConfig::commands_url`]).
     fn validate_commands_login(&self) -> Result<(), ConfigError> {
+        let commands = self
+            .mqtt
+            .commands_endpoints()
+            .map_err(|e| invalid("mqtt.commands_url", e))?;
         if self.nats.url.is_some() {
             // Ingest takes from JetStream and holds no MQTT session a command could end.
             return Ok(());
         }
-        let commands = self
-            .mqtt
-            .commands_endpoint()
-            .map_err(|e| invalid("mqtt.commands_url", e))?;
         let ingest = self.mqtt.endpoint().map_err(|e| invalid("mqtt.url", e))?;
         let user = |ep: &MqttEndpoint| ep.credentials.as_ref().map(|(u, _)| u.clone());
         if let Some(u) = user(&ingest)
-            && user(&commands).as_ref() == Some(&u)
+            && commands.iter().any(|c| user(c).as_ref() == Some(&u))
         {
             return Err(invalid(
                 "mqtt.commands_url",
@@ -695,7 +700,7 @@ mod tests {
         assert_eq!(ep.host, "broker");
         assert_eq!(ep.port, 1884);
         assert_eq!(ep.credentials, Some(("u".into(), "p".into())));
-        let cmd = c.mqtt.commands_endpoint().unwrap();
+        let cmd = c.mqtt.commands_endpoints().unwrap().remove(0);
         assert_eq!(cmd.credentials, Some(("c".into(), "q".into())));
     }
 
@@ -711,6 +716,47 @@ mod tests {
         }
         // Without logins (a development broker) one URL serves both.
         assert!(Config::from_toml_and_env("", "t", env(&[])).is_ok());
+        // Every listener of a list is checked.
+        let e = [
+            ("MQTT_URL", "mqtt://u:p@broker:1883"),
+            (
+                "HYFLEET_MQTT__COMMANDS_URL",
+                "mqtt://c:q@a:1883, mqtt://u:p@b:1883",
+            ),
+        ];
+        let err = Config::from_toml_and_env("", "t", env(&e))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.commands_url"), "{err}");
+    }
+
+    #[test]
+    fn commands_url_may_list_several_listeners() {
+        let e = [(
+            "HYFLEET_MQTT__COMMANDS_URL",
+            "mqtt://c:q@nats-1:1883, mqtt://c:q@nats-2:1884,mqtt://c:q@nats-3",
+        )];
+        let c = Config::from_toml_and_env("", "t", env(&e)).unwrap();
+        let at: Vec<(String, u16)> = c
+            .mqtt
+            .commands_endpoints()
+            .unwrap()
+            .into_iter()
+            .map(|ep| (ep.host, ep.port))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                ("nats-1".into(), 1883),
+                ("nats-2".into(), 1884),
+                ("nats-3".into(), 1883)
+            ]
+        );
+        let e = [("HYFLEET_MQTT__COMMANDS_URL", "mqtt://a:1883,http://b")];
+        let err = Config::from_toml_and_env("", "t", env(&e))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.commands_url"), "{err}");
     }
 
     #[test]

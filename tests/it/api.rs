@@ -31,8 +31,14 @@ struct Api {
 
 impl Api {
     async fn start() -> Api {
+        Api::start_with(|_| {}).await
+    }
+
+    /// As `start`, with `tweak` applied to the configuration.
+    async fn start_with(tweak: impl FnOnce(&mut hyfleet::config::Config)) -> Api {
         let db = TestDb::new().await;
         let mut c = config(&db, &BROKER);
+        tweak(&mut c);
         c.api.tokens = vec![
             token("watcher", Role::Viewer, VIEWER),
             token("dispatcher", Role::Operator, OPERATOR),
@@ -602,6 +608,114 @@ impl Sse {
         .await
         .expect("an SSE event within 30 s")
     }
+}
+
+/// A bike subscribed to its `cmd` topic on the broker; what it receives comes on the channel,
+/// once the subscription is answered.
+async fn commanded_bike(topic: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    let ep = hyfleet::config::parse_mqtt_url(&BROKER).unwrap();
+    let (client, mut events) = rumqttc::AsyncClient::new(
+        rumqttc::MqttOptions::new(unique("bike"), ep.host, ep.port),
+        100,
+    );
+    client
+        .subscribe(topic, rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (subacked, mut subacks) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    let _ = subacked.send(());
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send(serde_json::from_slice(&p.payload).unwrap());
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subacks.recv())
+        .await
+        .expect("subscribed");
+    rx
+}
+
+/// Commands the API accepted (202) while its link to the broker was breaking, handed to the
+/// broker and not acknowledged, still reach the vehicle once the link is back: the publisher's
+/// next connection is a new session, for which the MQTT client drops what it kept, so hyfleet
+/// sends them again itself.
+#[tokio::test]
+async fn commands_accepted_while_the_link_to_the_broker_breaks_reach_the_vehicle() {
+    let ep = hyfleet::config::parse_mqtt_url(&BROKER).unwrap();
+    let upstream = tokio::net::lookup_host((ep.host.as_str(), ep.port))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let link = Proxy::start(upstream).await;
+    let port = link.port;
+    let api = Api::start_with(|c| {
+        c.mqtt.commands_url = Some(format!("mqtt://127.0.0.1:{port}"));
+    })
+    .await;
+    let db = api.db.client().await;
+    add_vehicle(&db, "XY-B0001", "bike", 30.0, 37.145, 111.781, true, true).await;
+    let mut bike = commanded_bike(&format!("{}/bike/XY-B0001/cmd", api.root)).await;
+    let command = |t: &'static str| {
+        let api = &api;
+        async move {
+            let (s, cmd) = api
+                .send(
+                    reqwest::Method::POST,
+                    "/api/v1/vehicles/XY-B0001/commands",
+                    OPERATOR,
+                    json!({"type": t}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{cmd}");
+            cmd["id"].as_str().unwrap().to_owned()
+        }
+    };
+    // The link works: the publisher is connected.
+    let first = command("locate").await;
+    let got = tokio::time::timeout(Duration::from_secs(15), bike.recv())
+        .await
+        .expect("the first command")
+        .unwrap();
+    assert_eq!(got["id"], first.as_str());
+
+    // The link slows to a crawl, the API accepts three commands, and the link breaks before
+    // they reach the broker; it comes back a moment later.
+    link.set_delay(Duration::from_secs(30));
+    let mut sent = Vec::new();
+    for t in ["lock", "unlock", "lock"] {
+        sent.push(command(t).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    link.cut();
+    link.set_delay(Duration::ZERO);
+    link.restore();
+
+    let mut got = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < sent.len() {
+        match tokio::time::timeout_at(deadline, bike.recv()).await {
+            Ok(Some(cmd)) => {
+                got.insert(cmd["id"].as_str().unwrap().to_owned());
+            }
+            _ => break,
+        }
+    }
+    let missing: Vec<_> = sent.iter().filter(|id| !got.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "accepted and never sent: {missing:?} of {sent:?}"
+    );
 }
 
 #[tokio::test]

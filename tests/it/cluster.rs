@@ -666,6 +666,97 @@ async fn a_server_without_the_route_login_cannot_join_the_cluster() {
     );
 }
 
+/// The id of the next command `commands` receives, within 60 s.
+async fn received(commands: &mut tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>) -> String {
+    let p = tokio::time::timeout(Duration::from_secs(60), commands.recv())
+        .await
+        .expect("the command reaches the bike")
+        .unwrap();
+    let cmd: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+    cmd["id"].as_str().unwrap().to_owned()
+}
+
+/// Commands when a node dies: `mqtt.commands_url` lists the three nodes' MQTT listeners, the
+/// one the API's publisher is on is killed, and a command the API accepts afterwards reaches
+/// its bike through another node.
+#[tokio::test]
+async fn commands_go_down_through_another_node_when_one_dies() {
+    const OPERATOR: &str = "operator-token-0123456789";
+    let mut cluster = NatsCluster::start(3).await;
+    let db = TestDb::new().await;
+    let mut config = config(&db, &cluster.mqtt_url(0));
+    config.mqtt.topic_root = "hyfleet/v1".into();
+    config.mqtt.commands_url = Some(
+        (0..3)
+            .map(|n| cluster.mqtt_url(n))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    config.nats.url = Some(cluster.url());
+    config.nats.stream = unique("HYFLEET");
+    config.nats.replicas = 3;
+    config.api.tokens = vec![hyfleet::api::TokenConfig {
+        name: "dispatcher".into(),
+        role: hyfleet::api::Role::Operator,
+        token: Some(OPERATOR.into()),
+        token_sha256: None,
+    }];
+    let svc = InProcess::start(config).await;
+    let client = db.client().await;
+
+    // The bike, on node 2, reports once (which registers it) and waits for commands.
+    let (bike, mut commands) = mqtt_client(
+        &cluster,
+        1,
+        "XY-B0001",
+        cluster.passwords.bike("XY-B0001"),
+        &["hyfleet/v1/bike/XY-B0001/cmd"],
+    )
+    .await;
+    let reading = json!({
+        "ts": chrono::Utc::now().to_rfc3339(), "seq": 1, "lat": 37.1466, "lon": 111.7817,
+        "speed_kmh": 0.0, "h2_g": 40.0, "locked": true
+    });
+    bike.publish(
+        "hyfleet/v1/bike/XY-B0001/telemetry",
+        QoS::AtLeastOnce,
+        false,
+        reading.to_string(),
+    )
+    .await
+    .unwrap();
+    eventually(30, "the bike registered", || async {
+        (count(
+            &client,
+            "SELECT count(*) FROM vehicles WHERE code = 'XY-B0001'",
+        )
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let command = |t: &'static str| {
+        let req = http
+            .post(svc.url("/api/v1/vehicles/XY-B0001/commands"))
+            .bearer_auth(OPERATOR)
+            .json(&json!({ "type": t }));
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+            let cmd: serde_json::Value = r.json().await.unwrap();
+            cmd["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let first = command("locate").await;
+    assert_eq!(received(&mut commands).await, first);
+
+    // The publisher is on node 1, the first listed: it goes.
+    cluster.kill(0);
+    let second = command("lock").await;
+    assert_eq!(received(&mut commands).await, second);
+}
+
 /// `hyfleet doctor` with `[nats]`: the stream before hyfleet made it, and one made with fewer
 /// copies than configured, are warned about; the MQTT broker measurements are not made (no
 /// MQTT session to measure).

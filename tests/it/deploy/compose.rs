@@ -161,7 +161,7 @@ fn compose_file_agrees_with_hyfleet_configuration() {
     let (user, pass) = ep.credentials.expect("hyfleet logs in to the broker");
     assert_eq!(pass, "mqtt-secret");
     // The command publisher has a login of its own, never ingest's (client ids are users).
-    let cmd = config.mqtt.commands_endpoint().unwrap();
+    let cmd = config.mqtt.commands_endpoints().unwrap().remove(0);
     assert_eq!((cmd.host.as_str(), cmd.port), ("mosquitto", 1883));
     let (cmd_user, cmd_pass) = cmd.credentials.expect("the command publisher logs in");
     assert_eq!(cmd_pass, "commands-secret");
@@ -458,8 +458,18 @@ fn nats_compose_variant_agrees_with_the_cluster_and_hyfleet_configuration() {
     assert_eq!(login, Some(("hyfleet".into(), "backend-secret".into())));
     assert!(logins.contains("{ user: hyfleet, password: $HYFLEET_NATS_PASSWORD }"));
     assert_eq!(config.nats.replicas, 3);
-    let cmd = config.mqtt.commands_endpoint().unwrap();
-    assert!(services.contains_key(&cmd.host) && cmd.port == 1883);
+    let login = Some(("hyfleet".to_owned(), "backend-secret".to_owned()));
+    assert_eq!(
+        config.mqtt.commands_endpoints().unwrap(),
+        (1..=3)
+            .map(|n| hyfleet::config::MqttEndpoint {
+                host: format!("nats-{n}"),
+                port: 1883,
+                credentials: login.clone(),
+            })
+            .collect::<Vec<_>>(),
+        "commands go down through any node"
+    );
     assert_eq!(config.mqtt.topic_root, "hyfleet/v1");
     assert!(
         logins.contains("\"hyfleet.v1.bus.XY-H0001.telemetry\""),
