@@ -168,14 +168,35 @@ class NatsCluster:
     `nats_url` lists every node's client URL, for `[nats] url`."""
 
     def __init__(self, size=3, ready_secs=60):
-        self.dir = tempfile.mkdtemp(prefix="hyfleet-bench-nats-")
         shipped = ROOT / "deploy" / "nats" / "nats.conf"
         text = shipped.read_text()
+        self.source = (f"{shipped.relative_to(ROOT)} (ports, routes and store_dir moved to loopback and a temp "
+                       "dir; without the logins make-passwords.sh writes)")
+        # A port found free can be taken by another process before a node binds it: that node
+        # exits at once, and the whole cluster starts again on other ports (as the tests do).
+        for _ in range(5):
+            self._spawn(text, size)
+            time.sleep(0.5)
+            if all(p.poll() is None for p in self.procs):
+                break
+            self.stop()
+        else:
+            raise RuntimeError("no NATS cluster started in 5 tries on free ports")
+        try:
+            self._wait_ready(ready_secs)
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self.nodes[0]["mqtt"]
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.nats_url = ",".join(f"nats://127.0.0.1:{n['client']}" for n in self.nodes)
+        self.version = subprocess.run([NATS_SERVER, "--version"], capture_output=True, text=True).stdout.strip()
+
+    def _spawn(self, text, size):
+        self.dir = tempfile.mkdtemp(prefix="hyfleet-bench-nats-")
         ports = free_ports(4 * size)
         self.nodes = [dict(zip(("client", "mqtt", "route", "http"), ports[4 * n:4 * n + 4]))
                       for n in range(size)]
-        self.source = (f"{shipped.relative_to(ROOT)} (ports, routes and store_dir moved to loopback and a temp "
-                       "dir; without the logins make-passwords.sh writes)")
         self.procs = []
         try:
             for n, node in enumerate(self.nodes):
@@ -185,19 +206,13 @@ class NatsCluster:
                 (d / "nats.conf").write_text(conf)
                 if n == 0:
                     self.conf = conf
-                log = open(d / "log", "w")
-                self.procs.append(subprocess.Popen(
-                    [NATS_SERVER, "-c", str(d / "nats.conf")], stdout=log, stderr=log,
-                    env={**os.environ, "NATS_NAME": f"nats-{n + 1}"}))
-                log.close()
-            self._wait_ready(ready_secs)
+                with open(d / "log", "w") as log:
+                    self.procs.append(subprocess.Popen(
+                        [NATS_SERVER, "-c", str(d / "nats.conf")], stdout=log, stderr=log,
+                        env={**os.environ, "NATS_NAME": f"nats-{n + 1}"}))
         except BaseException:
             self.stop()
             raise
-        self.port = self.nodes[0]["mqtt"]
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        self.nats_url = ",".join(f"nats://127.0.0.1:{n['client']}" for n in self.nodes)
-        self.version = subprocess.run([NATS_SERVER, "--version"], capture_output=True, text=True).stdout.strip()
 
     @property
     def proc(self):

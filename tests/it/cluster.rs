@@ -453,6 +453,23 @@ async fn nats_nodes_killed_mid_stream_leave_no_loss_unseen() {
     outcome.assert_once_each().await;
 }
 
+/// Everything under the root, as the backend sees it on node 1; keep the client.
+async fn watch_root(cluster: &NatsCluster) -> (async_nats::Client, async_nats::Subscriber) {
+    let backend = cluster.backend().await;
+    let seen = backend.subscribe("hyfleet.v1.>").await.unwrap();
+    backend.flush().await.unwrap();
+    (backend, seen)
+}
+
+/// The subject of the next message under the root, within 20 s.
+async fn next_subject(seen: &mut async_nats::Subscriber) -> String {
+    let m = tokio::time::timeout(Duration::from_secs(20), futures_util::StreamExt::next(seen))
+        .await
+        .expect("a message under the root")
+        .unwrap();
+    m.subject.to_string()
+}
+
 /// A connected MQTT client of node `node` logged in as `login`, its subscriptions to `topics`
 /// answered; what it receives comes on the channel.
 async fn mqtt_client(
@@ -500,27 +517,16 @@ async fn mqtt_client(
 async fn a_device_login_publishes_its_own_readings_and_nothing_else() {
     let cluster = NatsCluster::start(3).await;
     let attacker = cluster.passwords.bike("XY-B0002");
-    let client_url = cluster.url().split(',').next().unwrap().to_owned();
-    let node = client_url.rsplit('@').next().unwrap().to_owned();
     let refused =
         async_nats::ConnectOptions::with_user_and_password(attacker.0.clone(), attacker.1.clone())
-            .connect(format!("nats://{node}"))
+            .connect(format!("nats://{}", cluster.client_addr(0)))
             .await;
     assert!(
         refused.is_err(),
         "a device login speaks NATS to the cluster"
     );
 
-    // The backend watches everything under the root.
-    let backend = async_nats::ConnectOptions::with_user_and_password(
-        "hyfleet".into(),
-        cluster.passwords.hyfleet.clone(),
-    )
-    .connect(format!("nats://{node}"))
-    .await
-    .unwrap();
-    let mut seen = backend.subscribe("hyfleet.v1.>").await.unwrap();
-    backend.flush().await.unwrap();
+    let (_backend, mut seen) = watch_root(&cluster).await;
 
     let (_victim, mut victim_got) = mqtt_client(
         &cluster,
@@ -554,14 +560,10 @@ async fn a_device_login_publishes_its_own_readings_and_nothing_else() {
             .await
             .unwrap();
     }
-    let first = tokio::time::timeout(
-        Duration::from_secs(20),
-        futures_util::StreamExt::next(&mut seen),
-    )
-    .await
-    .expect("the reading arrives")
-    .unwrap();
-    assert_eq!(first.subject.as_str(), "hyfleet.v1.bike.XY-B0002.telemetry");
+    assert_eq!(
+        next_subject(&mut seen).await,
+        "hyfleet.v1.bike.XY-B0002.telemetry"
+    );
 
     // The backend's command to XY-B0001 reaches it, and no one else.
     let (commands, _) = mqtt_client(
@@ -602,19 +604,9 @@ async fn a_device_login_publishes_its_own_readings_and_nothing_else() {
 #[tokio::test]
 async fn a_server_without_the_route_login_cannot_join_the_cluster() {
     let cluster = NatsCluster::start(3).await;
-    let node = cluster.url().split(',').next().unwrap().to_owned();
-    let node = node.rsplit('@').next().unwrap().to_owned();
-    let backend = async_nats::ConnectOptions::with_user_and_password(
-        "hyfleet".into(),
-        cluster.passwords.hyfleet.clone(),
-    )
-    .connect(format!("nats://{node}"))
-    .await
-    .unwrap();
-    let mut seen = backend.subscribe("hyfleet.v1.>").await.unwrap();
-    backend.flush().await.unwrap();
+    let (_backend, mut seen) = watch_root(&cluster).await;
 
-    let (_rogue, port) = cluster.rogue(0);
+    let (_rogue, port) = cluster.rogue(0).await;
     let rogue = eventually(10, "the rogue server", || async {
         async_nats::connect(format!("nats://127.0.0.1:{port}"))
             .await
@@ -648,14 +640,10 @@ async fn a_server_without_the_route_login_cannot_join_the_cluster() {
     )
     .await
     .unwrap();
-    let first = tokio::time::timeout(
-        Duration::from_secs(20),
-        futures_util::StreamExt::next(&mut seen),
-    )
-    .await
-    .expect("the reading arrives")
-    .unwrap();
-    assert_eq!(first.subject.as_str(), "hyfleet.v1.bike.XY-B0002.telemetry");
+    assert_eq!(
+        next_subject(&mut seen).await,
+        "hyfleet.v1.bike.XY-B0002.telemetry"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let heard =
         futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut overheard));
@@ -780,15 +768,7 @@ async fn doctor_checks_the_stream_hyfleet_takes_from() {
     assert_eq!(c.verdict, hyfleet::doctor::Verdict::Warn, "{c}");
     assert!(c.detail.contains("no stream"), "{c}");
 
-    let node = cluster.url().split(',').next().unwrap().to_owned();
-    let client = async_nats::ConnectOptions::with_user_and_password(
-        "hyfleet".into(),
-        cluster.passwords.hyfleet.clone(),
-    )
-    .connect(node.rsplit('@').next().unwrap())
-    .await
-    .unwrap();
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(cluster.backend().await);
     js.create_stream(async_nats::jetstream::stream::Config {
         name: config.nats.stream.clone(),
         subjects: vec!["hyfleet.v1.>".into()],

@@ -274,6 +274,18 @@ impl NatsCluster {
         .await
     }
 
+    /// Node `n`'s client address, `127.0.0.1:port`.
+    pub fn client_addr(&self, n: usize) -> String {
+        format!("127.0.0.1:{}", self.nodes[n].ports.client)
+    }
+
+    /// A NATS client of node 1, logged in as `hyfleet`.
+    pub async fn backend(&self) -> async_nats::Client {
+        self.connect(&format!("nats://{}", self.client_addr(0)))
+            .await
+            .unwrap()
+    }
+
     /// Every node's client URL with the `hyfleet` login, for `nats.url`.
     pub fn url(&self) -> String {
         self.nodes
@@ -290,28 +302,36 @@ impl NatsCluster {
 
     /// A nats-server of no one's, without the cluster's logins, that routes to node `n` as
     /// the cluster's own nodes do (same cluster name), killed when dropped; its client port.
-    pub fn rogue(&self, n: usize) -> (ChildGuard, u16) {
-        let ports = free_ports(2);
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &ports[0].to_string(),
-                "--cluster",
-                &format!("nats://127.0.0.1:{}", ports[1]),
-                "--cluster_name",
-                "hyfleet",
-                "--routes",
-                &format!("nats://127.0.0.1:{}", self.nodes[n].ports.route),
-                "-n",
-                "rogue",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        (ChildGuard(child), ports[0])
+    pub async fn rogue(&self, n: usize) -> (ChildGuard, u16) {
+        for _ in 0..5 {
+            let ports = free_ports(2);
+            let child = Command::new("nats-server")
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &ports[0].to_string(),
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{}", ports[1]),
+                    "--cluster_name",
+                    "hyfleet",
+                    "--routes",
+                    &format!("nats://127.0.0.1:{}", self.nodes[n].ports.route),
+                    "-n",
+                    "rogue",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start nats-server");
+            let mut guard = ChildGuard(child);
+            // One that could not bind its ports exits within moments: again, on others.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if guard.0.try_wait().is_ok_and(|exited| exited.is_none()) {
+                return (guard, ports[0]);
+            }
+        }
+        panic!("no rogue nats-server started in 5 tries on free ports");
     }
 
     /// Node `n`'s MQTT listener.
