@@ -592,10 +592,14 @@ async fn a_device_login_publishes_its_own_readings_and_nothing_else() {
     if let Ok(p) = attacker_got.try_recv() {
         panic!("another bike received {:?} on {}", p.payload, p.topic);
     }
-    assert!(
-        victim_got.try_recv().is_err(),
-        "the bike received the forged command"
-    );
+    // Only the backend's command, if again (QoS 1).
+    while let Ok(p) = victim_got.try_recv() {
+        assert_eq!(
+            &p.payload[..],
+            br#"{"cmd":"lock"}"#,
+            "the bike received the forged command"
+        );
+    }
 }
 
 /// The routes, attacked by a server: one that reaches a node's route port but has not the
@@ -742,7 +746,15 @@ async fn commands_go_down_through_another_node_when_one_dies() {
     // The publisher is on node 1, the first listed: it goes.
     cluster.kill(0);
     let second = command("lock").await;
-    assert_eq!(received(&mut commands).await, second);
+    // QoS 1: the first may come again, when the node that died held the bike's
+    // acknowledgement of it (seen once in CI); nothing else may.
+    loop {
+        let id = received(&mut commands).await;
+        if id == second {
+            break;
+        }
+        assert_eq!(id, first, "a command that was never sent");
+    }
 }
 
 /// `hyfleet doctor` with `[nats]`: the stream before hyfleet made it, and one made with fewer
