@@ -7,7 +7,7 @@
 #                          (bike/XY-B0001..., bus/XY-H0001...), allowed MQTT only and pinned to
 #                          its own subjects: it publishes its telemetry, events and status and
 #                          subscribes to its commands, nothing else. A secret (clear passwords:
-#                          nats-server reads bcrypt too, but nothing on a bare machine writes it).
+#                          nats-server reads bcrypt too, which neither sh nor openssl writes).
 #   $OUT_DIR/routes.conf   included by nats.conf's cluster block: the login that nodes use to
 #                          route to each other, and the routes to NATS_ROUTES (default
 #                          `nats-1:6222 nats-2:6222 nats-3:6222`) with it. A node that does not

@@ -145,20 +145,24 @@ impl MqttConfig {
     }
 }
 
+/// `user:password@host:port` → the login, if any, and `host:port`.
+fn split_login(rest: &str) -> (Option<(String, String)>, &str) {
+    match rest.rsplit_once('@') {
+        Some((userinfo, hostport)) => {
+            let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            (Some((user.to_owned(), pass.to_owned())), hostport)
+        }
+        None => (None, rest),
+    }
+}
+
 pub fn parse_mqtt_url(url: &str) -> Result<MqttEndpoint, String> {
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
         // Not echoed: the URL may carry a password.
         .ok_or_else(|| "is not an mqtt:// URL (mqtt://[user[:password]@]host[:port])".to_owned())?;
-    let rest = rest.trim_end_matches('/');
-    let (credentials, hostport) = match rest.rsplit_once('@') {
-        Some((userinfo, hostport)) => {
-            let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            (Some((user.to_owned(), pass.to_owned())), hostport)
-        }
-        None => (None, rest),
-    };
+    let (credentials, hostport) = split_login(rest.trim_end_matches('/'));
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) => (
             h,

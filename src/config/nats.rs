@@ -69,15 +69,8 @@ impl NatsConfig {
                 .strip_prefix("nats://")
                 // Not echoed: the URL may carry a password.
                 .ok_or("is not a nats:// URL (nats://[user:password@]host:port[,host:port…])")?;
-            let hostport = match rest.rsplit_once('@') {
-                Some((userinfo, hostport)) => {
-                    let (u, p) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                    login = Some((u.to_owned(), p.to_owned()));
-                    hostport
-                }
-                None => rest,
-            };
-            let hostport = hostport.trim_end_matches('/');
+            let (given, hostport) = super::split_login(rest.trim_end_matches('/'));
+            login = given.or(login);
             if hostport.is_empty() || hostport.starts_with(':') {
                 return Err("a node's host is empty".into());
             }

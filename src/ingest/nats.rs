@@ -34,6 +34,10 @@ pub fn subject_root(topic_root: &str) -> String {
 /// The MQTT topic a subject came from, as nats-server maps it: a topic's `/` is a subject's
 /// `.`, and a topic's `.` is a subject's `//`.
 fn topic_of(subject: &str) -> String {
+    if !subject.contains("//") {
+        // Every message of a fleet whose ids have no `.`: one allocation.
+        return subject.replace('.', "/");
+    }
     subject
         .split("//")
         .map(|part| part.replace('.', "/"))
