@@ -101,11 +101,11 @@ impl NatsConfig {
         if !(1..=5).contains(&self.replicas) {
             return bad("replicas", "must be between 1 and 5 (JetStream's limit)");
         }
-        if self.max_age_hours == 0 || self.max_bytes < 1 << 20 {
-            return bad(
-                "max_age_hours",
-                "the stream must keep at least an hour and 1 MiB (max_bytes)",
-            );
+        if self.max_age_hours == 0 {
+            return bad("max_age_hours", "the stream must keep at least an hour");
+        }
+        if self.max_bytes < 1 << 20 {
+            return bad("max_bytes", "the stream must keep at least 1 MiB");
         }
         if self.max_ack_pending < 1 {
             return bad("max_ack_pending", "must be at least 1");
@@ -143,5 +143,18 @@ mod tests {
         let (option, message) = bad.validate().unwrap_err();
         assert_eq!(option, "url");
         assert!(!message.contains("n1"), "{message}");
+        // Each limit is named as itself.
+        let small = NatsConfig {
+            url: Some("nats://n1:4222".into()),
+            max_bytes: 1000,
+            ..NatsConfig::default()
+        };
+        assert_eq!(small.validate().unwrap_err().0, "max_bytes");
+        let short = NatsConfig {
+            url: Some("nats://n1:4222".into()),
+            max_age_hours: 0,
+            ..NatsConfig::default()
+        };
+        assert_eq!(short.validate().unwrap_err().0, "max_age_hours");
     }
 }
